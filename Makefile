@@ -1,0 +1,46 @@
+# sae-pipeline: `make run` trains the default stack, `make test` runs the checks. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export DO_NOT_TRACK := 1
+export MLFLOW_ENABLE_TELEMETRY := false
+
+.PHONY: run test lint ui servers servers-stop benchmarks clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/sae-pipeline run $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(BIN)/sae-pipeline ui
+
+servers: $(STAMP)
+	$(BIN)/sae-pipeline servers start
+
+servers-stop: $(STAMP)
+	$(BIN)/sae-pipeline servers stop
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/tracking_overhead.py
+	$(BIN)/python benchmarks/pipeline_overhead.py
+
+clean:
+	rm -rf .sae-cache outputs lightning_logs .pytest_cache .ruff_cache

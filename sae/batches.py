@@ -1,0 +1,82 @@
+"""Mini-batches by slicing a shuffled index: no per-sample Dataset, no collate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class ShuffledBatches:
+    """Iterable of (batch, d_in) float32 tensors, reshuffled every epoch from ``seed + epoch``.
+
+    In-memory data (a tensor or ndarray) is shuffled row by row. A ``np.memmap`` is read in contiguous
+    blocks of ``block_rows`` rows visited in shuffled order and shuffled within each block (block shuffle),
+    so a file larger than RAM streams sequentially-ish from disk.
+    """
+
+    def __init__(
+        self,
+        data: torch.Tensor | np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        block_rows: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be a positive integer")
+        self.memmapped = isinstance(data, np.memmap)
+        self.data = data if self.memmapped else _as_tensor(data)
+        self.n = int(data.shape[0])
+        self.batch_size = min(batch_size, self.n)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.block_rows = max(self.batch_size, block_rows or self.batch_size * 64)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        if self.memmapped:
+            yield from self._blocks(gen)
+            return
+        data = self.data
+        assert isinstance(data, torch.Tensor)
+        if not self.shuffle:
+            for start in range(0, self.n, self.batch_size):
+                yield data[start : start + self.batch_size]
+            return
+        order = torch.randperm(self.n, generator=gen)
+        for start in range(0, self.n, self.batch_size):
+            yield data[order[start : start + self.batch_size]]
+
+    def _blocks(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        # Batches never straddle blocks except through the carry-over, so every row is seen once per epoch.
+        starts = torch.arange(0, self.n, self.block_rows)
+        if self.shuffle:
+            starts = starts[torch.randperm(len(starts), generator=gen)]
+        carry: torch.Tensor | None = None
+        for start in starts.tolist():
+            block = torch.from_numpy(np.array(self.data[start : start + self.block_rows], dtype=np.float32))
+            if self.shuffle:
+                block = block[torch.randperm(block.shape[0], generator=gen)]
+            if carry is not None:
+                block = torch.cat([carry, block])
+            full = (block.shape[0] // self.batch_size) * self.batch_size
+            for s in range(0, full, self.batch_size):
+                yield block[s : s + self.batch_size]
+            carry = block[full:] if full < block.shape[0] else None
+        if carry is not None and carry.shape[0] > 0:
+            yield carry
+
+
+def _as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        return data if data.dtype in (torch.float32, torch.float64) else data.float()
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))

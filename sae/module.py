@@ -1,0 +1,89 @@
+"""The LightningModule that trains a :class:`SparseAutoencoder` (the model itself knows nothing of training)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+
+from sae.metrics import EpochStats
+from sae.model import SparseAutoencoder
+
+Optimizer = Literal["adam", "sgd", "lbfgs"]
+
+
+class SAEModule(pl.LightningModule):
+    """Trains one layer; logs epoch-level metrics only (per-step logging is slow on sqlite-backed MLflow)."""
+
+    def __init__(
+        self,
+        model: SparseAutoencoder,
+        *,
+        lr: float,
+        optimizer: Optimizer = "adam",
+        lbfgs_max_iter: int = 20,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.optimizer_name = optimizer
+        self.lbfgs_max_iter = lbfgs_max_iter
+        self.history: list[dict[str, float]] = []
+        self._train_stats = EpochStats(model.config)
+        self._val_stats = EpochStats(model.config)
+        self._val_metrics: dict[str, float] = {}
+        self._counted_batch = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.model.parameters()
+        match self.optimizer_name:
+            case "adam":
+                return torch.optim.Adam(params, lr=self.lr)
+            case "sgd":
+                return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+            case "lbfgs":
+                return torch.optim.LBFGS(
+                    params, lr=self.lr, max_iter=self.lbfgs_max_iter, line_search_fn="strong_wolfe"
+                )
+            case _:
+                raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose adam, sgd or lbfgs")
+
+    def on_train_epoch_start(self) -> None:
+        self._train_stats = EpochStats(self.model.config)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        obj = self.model.objective(batch)
+        # L-BFGS evaluates the closure many times a step: count each batch once, at the step's start point.
+        if batch_idx != self._counted_batch or self.optimizer_name != "lbfgs":
+            self._train_stats.update(obj, batch)
+            self._counted_batch = batch_idx
+        return obj.total
+
+    def on_train_epoch_end(self) -> None:
+        self._counted_batch = -1
+        metrics = self._train_stats.compute()
+        if not metrics:
+            return
+        if not torch.isfinite(torch.tensor(metrics["loss"])):
+            raise FloatingPointError(
+                f"training loss became {metrics['loss']} at epoch {self.current_epoch}; lower lr or check the data"
+            )
+        metrics.update(self._val_metrics)
+        self.model.rho_hat = self._train_stats.rho_hat
+        self.history.append({"epoch": float(self.current_epoch), **metrics})
+        self.log_dict({k: v for k, v in metrics.items() if k != "val_loss"}, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_stats = EpochStats(self.model.config)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._val_stats.update(self.model.objective(batch, corrupt=False), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_metrics = self._val_stats.compute(prefix="val_")
+        if self._val_metrics:
+            self.log("val_loss", self._val_metrics["val_loss"], on_epoch=True)

@@ -1,0 +1,126 @@
+"""Train one layer with a pytorch_lightning Trainer: ``train_autoencoder``."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping
+
+from sae.batches import ShuffledBatches
+from sae.config import SAEConfig
+from sae.model import SparseAutoencoder
+from sae.module import Optimizer, SAEModule
+
+ArrayLike = np.ndarray | torch.Tensor
+_CHUNK = 65_536
+
+# Lightning announces hardware and tips at INFO on every Trainer; the pipeline prints its own progress.
+for _name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*isn't a DataLoader.*")
+
+
+def check_inputs(x: ArrayLike, config: SAEConfig, name: str = "X") -> None:
+    """Raise one clear ValueError if ``x`` cannot train this layer (shape, finiteness, range)."""
+    shape = tuple(x.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name} has shape {shape}: need a 2-D array (samples, features); reshape it to (n, d_in)")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples): pass at least one row")
+    if shape[1] != config.d_in:
+        raise ValueError(
+            f"{name} has {shape[1]} features but the layer expects d_in={config.d_in}; "
+            "set d_in to the feature count or select the right columns"
+        )
+    bad = 0
+    lo, hi = np.inf, -np.inf
+    for start in range(0, shape[0], _CHUNK):
+        chunk = x[start : start + _CHUNK]
+        chunk = chunk.detach().cpu().numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+        finite = np.isfinite(chunk)
+        bad += int(chunk.size - finite.sum())
+        if finite.any():
+            lo, hi = min(lo, float(chunk[finite].min())), max(hi, float(chunk[finite].max()))
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or infinite values: clean or impute them before training")
+    if config.decoder_activation == "sigmoid" and (lo < 0.0 or hi > 1.0):
+        raise ValueError(
+            f"{name} has values in [{lo:.4g}, {hi:.4g}] but a sigmoid decoder can only output [0, 1]: "
+            "scale the inputs to [0, 1] (e.g. min-max to [0.1, 0.9]) or use decoder_activation='linear'"
+        )
+
+
+def train_autoencoder(
+    X: ArrayLike,
+    config: SAEConfig,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: Optimizer = "adam",
+    seed: int = 0,
+    validation: ArrayLike | None = None,
+    logger: Any = None,
+    callbacks: Sequence[Callback] = (),
+    patience: int | None = 5,
+    trainer_options: dict[str, Any] | None = None,
+) -> SparseAutoencoder:
+    """Train one layer on ``X`` (n, d_in) and return it, with ``.history`` holding one dict of metrics per epoch.
+
+    ``optimizer='lbfgs'`` trains full-batch, as the classic tutorial did. With ``validation`` the loss on it
+    is reported each epoch as ``val_loss`` and training stops after ``patience`` epochs without improvement
+    (``patience=None`` turns early stopping off). ``trainer_options`` go straight to ``pl.Trainer``
+    (accelerator, devices, strategy, precision, num_nodes). Same seed, data and config give identical weights.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs}: must be at least 1")
+    if lr <= 0:
+        raise ValueError(f"lr={lr}: must be positive")
+    check_inputs(X, config, "X")
+    if validation is not None:
+        check_inputs(validation, config, "validation")
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = SparseAutoencoder(config)
+    module = SAEModule(model, lr=lr, optimizer=optimizer)
+    full_batch = optimizer == "lbfgs"
+    train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
+    val = None if validation is None else ShuffledBatches(validation, max(batch_size, 1024), shuffle=False)
+    all_callbacks: list[Callback] = list(callbacks)
+    if val is not None and patience is not None:
+        all_callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
+    options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=logger if logger is not None else False,
+        callbacks=all_callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(train))),
+        deterministic=True if options["accelerator"] == "cpu" else "warn",
+        **options,
+    )
+    trainer.fit(module, train_dataloaders=_Loader(train), val_dataloaders=None if val is None else _Loader(val))
+    model.history = module.history
+    return model.cpu().eval()
+
+
+class _Loader:
+    """Hands Lightning a sized iterable (a bare list would be read as several dataloaders)."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self.batches = batches
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
