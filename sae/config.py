@@ -62,11 +62,12 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.weight_decay={self.weight_decay!r}: must be >= 0")
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"SAEConfig.noise={self.noise!r}: must satisfy 0 <= noise < 1")
-        if self.sparsity == "topk":
-            if self.k is None or isinstance(self.k, bool) or not 1 <= self.k <= self.d_hidden:
-                raise ValueError(
-                    f"SAEConfig.k={self.k!r}: topk needs an integer k with 1 <= k <= d_hidden ({self.d_hidden})"
-                )
+        if self.sparsity == "topk" and (
+            self.k is None or isinstance(self.k, bool) or not 1 <= self.k <= self.d_hidden
+        ):
+            raise ValueError(
+                f"SAEConfig.k={self.k!r}: topk needs an integer k with 1 <= k <= d_hidden ({self.d_hidden})"
+            )
         if self.sparsity == "kl" and self.encoder_activation != "sigmoid":
             raise ValueError(
                 f"SAEConfig.encoder_activation={self.encoder_activation!r}: the kl penalty needs activations "

@@ -33,7 +33,9 @@ class SAEModule(pl.LightningModule):
         self._train_stats = EpochStats(model.config)
         self._val_stats = EpochStats(model.config)
         self._val_metrics: dict[str, float] = {}
-        self._counted_batch = -1
+        # Manual optimization: one backward and one step per batch without Lightning's closure bookkeeping,
+        # which costs ~0.5 ms a step, a tenth of a small layer's step on 2 CPU cores.
+        self.automatic_optimization = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -56,15 +58,29 @@ class SAEModule(pl.LightningModule):
         self._train_stats = EpochStats(self.model.config)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        if self.optimizer_name == "lbfgs":
+            first: list[torch.Tensor] = []
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                obj = self.model.objective(batch)
+                if not first:  # L-BFGS evaluates many points a step: count the batch once, at the start point
+                    self._train_stats.update(obj, batch)
+                    first.append(obj.total)
+                self.manual_backward(obj.total)
+                return obj.total
+
+            opt.step(closure=closure)
+            return first[0].detach()
+        opt.zero_grad()
         obj = self.model.objective(batch)
-        # L-BFGS evaluates the closure many times a step: count each batch once, at the step's start point.
-        if batch_idx != self._counted_batch or self.optimizer_name != "lbfgs":
-            self._train_stats.update(obj, batch)
-            self._counted_batch = batch_idx
-        return obj.total
+        self.manual_backward(obj.total)
+        opt.step()
+        self._train_stats.update(obj, batch)
+        return obj.total.detach()
 
     def on_train_epoch_end(self) -> None:
-        self._counted_batch = -1
         metrics = self._train_stats.compute()
         if not metrics:
             return
