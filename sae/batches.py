@@ -25,6 +25,7 @@ class ShuffledBatches:
         seed: int = 0,
         shuffle: bool = True,
         block_rows: int | None = None,
+        labels: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be a positive integer")
@@ -36,11 +37,15 @@ class ShuffledBatches:
         self.shuffle = shuffle
         self.block_rows = max(self.batch_size, block_rows or self.batch_size * 64)
         self.epoch = 0
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if self.labels is not None and self.memmapped:
+            raise ValueError("labelled batches need in-memory data; load the array before passing labels")
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields (batch, d_in) tensors, or (x, y) pairs when labels were given."""
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         if self.memmapped:
@@ -48,13 +53,10 @@ class ShuffledBatches:
             return
         data = self.data
         assert isinstance(data, torch.Tensor)
-        if not self.shuffle:
-            for start in range(0, self.n, self.batch_size):
-                yield data[start : start + self.batch_size]
-            return
-        order = torch.randperm(self.n, generator=gen)
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
         for start in range(0, self.n, self.batch_size):
-            yield data[order[start : start + self.batch_size]]
+            idx = order[start : start + self.batch_size]
+            yield data[idx] if self.labels is None else (data[idx], self.labels[idx])
 
     def _blocks(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         # Batches never straddle blocks except through the carry-over, so every row is seen once per epoch.

@@ -22,7 +22,7 @@ def l1_penalty(codes: torch.Tensor) -> torch.Tensor:
 def topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k largest entries of each row. pre: (batch, d_hidden) -> (batch, d_hidden)."""
     idx = pre.topk(k, dim=1).indices
-    return torch.zeros_like(pre, dtype=torch.bool).scatter_(1, idx, True)
+    return torch.zeros_like(pre, dtype=torch.bool).scatter_(1, idx, torch.ones_like(idx, dtype=torch.bool))
 
 
 def weight_decay_penalty(weights: list[torch.Tensor], weight_decay: float) -> torch.Tensor:

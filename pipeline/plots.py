@@ -1,0 +1,121 @@
+"""PNG figures of a trained stack: learned filters, loss curves and mean-activation histograms.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas it defaults to, so no
+display is needed and pyplot's global state (and the user's chosen backend) is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100
+
+
+def filter_grid(weights: np.ndarray, out: Path, *, image_shape: tuple[int, int] | None = None) -> Path | None:
+    """Each unit's weights (d_hidden, d_in) as a grey tile in a near-square grid; None if not an image."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2:
+        raise ValueError(f"weights have shape {weights.shape}: need a 2-D (d_hidden, d_in) matrix")
+    d_hidden, d_in = weights.shape
+    if image_shape is None:
+        side = math.isqrt(d_in)
+        if side * side != d_in:
+            return None  # not an image: nothing meaningful to draw
+        image_shape = (side, side)
+    height, width = image_shape
+    if height * width != d_in:
+        raise ValueError(
+            f"image_shape={image_shape} has {height * width} pixels but the weights have d_in={d_in}"
+        )
+    cols = math.ceil(math.sqrt(d_hidden))
+    rows = math.ceil(d_hidden / cols)
+    # Tiles separated by a one-pixel border at -1 (black), as in the classic display_network.
+    mosaic = np.full((rows * (height + 1) + 1, cols * (width + 1) + 1), -1.0)
+    scale = np.abs(weights).max(axis=1, keepdims=True)
+    tiles = weights / np.where(scale > 0, scale, 1.0)
+    for j, tile in enumerate(tiles):
+        r, c = divmod(j, cols)
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        mosaic[top : top + height, left : left + width] = tile.reshape(height, width)
+    inches = max(2.0, min(12.0, mosaic.shape[1] / 12))
+    fig = Figure(figsize=(inches, inches * mosaic.shape[0] / mosaic.shape[1] + 0.4), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{d_hidden} filters ({height}x{width})", fontsize=9)
+    return _save(fig, out)
+
+
+def loss_curves(
+    histories: Sequence[list[dict[str, float]]], out: Path, *, labels: Sequence[str] | None = None
+) -> Path:
+    """Training loss (and val_loss when recorded) against epoch, one subplot per layer."""
+    if not histories:
+        raise ValueError("loss_curves needs at least one layer history")
+    labels = _labels(labels, len(histories))
+    fig = Figure(figsize=(4.0 * len(histories), 3.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(histories), squeeze=False)[0]
+    for ax, history, label in zip(axes, histories, labels, strict=True):
+        epochs = np.arange(1, len(history) + 1)
+        plotted: list[float] = []
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                ys = np.array([np.nan if v is None else float(v) for v in values])
+                ax.plot(epochs, ys, style, marker="." if len(history) < 30 else None, label=key)
+                plotted.extend(ys[np.isfinite(ys)].tolist())
+        if plotted and min(plotted) > 0:
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        if plotted:
+            ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def rho_hat_histogram(rho_hats: Sequence[np.ndarray], targets: Sequence[float | None], out: Path) -> Path:
+    """Histogram of each layer's mean activations (rho_hat) with a vertical line at its target."""
+    if not rho_hats:
+        raise ValueError("rho_hat_histogram needs at least one layer")
+    if len(targets) != len(rho_hats):
+        raise ValueError(
+            f"got {len(rho_hats)} rho_hat arrays but {len(targets)} targets: pass one target per layer"
+        )
+    fig = Figure(figsize=(4.0 * len(rho_hats), 3.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(rho_hats), squeeze=False)[0]
+    for i, (ax, rho_hat, target) in enumerate(zip(axes, rho_hats, targets, strict=True), start=1):
+        values = np.asarray(rho_hat, dtype=np.float64).ravel()
+        ax.hist(values, bins=min(50, max(5, values.size // 4)), color="tab:blue", alpha=0.8)
+        if target is not None:
+            ax.axvline(target, color="tab:red", linestyle="--", label=f"target {target:g}")
+            ax.legend(fontsize=8)
+        ax.set_title(f"layer {i} ({values.size} units)")
+        ax.set_xlabel("mean activation (rho_hat)")
+        ax.set_ylabel("units")
+    return _save(fig, out)
+
+
+def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
+    """``labels`` checked against ``n`` layers, or layer 1..n."""
+    if labels is None:
+        return [f"layer {i}" for i in range(1, n + 1)]
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} layers: pass one label per layer")
+    return list(labels)
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    """Write ``fig`` as a PNG at ``out`` (parent folders created) and return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+__all__ = ["filter_grid", "loss_curves", "rho_hat_histogram"]

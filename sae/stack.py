@@ -1,0 +1,210 @@
+"""The stacked encoder: fitted input scaling plus the encoder halves of greedily trained layers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sae.config import SAEConfig
+from sae.model import SparseAutoencoder, encode_with
+from sae.scaling import InputScaler, Scaling
+
+FORMAT = "sae-stacked-encoder"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class StackedEncoder(nn.Module):
+    """Raw features (batch, d_in) -> scaled -> layer 1 codes -> ... -> top codes (batch, d_out)."""
+
+    def __init__(
+        self,
+        scaling: Scaling,
+        layers: Sequence[tuple[SAEConfig, nn.Linear]] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.scaler = InputScaler(scaling)
+        self.encoders = nn.ModuleList()
+        self.configs: list[SAEConfig] = []
+        self.meta: dict[str, Any] = dict(meta or {})
+        d_prev = scaling.d_in
+        for i, (config, linear) in enumerate(layers or (), start=1):
+            if config.d_in != d_prev:
+                raise ValueError(
+                    f"layer {i} has d_in={config.d_in} but receives {d_prev} features from "
+                    f"{'the input' if i == 1 else f'layer {i - 1}'}; stack layers whose sizes chain"
+                )
+            if tuple(linear.weight.shape) != (config.d_hidden, config.d_in) or linear.bias is None:
+                raise ValueError(
+                    f"layer {i}: encoder weight has shape {tuple(linear.weight.shape)} (bias "
+                    f"{'missing' if linear.bias is None else 'present'}) but its config needs "
+                    f"({config.d_hidden}, {config.d_in}) with a bias"
+                )
+            copy = nn.Linear(config.d_in, config.d_hidden)
+            with torch.no_grad():
+                copy.weight.copy_(linear.weight.detach().float())
+                copy.bias.copy_(linear.bias.detach().float())
+            self.encoders.append(copy)
+            self.configs.append(config)
+            d_prev = config.d_hidden
+
+    @classmethod
+    def from_autoencoders(
+        cls,
+        scaling: Scaling,
+        autoencoders: Sequence[SparseAutoencoder],
+        meta: dict[str, Any] | None = None,
+    ) -> StackedEncoder:
+        """Stack the encoder halves of trained layers, bottom first (weights are copied)."""
+        return cls(scaling, [(ae.config, ae.encoder) for ae in autoencoders], meta)
+
+    @property
+    def depth(self) -> int:
+        """Number of encoder layers."""
+        return len(self.configs)
+
+    @property
+    def d_in(self) -> int:
+        """Number of raw input features."""
+        return int(self.scaler.shift.shape[0])
+
+    @property
+    def d_out(self) -> int:
+        """Size of the top layer's codes (d_in when there are no layers)."""
+        return self.configs[-1].d_hidden if self.configs else self.d_in
+
+    @property
+    def scaling(self) -> Scaling:
+        """The numpy description of the input scaling."""
+        return self.scaler.to_scaling()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d_in) raw features -> (batch, d_out) top-layer codes."""
+        h = self.scaler(x)
+        for config, encoder in zip(self.configs, self.encoders, strict=True):
+            h = encode_with(encoder, h, config)
+        return h
+
+    def encode(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """(batch, d_in) raw features -> (batch, d_hidden of layer ``depth``) codes; depth is 1-based."""
+        depth = self._check_depth(depth)
+        h = self.scaler(x)
+        for config, encoder in zip(self.configs[:depth], self.encoders[:depth], strict=True):
+            h = encode_with(encoder, h, config)
+        return h
+
+    def transform(self, X: np.ndarray, batch_size: int = 8192, depth: int | None = None) -> np.ndarray:
+        """(n, d_in) raw features -> (n, d_out) float32 codes of layer ``depth``, in ``batch_size`` chunks."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.d_in:
+            got = f"{X.shape[1]} features" if X.ndim == 2 else f"shape {X.shape}"
+            raise ValueError(
+                f"input has {got} but the encoder expects {self.d_in} features: pass a (n, {self.d_in}) array "
+                "with the columns the encoder was trained on"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+        if depth is None:
+            run, width = self.forward, self.d_out
+        else:
+            depth = self._check_depth(depth)
+            run, width = (lambda x: self.encode(x, depth)), self.configs[depth - 1].d_hidden
+        out = np.empty((X.shape[0], width), dtype=np.float32)
+        device = self.scaler.shift.device
+        with torch.no_grad():
+            for start in range(0, X.shape[0], batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(X[start : start + batch_size], dtype=np.float32))
+                out[start : start + x.shape[0]] = run(x.to(device)).cpu().numpy()
+        return out
+
+    def _check_depth(self, depth: int | None) -> int:
+        """``depth`` (None = top) as a valid 1-based layer number, or a ValueError naming the range."""
+        depth = self.depth if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.depth:
+            valid = f"1..{self.depth}" if self.depth else "none (the encoder has no layers)"
+            raise ValueError(f"depth={depth!r} is out of range; valid depths are {valid}")
+        return depth
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created); returns it."""
+        directory = Path(directory)
+        scaling = self.scaling
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "scaling": {"kind": scaling.kind, "offset": scaling.offset, "clip": scaling.clip},
+            "layers": [c.to_dict() for c in self.configs],
+            "meta": self.meta,
+        }
+        try:
+            text = json.dumps(config, indent=2)
+        except TypeError as err:
+            raise ValueError(
+                f"StackedEncoder.meta is not JSON-serialisable ({err}): keep it to plain values"
+            ) from err
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().float().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (directory / CONFIG_FILE).write_text(text + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> StackedEncoder:
+        """Rebuild from a directory written by :meth:`save` (JSON + safetensors only, no pickle)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{directory}: no such directory; pass the folder written by StackedEncoder.save"
+            )
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory / name}: file missing; the folder needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+                )
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({err})") from err
+        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{directory / CONFIG_FILE}: format {config.get('format')!r} "
+                f"version {config.get('format_version')!r}; this code reads {FORMAT!r} version "
+                f"{FORMAT_VERSION}: re-export the encoder with this version"
+            )
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        for key in ("scaler.shift", "scaler.factor"):
+            if key not in tensors:
+                raise ValueError(
+                    f"{directory / WEIGHTS_FILE}: tensor {key!r} missing; the file is not a stacked encoder"
+                )
+        s = config["scaling"]
+        scaling = Scaling(
+            s["kind"],
+            tensors["scaler.shift"].numpy(),
+            tensors["scaler.factor"].numpy(),
+            float(s["offset"]),
+            bool(s["clip"]),
+        )
+        configs = [SAEConfig.from_dict(c) for c in config["layers"]]
+        encoder = cls(
+            scaling, [(c, nn.Linear(c.d_in, c.d_hidden)) for c in configs], config.get("meta") or {}
+        )
+        try:
+            encoder.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({err})"
+            ) from err
+        return encoder
+
+
+__all__ = ["FORMAT_VERSION", "InputScaler", "Scaling", "StackedEncoder"]

@@ -1,0 +1,67 @@
+"""Plots write real PNG files that matplotlib can read back."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from pipeline.plots import filter_grid, loss_curves, rho_hat_histogram
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path, min_pixels: int = 100 * 100) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 2000
+    image = imread(path)
+    assert image.shape[0] * image.shape[1] >= min_pixels
+    assert image[..., :3].std() > 0.01  # something was drawn, not a blank canvas
+    return image
+
+
+def test_filter_grid_draws_square_filters(tmp_path):
+    weights = np.random.default_rng(0).normal(size=(25, 64))
+    path = filter_grid(weights, tmp_path / "plots" / "filters.png")
+    assert path == tmp_path / "plots" / "filters.png"
+    _assert_png(path)
+
+
+def test_filter_grid_uses_a_given_image_shape(tmp_path):
+    weights = np.random.default_rng(0).normal(size=(10, 12))
+    _assert_png(filter_grid(weights, tmp_path / "f.png", image_shape=(3, 4)))
+    with pytest.raises(ValueError, match=r"image_shape=\(5, 5\) has 25 pixels but the weights have d_in=12"):
+        filter_grid(weights, tmp_path / "g.png", image_shape=(5, 5))
+
+
+def test_filter_grid_skips_non_square_inputs_without_image_shape(tmp_path):
+    assert filter_grid(np.ones((4, 10)), tmp_path / "f.png") is None
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_filter_grid_survives_a_dead_unit(tmp_path):
+    weights = np.random.default_rng(0).normal(size=(4, 16))
+    weights[1] = 0.0  # max abs 0: must not divide by zero
+    _assert_png(filter_grid(weights, tmp_path / "f.png"))
+
+
+def test_loss_curves_plot_every_layer_with_and_without_validation(tmp_path):
+    histories = [
+        [{"epoch": float(e), "loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1)} for e in range(10)],
+        [{"epoch": float(e), "loss": 0.5 - 0.01 * e} for e in range(6)],
+    ]
+    _assert_png(loss_curves(histories, tmp_path / "loss.png", labels=["64->16", "16->8"]))
+    with pytest.raises(ValueError, match="got 1 labels for 2 layers"):
+        loss_curves(histories, tmp_path / "x.png", labels=["one"])
+
+
+def test_loss_curves_accept_non_positive_losses(tmp_path):
+    _assert_png(loss_curves([[{"loss": -1.0}, {"loss": 0.0}, {"loss": 2.0}]], tmp_path / "loss.png"))
+
+
+def test_rho_hat_histogram_marks_the_targets(tmp_path):
+    rng = np.random.default_rng(0)
+    path = rho_hat_histogram([rng.beta(2, 18, 100), rng.uniform(0, 1, 20)], [0.1, None], tmp_path / "rho.png")
+    _assert_png(path)
+    with pytest.raises(ValueError, match="got 2 rho_hat arrays but 1 targets"):
+        rho_hat_histogram([np.ones(3), np.ones(3)], [0.1], tmp_path / "x.png")
