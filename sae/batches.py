@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 class ShuffledBatches:
@@ -54,11 +55,22 @@ class ShuffledBatches:
         data = self.data
         assert isinstance(data, torch.Tensor)
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        rank, world = _rank_and_world()
         for start in range(0, self.n, self.batch_size):
+            # Under data parallelism every rank draws the same global batch and keeps its own share of it.
             idx = order[start : start + self.batch_size]
+            if idx.numel() < world:
+                continue  # a last global batch too small to give every rank a row
+            idx = idx[rank::world]
             yield data[idx] if self.labels is None else (data[idx], self.labels[idx])
 
     def _blocks(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        rank, world = _rank_and_world()
+        for batch in self._block_batches(gen):
+            if batch.shape[0] >= world:
+                yield batch[rank::world]
+
+    def _block_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         # Batches never straddle blocks except through the carry-over, so every row is seen once per epoch.
         starts = torch.arange(0, self.n, self.block_rows)
         if self.shuffle:
@@ -76,6 +88,12 @@ class ShuffledBatches:
             carry = block[full:] if full < block.shape[0] else None
         if carry is not None and carry.shape[0] > 0:
             yield carry
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -100,8 +101,19 @@ class SparseAutoencoder(nn.Module):
         keep = torch.rand_like(x) >= self.config.noise
         return x * keep
 
-    def objective(self, x: torch.Tensor, *, corrupt: bool | None = None) -> Objective:
-        """Loss terms for a batch (batch, d_in). Corrupts inputs when training with noise > 0 unless told otherwise."""
+    def objective(
+        self,
+        x: torch.Tensor,
+        *,
+        corrupt: bool | None = None,
+        batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Objective:
+        """Loss terms for a batch (batch, d_in). Corrupts inputs when training with noise > 0 unless told otherwise.
+
+        ``batch_mean`` turns codes (batch, d_hidden) into rho_hat (d_hidden,); by default the mean over this
+        batch. Data-parallel training passes the mean over the global batch (all ranks), so the kl term is
+        the single-process one.
+        """
         cfg = self.config
         corrupt = self.training if corrupt is None else corrupt
         codes = self.encode(self.corrupt(x) if corrupt else x)
@@ -110,7 +122,8 @@ class SparseAutoencoder(nn.Module):
         decay = weight_decay_penalty(self.weights(), cfg.weight_decay)
         match cfg.sparsity:
             case "kl":
-                sparsity = cfg.beta * kl_penalty(codes.mean(dim=0), cfg.target)
+                rho_hat = codes.mean(dim=0) if batch_mean is None else batch_mean(codes)
+                sparsity = cfg.beta * kl_penalty(rho_hat, cfg.target)
             case "l1":
                 sparsity = cfg.beta * l1_penalty(codes)
             case "topk" | "none":

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+from torch.distributed.nn.functional import all_reduce
 
 from sae.metrics import EpochStats
 from sae.model import SparseAutoencoder
@@ -23,6 +28,7 @@ class SAEModule(pl.LightningModule):
         lr: float,
         optimizer: Optimizer = "adam",
         lbfgs_max_iter: int = 20,
+        history_path: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -30,6 +36,7 @@ class SAEModule(pl.LightningModule):
         self.optimizer_name = optimizer
         self.lbfgs_max_iter = lbfgs_max_iter
         self.history: list[dict[str, float]] = []
+        self.history_path = history_path
         self._train_stats = EpochStats(model.config)
         self._val_stats = EpochStats(model.config)
         self._val_metrics: dict[str, float] = {}
@@ -39,6 +46,18 @@ class SAEModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @property
+    def _batch_mean(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Under data parallelism rho_hat is the mean over the global batch (all ranks), else None (local)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return global_batch_mean
+
+    def on_train_end(self) -> None:
+        # ddp_spawn returns only weights to the launching process: hand the history over through a file.
+        if self.history_path is not None and self.global_rank == 0:
+            Path(self.history_path).write_text(json.dumps(self.history))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = self.model.parameters()
@@ -64,7 +83,7 @@ class SAEModule(pl.LightningModule):
 
             def closure() -> torch.Tensor:
                 opt.zero_grad()
-                obj = self.model.objective(batch)
+                obj = self.model.objective(batch, batch_mean=self._batch_mean)
                 if not first:  # L-BFGS evaluates many points a step: count the batch once, at the start point
                     self._train_stats.update(obj, batch)
                     first.append(obj.total)
@@ -74,7 +93,7 @@ class SAEModule(pl.LightningModule):
             opt.step(closure=closure)
             return first[0].detach()
         opt.zero_grad()
-        obj = self.model.objective(batch)
+        obj = self.model.objective(batch, batch_mean=self._batch_mean)
         self.manual_backward(obj.total)
         opt.step()
         self._train_stats.update(obj, batch)
@@ -103,3 +122,11 @@ class SAEModule(pl.LightningModule):
         self._val_metrics = self._val_stats.compute(prefix="val_")
         if self._val_metrics:
             self.log("val_loss", self._val_metrics["val_loss"], on_epoch=True)
+
+
+def global_batch_mean(codes: torch.Tensor) -> torch.Tensor:
+    """(local batch, d) -> (d,) mean over every rank's batch; differentiable (gradients reach every rank)."""
+    total = all_reduce(codes.sum(dim=0))
+    count = codes.new_tensor(float(codes.shape[0]))
+    dist.all_reduce(count)
+    return total / count

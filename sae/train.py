@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,8 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*isn't a DataLoader.*")
 warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+# Epoch metrics are summed over ranks by EpochStats itself, so Lightning's sync_dist advice does not apply.
+warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 def check_inputs(x: ArrayLike, config: SAEConfig, name: str = "X") -> None:
@@ -104,14 +109,16 @@ def train_autoencoder(
         check_inputs(validation, config, "validation")
     pl.seed_everything(seed, workers=True, verbose=False)
     model = SparseAutoencoder(config)
-    module = SAEModule(model, lr=lr, optimizer=optimizer)
+    options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
+    spawn = "spawn" in str(options.get("strategy", ""))
+    history_path = Path(tempfile.mkstemp(suffix=".json")[1]) if spawn else None
+    module = SAEModule(model, lr=lr, optimizer=optimizer, history_path=history_path and str(history_path))
     full_batch = optimizer == "lbfgs"
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
     val = None if validation is None else ShuffledBatches(validation, max(batch_size, 1024), shuffle=False)
     all_callbacks: list[Callback] = list(callbacks)
     if val is not None and patience is not None:
         all_callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
-    options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     if deterministic is None:
         deterministic = options["accelerator"] != "cpu"
     trainer = pl.Trainer(
@@ -128,6 +135,9 @@ def train_autoencoder(
     )
     trainer.fit(module, train_dataloaders=_Loader(train), val_dataloaders=None if val is None else _Loader(val))
     model.history = module.history
+    if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
+        model.history = json.loads(history_path.read_text() or "[]")
+        history_path.unlink(missing_ok=True)
     return model.cpu().eval()
 
 
