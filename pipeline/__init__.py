@@ -1,0 +1,1 @@
+"""Plain-Python pipeline: config, data, greedy stacking, evaluation, tracking and export."""

@@ -1,0 +1,380 @@
+"""The pipeline config: typed, validated pydantic models read from YAML with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+from pipeline.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+# Union members pydantic adds to error locations; they are not field names.
+_LOC_NOISE = {"int", "float", "str", "bool", "none"}
+_PRECISION_ALIASES = {32: "32-true", 64: "64-true", 16: "16-mixed", "32": "32-true", "64": "64-true", "16": "16-mixed"}
+Precision = Annotated[
+    Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"],
+    BeforeValidator(lambda v: _PRECISION_ALIASES.get(v, v) if isinstance(v, int | str) else v),
+]
+
+
+# The YAML section is called `register`, which shadows ABCMeta.register on the class (harmless on instances).
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class _Section(BaseModel):
+    model_config = _MODEL_CONFIG
+
+
+class TrainerSettings(_Section):
+    """Lightning Trainer arguments (global, and overridable per layer)."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """Hardware to train on; auto picks a GPU when one is visible."""
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """Number of devices (or "auto")."""
+    num_nodes: Annotated[int, Field(ge=1)] = 1
+    """Number of machines."""
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    """Distribution strategy; ddp re-launches the command on every device."""
+    precision: Precision = "32-true"
+    """Numeric precision (Lightning names; 32, 64 and 16 are accepted as shorthands)."""
+
+
+class LayerSettings(_Section):
+    """How one layer is built and trained; ``defaults`` holds these and every layer inherits them."""
+
+    sparsity: Literal["kl", "l1", "topk", "none"] = "kl"
+    """Sparsity penalty: kl (target mean activation), l1 (on codes), topk (k active units), none."""
+    target: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    """Target mean activation rho for kl, strictly between 0 and 1."""
+    beta: Annotated[float, Field(ge=0)] = 3.0
+    """Weight of the sparsity term (kl and l1)."""
+    k: Annotated[int, Field(ge=1)] | None = None
+    """Active units per sample for topk (1 <= k <= hidden)."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.003
+    """lambda in lambda/2 * sum of squared weights."""
+    encoder_activation: Literal["sigmoid", "relu", "tanh"] = "sigmoid"
+    """Hidden-unit nonlinearity; kl needs sigmoid."""
+    decoder_activation: Literal["sigmoid", "linear"] = "sigmoid"
+    """Output nonlinearity; sigmoid needs inputs in [0, 1]."""
+    tied: bool = False
+    """Decoder weight is the transposed encoder weight."""
+    noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Denoising: fraction of inputs zeroed during training, 0 <= noise < 1."""
+    epochs: Annotated[int, Field(ge=1)] = 50
+    """Training epochs for this layer."""
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    """Rows per mini-batch."""
+    lr: Annotated[float, Field(gt=0)] = 0.003
+    """Learning rate."""
+    optimizer: Literal["adam", "sgd", "lbfgs"] = "adam"
+    """Optimizer."""
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
+    """Epochs without validation improvement before stopping; null = off."""
+
+
+def _all_optional(model: type[BaseModel]) -> dict[str, Any]:
+    """Fields of ``model`` as optional (None = inherit), same constraints and descriptions."""
+    fields: dict[str, Any] = {}
+    for key, info in model.model_fields.items():
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[key] = (annotation | None, Field(None, description=f"{info.description} null = inherit."))
+    return fields
+
+
+TrainerOverride = create_model(
+    "TrainerOverride",
+    __base__=_Section,
+    __doc__="Per-layer Trainer override: fields left null inherit the top-level trainer section.",
+    **_all_optional(TrainerSettings),
+)
+
+LayerConfig = create_model(
+    "LayerConfig",
+    __base__=_Section,
+    __doc__="One layer: hidden units plus any LayerSettings field to override (null = inherit defaults).",
+    hidden=(Annotated[int, Field(gt=0)], Field(description="Hidden units (code size) of this layer.")),
+    trainer=(TrainerOverride | None, Field(None, description="Trainer override for this layer; null = inherit.")),
+    **_all_optional(LayerSettings),
+)
+
+
+class ResolvedLayer(LayerSettings):
+    """A layer with every setting resolved (layer value, else the defaults)."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    """0-based position in the stack."""
+    hidden: int
+    """Hidden units (code size)."""
+    trainer: TrainerSettings
+    """Trainer arguments after applying the layer's override."""
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is split and scaled."""
+
+    source: Annotated[str, Field(min_length=1)] = "digits"
+    """Built-in data set name (digits, nudged-digits, patches) or a path to .npy/.npz/.csv/.parquet."""
+    test_source: str | None = None
+    """Optional separate test file; otherwise test_fraction of the rows are split off."""
+    features: str | list[str] | None = None
+    """npz key, or list of columns (default: all columns but the labels)."""
+    labels: str | None = None
+    """npz key or column name of the class labels (built-ins bring their own)."""
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """Fraction of rows held out for testing, strictly between 0 and 1."""
+    scale: Literal["unit", "standard", "none"] = "unit"
+    """unit: min-max to [0.1, 0.9] (clipped to [0, 1]); standard: mean 0, std 1; none: raw."""
+    max_samples: Annotated[int, Field(ge=4)] | None = None
+    """Optional cap on rows per file (the first N after a seeded shuffle); handy for quick runs."""
+
+
+class FinetuneConfig(_Section):
+    """Supervised fine-tuning of the whole stack (only when the data has labels)."""
+
+    epochs: Annotated[int, Field(ge=0)] = 30
+    """End-to-end epochs; 0 = no fine-tuning."""
+    lr: Annotated[float, Field(gt=0)] = 0.001
+    """Learning rate."""
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    """Rows per mini-batch."""
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    """lambda/2 * sum of squared weights of the softmax and the encoders (the classic exercise's 1e-4)."""
+    softmax_iterations: Annotated[int, Field(ge=1)] = 400
+    """Full-batch L-BFGS iterations fitting the softmax on frozen codes before end-to-end training."""
+
+
+class RegisterConfig(_Section):
+    """Where the trained encoder is registered in MLflow."""
+
+    model: str | None = None
+    """Registered model name; null = "<name>-encoder"."""
+    alias: Annotated[str, Field(min_length=1)] = "champion"
+    """Alias moved to the new version when it is at least as good."""
+
+
+class PipelineConfig(_Section):
+    """A whole run: data, layer defaults, the layers, fine-tuning and registration."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """MLflow experiment name (letters, digits, _ . -); the registered model defaults to "<name>-encoder"."""
+    seed: int = 0
+    """Seed for the split, shuffling and initialisation."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
+    cache_dir: str = ".sae-cache"
+    """Where flows persist layer results."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """The data section."""
+    defaults: LayerSettings = Field(default_factory=LayerSettings)
+    """Settings every layer inherits unless it overrides them."""
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    """Lightning Trainer arguments, overridable per layer."""
+    layers: Annotated[list[LayerConfig], Field(min_length=1)]  # type: ignore[valid-type]
+    """The stack, bottom first: each needs hidden and may override any default."""
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """The fine-tuning section."""
+    register: RegisterConfig = Field(default_factory=RegisterConfig)
+    """The model-registry section."""
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> PipelineConfig:
+        for layer in self.resolved_layers():
+            _check_layer(self, layer)
+        if self.data.scale == "standard" and self.layer_settings(0).decoder_activation == "sigmoid":
+            raise ValueError(
+                "data.scale=standard with layers.0.decoder_activation=sigmoid: standardised inputs leave [0, 1], "
+                "which a sigmoid decoder cannot reconstruct; use decoder_activation: linear or scale: unit"
+            )
+        return self
+
+    def layer_settings(self, i: int) -> ResolvedLayer:
+        """Layer ``i`` (0-based) with every setting resolved against ``defaults`` and ``trainer``."""
+        layer = self.layers[i]
+        values = {key: value for key, value in layer.model_dump().items() if key not in ("hidden", "trainer")}
+        resolved = {key: self.defaults.model_dump()[key] if value is None else value for key, value in values.items()}
+        trainer = self.trainer.model_dump()
+        if layer.trainer is not None:
+            trainer |= {key: value for key, value in layer.trainer.model_dump().items() if value is not None}
+        return ResolvedLayer(index=i, hidden=layer.hidden, trainer=TrainerSettings(**trainer), **resolved)
+
+    def resolved_layers(self) -> list[ResolvedLayer]:
+        """Every layer, resolved, bottom first."""
+        return [self.layer_settings(i) for i in range(len(self.layers))]
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name: register.model or "<name>-encoder"."""
+        return self.register.model or f"{self.name}-encoder"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: Sequence[str] = (), *, source: str = "config") -> PipelineConfig:
+        """Validate ``data`` after applying ``overrides``; any problem is one InputError naming the field."""
+        data = apply_overrides(data, overrides)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise InputError(f"{source}: {_describe(error.errors())}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+        """Read a YAML config file, apply ``key=value`` overrides, validate."""
+        path = Path(path)
+        if not path.is_file():
+            shipped = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
+            raise InputError(f"config file {path}: not found; give an existing YAML file (examples: {shipped} in {CONFIG_DIR})")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise InputError(f"config file {path}: invalid YAML ({error}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise InputError(f"config file {path}: expected a mapping of sections (name, data, layers, ...), "
+                             f"got {type(data).__name__}; see {CONFIG_DIR / 'digits.yaml'}")
+        return cls.from_dict(data, overrides, source=str(path))
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON schema of the config file."""
+        return cls.model_json_schema()
+
+    def to_yaml(self) -> str:
+        """The config as YAML (layers show only what they override); from_yaml reads it back."""
+        data = self.model_dump(mode="json")
+        data["layers"] = [layer.model_dump(mode="json", exclude_none=True) for layer in self.layers]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def flat_params(self) -> dict[str, str | int | float | bool]:
+        """Dotted parameters for MLflow; ``layers.N.*`` are the resolved values, null becomes "null"."""
+        data = self.model_dump(mode="json", exclude={"layers"})
+        data["layers"] = [
+            layer.model_dump(mode="json", exclude={"index", "trainer"})
+            | ({"trainer": own.trainer.model_dump(mode="json", exclude_none=True)} if own.trainer else {})
+            for layer, own in zip(self.resolved_layers(), self.layers, strict=True)
+        ]
+        out: dict[str, str | int | float | bool] = {}
+        _flatten(data, "", out)
+        return out
+
+
+def _check_layer(config: PipelineConfig, layer: ResolvedLayer) -> None:
+    """Rules that combine several settings of one resolved layer; messages name ``layers.N.<field>``."""
+    where, own = f"layers.{layer.index}", config.layers[layer.index]
+
+    def origin(key: str) -> str:
+        return "" if getattr(own, key) is not None else " (inherited from defaults)"
+
+    if layer.sparsity == "kl" and layer.encoder_activation != "sigmoid":
+        raise ValueError(
+            f"{where}.encoder_activation={layer.encoder_activation!r}{origin('encoder_activation')}: sparsity kl "
+            f"needs activations in (0, 1); set {where}.encoder_activation: sigmoid or use sparsity l1 or topk"
+        )
+    if layer.sparsity == "topk" and (layer.k is None or layer.k > layer.hidden):
+        raise ValueError(
+            f"{where}.k={layer.k}{origin('k')}: sparsity topk needs k with 1 <= k <= hidden ({layer.hidden}); "
+            f"set {where}.k"
+        )
+    below = config.layer_settings(layer.index - 1).encoder_activation if layer.index else "sigmoid"
+    if layer.decoder_activation == "sigmoid" and below != "sigmoid":
+        raise ValueError(
+            f"{where}.decoder_activation=sigmoid{origin('decoder_activation')}: it reconstructs layer "
+            f"{layer.index - 1}'s {below} codes, which are not confined to [0, 1]; set {where}.decoder_activation: linear"
+        )
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{prefix}{key}.", out)
+    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        for i, item in enumerate(value):
+            _flatten(item, f"{prefix}{i}.", out)
+    else:
+        out[prefix[:-1]] = "null" if value is None else json.dumps(value) if isinstance(value, list) else value
+
+
+def _describe(errors: list[Any]) -> str:
+    """Pydantic errors as ``dotted.path: reason (got value)``, alternatives of one union joined by "or"."""
+    reasons: dict[str, list[str]] = {}
+    for error in errors:
+        parts = [p for p in error["loc"] if isinstance(p, int) or (p.isidentifier() and p not in _LOC_NOISE)]
+        path = ".".join(map(str, parts))
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key; remove it or check the spelling (see `sae-pipeline config schema`)"
+        elif error["type"] == "missing":
+            reason = "required field is missing; add it"
+        else:
+            reason = error["msg"].removeprefix("Value error, ") + (f" (got {error['input']!r})" if path else "")
+        reasons.setdefault(path, []).append(reason)
+    return "; ".join(f"{path}: " * bool(path) + " or ".join(r) for path, r in reasons.items())
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with dotted ``key=value`` overrides applied (values parsed as YAML).
+
+    ``layers.N.hidden=...`` with N equal to the number of layers appends a layer.
+    """
+    data = copy.deepcopy(data)
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise InputError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. layers.0.hidden=100")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # stays a string; validation names the field if that is wrong
+        node: Any = data
+        for depth, part in enumerate(parts):
+            parent, rest = ".".join(parts[:depth]), parts[depth + 1 :]
+            slot: str | int = part
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise InputError(f"override {text!r}: {parent} is a list; use an index, e.g. {parent}.0")
+                slot = int(part)
+                if slot == len(node) and parent == "layers" and rest == ["hidden"]:
+                    node.append({})
+                elif slot >= len(node):
+                    raise InputError(
+                        f"override {text!r}: index {slot} is out of range: {parent} has {len(node)} entries"
+                        + (f"; append a layer with layers.{len(node)}.hidden=N" if parent == "layers" else "")
+                    )
+            elif not isinstance(node, dict):
+                raise InputError(f"override {text!r}: {parent} is a value, not a section")
+            if not rest:
+                node[slot] = value
+            else:
+                if (node.get(slot) if isinstance(node, dict) else node[slot]) is None:
+                    node[slot] = [] if rest[0].isdigit() else {}
+                node = node[slot]
+    return data
+
+
+def default_config_path(name: str = "digits") -> Path:
+    """The shipped example config ``pipeline/configs/<name>.yaml``."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("*.yaml")))
+        raise InputError(f"no shipped config named {name!r}; choose one of: {shipped}")
+    return path
+
+
+def load_default_config(name: str = "digits", overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The shipped example config ``name`` with overrides applied."""
+    return PipelineConfig.from_yaml(default_config_path(name), overrides)
