@@ -1,0 +1,90 @@
+"""Console entry point: the pipeline's commands plus ``run``, ``serve`` and ``deploy`` (the Prefect ones)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pipeline.cli import EXIT_OK, add_config_arguments, load_config
+from pipeline.cli import main as pipeline_main
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from flows.pretrain import pretrain_flow
+
+    result = pretrain_flow(config, refresh_cache=args.fresh)
+    extra = result.extra
+    if args.json:
+        print(json.dumps({
+            "run_id": extra.get("run_id"),
+            "model_uri": extra.get("model_uri"),
+            "model_version": extra.get("model_version"),
+            "alias": extra.get("alias"),
+            "metrics": result.metrics(),
+        }))
+        return EXIT_OK
+    print(result.table())
+    name, value, _ = result.headline()
+    print(f"\n{name}: {value:.4f}")
+    if extra.get("model_uri"):
+        print(f"registered: {extra['model_uri']} (version {extra.get('model_version')}, alias {extra.get('alias')})")
+    if extra.get("run_url"):
+        print(f"MLflow run: {extra['run_url']}")
+    print("Next: `make ui` (or `sae-pipeline ui`) opens the MLflow UI on http://127.0.0.1:5000")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.deploy import serve
+
+    if (args.cron is None) == (args.interval is None):
+        from pipeline.errors import InputError
+
+        raise InputError("serve needs exactly one schedule: --cron '0 3 * * *' or --interval SECONDS")
+    serve(load_config(args.config, args.overrides), cron=args.cron, interval=args.interval, name=args.name)
+    return EXIT_OK
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    deployment_id = deploy(
+        load_config(args.config, args.overrides), pool=args.pool, cron=args.cron, interval=args.interval,
+        name=args.name,
+    )
+    print(f"deployed to work pool {args.pool!r}: deployment {deployment_id}; start a worker with "
+          f"`prefect worker start --pool {args.pool}`")
+    return EXIT_OK
+
+
+def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train, evaluate, track and register a stack (the main job)")
+    add_config_arguments(p)
+    p.add_argument("--fresh", action="store_true", help="ignore cached layers and retrain everything")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.set_defaults(func=_run)
+
+    for name, func, helptext in (
+        ("serve", _serve, "serve a scheduled deployment of the flow (needs a Prefect server: make servers)"),
+        ("deploy", _deploy, "deploy the flow to a Prefect work pool, optionally on a schedule"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        add_config_arguments(p)
+        p.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
+        p.add_argument("--interval", type=float, help="schedule every SECONDS")
+        p.add_argument("--name", help="deployment name (default: the config name)")
+        if name == "deploy":
+            p.add_argument("--pool", required=True, help="Prefect work pool (created as a process pool if missing)")
+        p.set_defaults(func=func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``sae-pipeline`` console script."""
+    return pipeline_main(argv, extend=_add_flow_commands)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Fine-tuning: a softmax layer on frozen codes first, then the whole stack end to end."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from sae.batches import ShuffledBatches
+from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
+from sae.stack import StackedEncoder
+from sae.train import _Loader
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned encoder (a copy: the pretrained one is kept) and accuracies before and after."""
+
+    encoder: StackedEncoder
+    head: torch.nn.Linear
+    classes: np.ndarray
+    accuracy_before: float  # softmax trained on frozen pretrained codes
+    accuracy_after: float  # after end-to-end fine-tuning
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _fit(module: ClassifierModule, batches: ShuffledBatches, epochs: int, logger: Any) -> None:
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(batches))),
+    )
+    trainer.fit(module, train_dataloaders=_Loader(batches))
+
+
+def accuracy(model: StackClassifier, X: np.ndarray, y: np.ndarray, chunk_rows: int = 8192) -> float:
+    """Fraction of rows whose argmax logit equals the label index."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, X.shape[0], chunk_rows):
+            x = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32))
+            correct += int((model(x).argmax(1).numpy() == y[start : start + chunk_rows]).sum())
+    return correct / X.shape[0]
+
+
+def finetune_stack(
+    encoder: StackedEncoder,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    epochs: int,
+    softmax_iterations: int = 400,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+    logger: Any = None,
+) -> FinetuneResult:
+    """Train a softmax head on the frozen stack, then everything end to end; raw features in, labels out."""
+    start = time.perf_counter()
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    y_test_idx = np.array([lookup.get(c, -1) for c in y_test.tolist()])
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = StackClassifier(copy.deepcopy(encoder), encoder.d_out, len(classes))
+    X = np.ascontiguousarray(X_train, dtype=np.float32)
+    batches = ShuffledBatches(X, batch_size, seed=seed, labels=y_idx)
+    # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).
+    codes = torch.from_numpy(encoder.transform(X))
+    fit_softmax(model.head, codes, torch.from_numpy(y_idx), weight_decay=weight_decay, max_iter=softmax_iterations)
+    before = accuracy(model, X_test, y_test_idx)
+    end_to_end = ClassifierModule(model, lr=lr, weight_decay=weight_decay)
+    _fit(end_to_end, batches, epochs, logger)
+    after = accuracy(model, X_test, y_test_idx)
+    model.encoder.eval()
+    return FinetuneResult(
+        model.encoder, model.head, classes, before, after, end_to_end.history, time.perf_counter() - start
+    )
