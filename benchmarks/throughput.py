@@ -32,7 +32,6 @@ def plain_loop(x: torch.Tensor, config: SAEConfig, device: str) -> float:
     start = time.perf_counter()
     for _ in range(EPOCHS):
         for batch in batches:
-            batch = batch.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             model.objective(batch).total.backward()
             opt.step()
@@ -68,7 +67,7 @@ def main() -> None:
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     device = "cuda" if args.accelerator == "gpu" else "cpu"
-    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (N, D_IN)).astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (N, D_IN)).astype(np.float32)).to(device)
     config = SAEConfig(d_in=D_IN, d_hidden=D_HIDDEN, sparsity="kl")
     lightning_run(x[:2048], config, args.accelerator)  # warm-up: imports, allocator, threads
     plain_loop(x[:2048], config, device)

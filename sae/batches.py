@@ -55,6 +55,7 @@ class ShuffledBatches:
         data = self.data
         assert isinstance(data, torch.Tensor)
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        order = order.to(data.device)
         rank, world = _rank_and_world()
         for start in range(0, self.n, self.batch_size):
             # Under data parallelism every rank draws the same global batch and keeps its own share of it.

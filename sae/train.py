@@ -113,6 +113,10 @@ def train_autoencoder(
     spawn = "spawn" in str(options.get("strategy", ""))
     history_path = Path(tempfile.mkstemp(suffix=".json")[1]) if spawn else None
     module = SAEModule(model, lr=lr, optimizer=optimizer, history_path=history_path and str(history_path))
+    if _single_cuda_device(options) and not isinstance(X, np.memmap):
+        # One copy to the GPU up front instead of one per batch (the batches index it there).
+        X = torch.as_tensor(X).to("cuda")
+        validation = None if validation is None else torch.as_tensor(validation).to("cuda")
     full_batch = optimizer == "lbfgs"
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
     val = None if validation is None else ShuffledBatches(validation, max(batch_size, 1024), shuffle=False)
@@ -139,6 +143,15 @@ def train_autoencoder(
         model.history = json.loads(history_path.read_text() or "[]")
         history_path.unlink(missing_ok=True)
     return model.cpu().eval()
+
+
+def _single_cuda_device(options: dict[str, Any]) -> bool:
+    accelerator = str(options.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return False
+    return options.get("devices", 1) in (1, "1") and options.get("num_nodes", 1) == 1 and options.get(
+        "strategy", "auto"
+    ) == "auto"
 
 
 class _Loader:
