@@ -1,0 +1,146 @@
+"""Where runs go and what describes them: tracking URIs, experiments, versions, commit, dataset inputs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.data import LoadedData
+
+DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "mlruns"
+DIGEST_CHARS = 16  # MLflow shows short digests; the full sha256 is the run tag sae.data.fingerprint
+
+
+def project_root() -> Path:
+    """The source checkout holding this package (it has a pyproject.toml), else the working directory."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<project root>/mlflow.db``: the store used when nothing is configured."""
+    return f"sqlite:///{project_root() / DB_NAME}"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """The config's ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the project's sqlite store."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme == "file" or (scheme == "" and uri != "databricks") or (len(scheme) == 1 and os.name == "nt"):
+        raise InputError(
+            f"tracking URI {uri!r} is the legacy MLflow file store, which this MLflow refuses; "
+            f"use a database URI such as sqlite:///{Path(uri.removeprefix('file://')).parent / DB_NAME} "
+            "or an http(s):// MLflow server"
+        )
+    return uri
+
+
+def registry_uri(tracking_uri: str) -> str:
+    """``$MLFLOW_REGISTRY_URI`` when set, else the tracking store itself."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    """A client bound to ``tracking_uri`` and its registry (no process-global state involved)."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri(tracking_uri))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for other stores."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+        return None
+    return Path(unquote(parsed.path))
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """``mlruns/<experiment>`` beside a sqlite database; None (the server's default) for other stores."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "default"
+    return (db.parent / ARTIFACT_DIR / slug).resolve().as_uri()
+
+
+def experiment_id(mlflow_client: MlflowClient, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (with a local artifact root for sqlite) when missing."""
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+
+def swap_tracking_uri(uri: str | None) -> str | None:
+    """Set MLflow's process-global tracking URI (None unsets it); returns the previous one to restore later."""
+    old = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)  # None also clears the $MLFLOW_TRACKING_URI that MLflow exports
+    return old
+
+
+@contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking URI at ``uri`` for the block (fluent-only APIs), then restore it."""
+    old = swap_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        swap_tracking_uri(old)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a run's results depend on."""
+    out = {}
+    for name in ("torch", "pytorch-lightning", "mlflow", "sae-pipeline", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the project checkout, or None outside a git repository."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
+                              timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def dataset_inputs(data: LoadedData) -> list[DatasetInput]:
+    """The train and test splits as MLflow dataset inputs: name, digest, schema, source path."""
+    path = Path(data.source)
+    source: Any = CodeDatasetSource({"builtin": data.source, "loader": "pipeline.datasets"})
+    if path.is_file():
+        with warnings.catch_warnings():  # a path reads as several local source kinds; all are the same file
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+    out = []
+    for context, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
+        # MLflow keeps one input per (name, digest), so the test split carries its own name.
+        name = data.source if context == "train" else f"{data.source}:test"
+        dataset = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=data.fingerprint[:DIGEST_CHARS])
+        out.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return out

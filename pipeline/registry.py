@@ -1,0 +1,133 @@
+"""Model registry policy: every run adds a version; the alias goes to it only when its headline metric wins.
+
+A new version gets ``alias`` (default ``champion``) when no version holds that alias yet, or when its headline
+metric (``PretrainResult.headline()``) beats the holder's, read from the holder's version tags; otherwise it
+gets ``challenger``. Versions measured by different headline metrics are not compared (the new one becomes
+challenger). The reason is logged, stored as the version tag ``registration_reason`` and returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from pipeline.mlflow_setup import use_tracking_uri
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+HEADLINE_NAME, HEADLINE_VALUE, HEADLINE_GREATER = "headline.metric", "headline.value", "headline.greater_is_better"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one number that ranks versions: metric name, value, and whether greater is better."""
+
+    metric: str
+    value: float
+    greater_is_better: bool
+
+    def beats(self, other: Headline) -> bool:
+        """Strictly better than ``other`` (same metric assumed); NaN never wins, anything beats NaN."""
+        if math.isnan(self.value):
+            return False
+        if math.isnan(other.value):
+            return True
+        return self.value > other.value if self.greater_is_better else self.value < other.value
+
+    def tags(self) -> dict[str, str]:
+        """As model version tags."""
+        return {HEADLINE_NAME: self.metric, HEADLINE_VALUE: repr(self.value),
+                HEADLINE_GREATER: str(self.greater_is_better).lower()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Headline | None:
+        """Read back from version tags; None when they are missing or unreadable."""
+        try:
+            return cls(tags[HEADLINE_NAME], float(tags[HEADLINE_VALUE]), tags[HEADLINE_GREATER] == "true")
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering produced: the version, the alias it got and why."""
+
+    model_name: str
+    model_version: str
+    alias: str
+    model_uri: str  # models:/<name>@<alias>, so downstream code follows the alias
+    version_uri: str  # models:/<name>/<version>, this exact version
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create registered model ``name`` unless it exists."""
+    try:
+        client.create_registered_model(name, description="Stacked sparse-autoencoder encoders (sae-pipeline).")
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def alias_holder(client: MlflowClient, name: str, alias: str) -> tuple[str, Headline | None] | None:
+    """(version, its headline) of the version holding ``alias``, or None when no version holds it."""
+    try:
+        held = client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return str(held.version), Headline.from_tags(dict(held.tags))
+
+
+def choose_alias(new: Headline, holder: tuple[str, Headline | None] | None, alias: str) -> tuple[str, str]:
+    """(alias for the new version, why): ``alias`` when it wins or nobody holds it, else ``challenger``."""
+    if holder is None:
+        return alias, f"no version holds @{alias} yet"
+    version, held = holder
+    if held is None:
+        return alias, f"version {version} holding @{alias} has no headline tags"
+    if held.metric != new.metric:
+        return CHALLENGER, (f"version {version} holding @{alias} is ranked by {held.metric}, this one by "
+                            f"{new.metric}: not comparable, so @{CHALLENGER}")
+    better = "higher" if new.greater_is_better else "lower"
+    if new.beats(held):
+        return alias, f"{new.metric} {new.value:.6g} beats {held.value:.6g} of version {version} ({better} is better)"
+    return CHALLENGER, (f"{new.metric} {new.value:.6g} does not beat {held.value:.6g} of version {version} "
+                        f"holding @{alias} ({better} is better), so @{CHALLENGER}")
+
+
+def register_model(
+    client: MlflowClient,
+    *,
+    name: str,
+    source: str,
+    run_id: str,
+    headline: Headline,
+    metrics: dict[str, float],
+    alias: str = "champion",
+    model_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Registration:
+    """Add ``source`` as a new version of ``name`` tagged with its metrics and run id; set the alias by policy."""
+    ensure_registered_model(client, name)
+    holder = alias_holder(client, name, alias)
+    chosen, reason = choose_alias(headline, holder, alias)
+    tags = {f"metric.{k}": repr(float(v)) for k, v in metrics.items()}
+    tags |= headline.tags() | {"run_id": run_id, "registration_reason": reason} | (extra_tags or {})
+    # The store looks a models:/<id> source up through a client on MLflow's global URI: point it at ours.
+    with use_tracking_uri(client.tracking_uri):
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    client.set_registered_model_alias(name, chosen, version.version)
+    log.info("registered %s version %s as @%s: %s", name, version.version, chosen, reason)
+    return Registration(name, str(version.version), chosen, f"models:/{name}@{chosen}",
+                        f"models:/{name}/{version.version}", reason)
