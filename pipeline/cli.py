@@ -83,9 +83,11 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from pipeline.mlflow_setup import project_root, resolve_tracking_uri
+
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    store = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    cmd = [mlflow, "ui", "--backend-store-uri", store, "--default-artifact-root", "./mlruns",
+    store = resolve_tracking_uri()
+    cmd = [mlflow, "ui", "--backend-store-uri", store, "--default-artifact-root", str(project_root() / "mlruns"),
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {store}); Ctrl-C stops it", file=sys.stderr)
     os.execv(mlflow, cmd)

@@ -39,7 +39,7 @@ def encode_in_chunks(
         out = np.empty((n, d_out), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, n, chunk_rows):
-            chunk = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32))
+            chunk = torch.from_numpy(np.array(X[start : start + chunk_rows], dtype=np.float32))  # writable copy
             out[start : start + chunk_rows] = encode(chunk).numpy()
     if isinstance(out, np.memmap):
         out.flush()

@@ -167,7 +167,7 @@ class RegisterConfig(_Section):
     model: str | None = None
     """Registered model name; null = "<name>-encoder"."""
     alias: Annotated[str, Field(min_length=1)] = "champion"
-    """Alias moved to the new version when it is at least as good."""
+    """Alias moved to the new version only when its headline metric strictly beats the holder's."""
 
 
 class PipelineConfig(_Section):
@@ -178,7 +178,7 @@ class PipelineConfig(_Section):
     seed: int = 0
     """Seed for the split, shuffling and initialisation."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
+    """MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///<project root>/mlflow.db."""
     cache_dir: str = ".sae-cache"
     """Where flows persist layer results."""
     data: DataConfig = Field(default_factory=DataConfig)

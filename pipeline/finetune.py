@@ -77,7 +77,7 @@ def finetune_stack(
     lookup = {c: i for i, c in enumerate(classes.tolist())}
     y_test_idx = np.array([lookup.get(c, -1) for c in y_test.tolist()])
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = StackClassifier(copy.deepcopy(encoder), encoder.d_out, len(classes))
+    model = StackClassifier(copy.deepcopy(encoder).train(), encoder.d_out, len(classes))
     X = np.ascontiguousarray(X_train, dtype=np.float32)
     batches = ShuffledBatches(X, batch_size, seed=seed, labels=y_idx)
     # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).

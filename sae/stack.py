@@ -122,7 +122,7 @@ class StackedEncoder(nn.Module):
         device = self.scaler.shift.device
         with torch.no_grad():
             for start in range(0, X.shape[0], batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(X[start : start + batch_size], dtype=np.float32))
+                x = torch.from_numpy(np.array(X[start : start + batch_size], dtype=np.float32))  # writable copy
                 out[start : start + x.shape[0]] = run(x.to(device)).cpu().numpy()
         return out
 
