@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sae.module import Optimizer, SAEModule
 
 ArrayLike = np.ndarray | torch.Tensor
 _CHUNK = 65_536
+STEPS_PER_LIGHTNING_BATCH = 8  # optimizer steps per Lightning batch: amortises Lightning's per-batch overhead
 
 # Lightning announces hardware and tips at INFO on every Trainer; the pipeline prints its own progress.
 for _name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
@@ -137,7 +139,11 @@ def train_autoencoder(
         deterministic=deterministic,
         **options,
     )
-    trainer.fit(module, train_dataloaders=_Loader(train), val_dataloaders=None if val is None else _Loader(val))
+    trainer.fit(
+        module,
+        train_dataloaders=_Loader(train, group=STEPS_PER_LIGHTNING_BATCH),
+        val_dataloaders=None if val is None else _Loader(val),
+    )
     model.history = module.history
     if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
         model.history = json.loads(history_path.read_text() or "[]")
@@ -155,13 +161,27 @@ def _single_cuda_device(options: dict[str, Any]) -> bool:
 
 
 class _Loader:
-    """Hands Lightning a sized iterable (a bare list would be read as several dataloaders)."""
+    """Hands Lightning a sized iterable (a bare list would be read as several dataloaders).
 
-    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+    With ``group > 1`` each item is a list of up to ``group`` mini-batches that SAEModule steps through.
+    """
+
+    def __init__(self, batches: Iterable[Any], group: int = 1) -> None:
         self.batches = batches
+        self.group = group
 
-    def __iter__(self):  # noqa: ANN204
-        return iter(self.batches)
+    def __iter__(self) -> Iterator[Any]:
+        if self.group == 1:
+            yield from self.batches
+            return
+        chunk: list[Any] = []
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.group:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
+        return math.ceil(len(self.batches) / self.group)  # type: ignore[arg-type]
