@@ -1,0 +1,173 @@
+"""Trained layers on disk, keyed by everything that determines their weights; no Prefect involved.
+
+A layer lives in ``<cache_dir>/layers/<key>/``: ``config.json`` (SAEConfig, resolved settings, key, timing,
+test metrics), ``model.safetensors`` (weights, plus ``rho_hat`` when measured), ``history.json`` (per-epoch
+metrics) and ``train_codes.npy``/``test_codes.npy`` (its codes, the next layer's inputs). A layer is trained
+into a ``<key>.partial-<host>-<pid>`` sibling and renamed into place, so a run killed mid-layer leaves no directory
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from pipeline.codes import MEMMAP_BYTES
+from pipeline.stacking import LayerResult, train_layer
+from sae import SAEConfig, SparseAutoencoder
+
+if TYPE_CHECKING:
+    from pipeline.data import LoadedData
+    from pipeline.hooks import PipelineHooks
+
+CACHE_VERSION = 1  # bump when the on-disk layout or the training code changes what a key means
+CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
+TRAIN_CODES, TEST_CODES = "train_codes.npy", "test_codes.npy"
+FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, TRAIN_CODES, TEST_CODES)
+PARTIAL = ".partial-"  # <key>.partial-<host>-<pid>: a layer being trained
+RHO_HAT = "rho_hat"  # extra tensor in model.safetensors, not part of the state dict
+
+
+def _sha256(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def input_fingerprint(data: LoadedData) -> str:
+    """Hash of what layer 1 sees: the data fingerprint plus the fitted scaling (kind and parameters)."""
+    s = data.scaling
+    digest = hashlib.sha256()
+    digest.update(data.fingerprint.encode())
+    digest.update(f"{s.kind}|{float(s.offset)!r}|{bool(s.clip)}".encode())
+    digest.update(np.ascontiguousarray(s.shift, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(s.factor, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def layer_cache_key(fingerprint: str, settings: Any, seed: int, parent_key: str | None) -> str:
+    """sha256 of the input fingerprint, every resolved setting of the layer, its seed and the key below it."""
+    values = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
+    assert isinstance(values, Mapping)
+    return _sha256({"version": CACHE_VERSION, "inputs": fingerprint, "settings": values, "seed": int(seed),
+                    "parent": parent_key})
+
+
+def layer_dir(cache_dir: str | Path, key: str) -> Path:
+    """``<cache_dir>/layers/<key>``."""
+    return Path(cache_dir) / "layers" / key
+
+
+def is_complete(directory: Path) -> bool:
+    """True when every file of a trained layer is present."""
+    return directory.is_dir() and all((directory / name).is_file() for name in FILES)
+
+
+def train_into(
+    directory: Path,
+    settings: Any,
+    train_inputs: np.ndarray,
+    test_inputs: np.ndarray,
+    *,
+    seed: int,
+    hooks: PipelineHooks | None = None,
+    key: str = "",
+    parent_key: str | None = None,
+) -> Path:
+    """Train one layer and write it to ``directory`` atomically (partial sibling, then rename)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(directory)
+    partial = directory.with_name(f"{directory.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)  # a dead run that had our pid
+    partial.mkdir()
+    try:
+        result = train_layer(settings, train_inputs, test_inputs, seed=seed, hooks=hooks, codes_dir=partial)
+        save_layer(partial, result, key=key, parent_key=parent_key, seed=seed)
+        if directory.exists() and not is_complete(directory):  # a file deleted by hand: replace the rest
+            shutil.rmtree(directory)
+        try:
+            partial.rename(directory)
+        except OSError:
+            if not is_complete(directory):
+                raise
+            shutil.rmtree(partial)  # a concurrent run stored the same key first; same key, same weights
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return directory
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Delete partial directories of ``directory`` left by killed runs on this host (not live ones)."""
+    prefix = f"{directory.name}{PARTIAL}{socket.gethostname()}-"
+    for stale in directory.parent.glob(f"{prefix}*"):
+        pid = stale.name.removeprefix(prefix)
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def save_layer(directory: Path, result: LayerResult, *, key: str = "", parent_key: str | None = None,
+               seed: int = 0) -> None:
+    """Write weights, history and config.json of ``result`` into ``directory`` (the codes are written by encoding)."""
+    model = result.model
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    if model.rho_hat is not None:
+        tensors[RHO_HAT] = model.rho_hat.detach().cpu().float().contiguous()
+    save_file(tensors, str(directory / WEIGHTS_FILE))
+    (directory / HISTORY_FILE).write_text(json.dumps(result.history))
+    for name, codes in ((TRAIN_CODES, result.train_codes), (TEST_CODES, result.test_codes)):
+        if not (directory / name).is_file():
+            np.save(directory / name, np.asarray(codes, np.float32))
+    meta = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "parent_key": parent_key,
+        "seed": seed,
+        "sae_config": model.config.to_dict(),
+        "settings": result.settings.model_dump(mode="json"),
+        "test_metrics": result.test_metrics,
+        "seconds": result.seconds,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _load_codes(path: Path) -> np.ndarray:
+    """Small code arrays in memory (as the plain pipeline keeps them), large ones memory-mapped."""
+    return np.load(path, mmap_mode="r") if path.stat().st_size > MEMMAP_BYTES else np.load(path)
+
+
+def load_layer(directory: Path, settings: Any, *, reused: bool = False) -> LayerResult:
+    """The LayerResult stored in ``directory``; ``settings`` is the caller's resolved layer."""
+    started = time.perf_counter()
+    meta = json.loads((directory / CONFIG_FILE).read_text())
+    model = SparseAutoencoder(SAEConfig.from_dict(meta["sae_config"]))
+    tensors = load_file(str(directory / WEIGHTS_FILE))
+    rho_hat = tensors.pop(RHO_HAT, None)
+    model.load_state_dict(tensors)
+    model.rho_hat = rho_hat
+    model.history = json.loads((directory / HISTORY_FILE).read_text())
+    model.eval()
+    train_codes, test_codes = _load_codes(directory / TRAIN_CODES), _load_codes(directory / TEST_CODES)
+    metrics = {k: float(v) for k, v in meta["test_metrics"].items()}
+    seconds = time.perf_counter() - started if reused else float(meta["seconds"])
+    return LayerResult(settings.index, settings, model, train_codes, test_codes, metrics, seconds, reused)
+

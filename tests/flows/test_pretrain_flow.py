@@ -1,0 +1,225 @@
+"""The pretraining flow: layer caching, partial retraining, resume after SIGKILL, failures, artifacts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL
+
+from flows import pretrain_flow
+from pipeline.config import apply_overrides
+from pipeline.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(tmp: Path, name: str = "tiny") -> dict:
+    """Three small layers on digits, two epochs each, no fine-tuning; tracking to a sqlite file in ``tmp``."""
+    return {
+        "name": name,
+        "seed": 3,
+        "cache_dir": str(tmp / "cache"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "data": {"source": "digits"},
+        "defaults": {"epochs": 2, "batch_size": 128, "lr": 0.01},
+        "trainer": {"accelerator": "cpu"},
+        "layers": [{"hidden": 16}, {"hidden": 12}, {"hidden": 8}],
+        "finetune": {"epochs": 0},
+    }
+
+
+def run(config: dict, **kwargs):
+    """Run the flow; return (result, flow run id, wall seconds)."""
+    started = time.perf_counter()
+    state = pretrain_flow(config, return_state=True, **kwargs)
+    seconds = time.perf_counter() - started
+    return state.result(), state.state_details.flow_run_id, seconds
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state_name for r in runs}
+
+
+def flow_logs(flow_run_id) -> str:
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def layer_tags(result) -> dict[str, str]:
+    """``layer-N`` child run name -> its ``sae.reused`` tag."""
+    client = MlflowClient(result.extra["tracking_uri"])
+    children = client.search_runs([result.extra["experiment_id"]],
+                                  f"tags.mlflow.parentRunId = '{result.extra['run_id']}'")
+    return {r.info.run_name: r.data.tags.get("sae.reused") for r in children if r.info.run_name.startswith("layer")}
+
+
+def test_flow_parameters_are_the_config_schema_so_the_ui_shows_a_form():
+    schema = pretrain_flow.parameters
+    assert schema.properties["config"]["$ref"] == "#/definitions/PipelineConfig"
+    assert set(schema.definitions["PipelineConfig"]["properties"]) >= {"name", "data", "layers", "finetune"}
+    assert schema.properties["refresh_cache"]["default"] is False and schema.required == ["config"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("flow")
+
+
+@pytest.fixture(scope="module")
+def first(workdir):
+    """The uninterrupted reference run on an empty cache."""
+    return run(tiny(workdir))
+
+
+def test_first_run_trains_every_layer_tracks_registers_and_publishes_artifacts(first):
+    result, flow_run_id, _ = first
+    assert [layer.reused for layer in result.layers] == [False, False, False]
+    assert result.extra["model_version"] == "1" and result.extra["model_uri"] == "models:/tiny-encoder@champion"
+    assert MlflowClient(result.extra["tracking_uri"]).get_run(result.extra["run_id"]).info.status == "FINISHED"
+    assert layer_tags(result) == {"layer-1": "false", "layer-2": "false", "layer-3": "false"}
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run_id}
+    assert "| layer | shape |" in artifacts["sae-results"].data and "64->16" in artifacts["sae-results"].data
+    assert result.extra["run_id"] in artifacts["mlflow-run"].data
+    assert "tiny-encoder" in artifacts["sae-model-version"].data and "versions/1" in artifacts["sae-model-version"].data
+    # Flow run names say the config name and the data set.
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).name.startswith("tiny-digits-")
+
+
+def test_same_config_again_reuses_every_layer_and_is_faster(first, workdir):
+    reference, _, first_seconds = first
+    result, flow_run_id, seconds = run(tiny(workdir))
+    assert [layer.reused for layer in result.layers] == [True, True, True]
+    states = task_states(flow_run_id)
+    assert [states[f"train-layer-{i}"] for i in (1, 2, 3)] == ["Cached"] * 3
+    assert same_weights(result.encoder, reference.encoder)
+    trained = sum(layer.seconds for layer in reference.layers)
+    assert sum(layer.seconds for layer in result.layers) < 0.25 * trained
+    assert seconds < first_seconds
+    logs = flow_logs(flow_run_id)
+    assert all(f"layer {i} reused from cache " in logs for i in (1, 2, 3)), logs
+    assert layer_tags(result) == {"layer-1": "true", "layer-2": "true", "layer-3": "true"}
+    assert result.extra["model_version"] == "2"
+
+
+def test_changing_only_layer_3_retrains_only_layer_3(first, workdir):
+    reference, _, _ = first
+    result, _, _ = run(apply_overrides(tiny(workdir), ["layers.2.lr=0.02"]))
+    assert [layer.reused for layer in result.layers] == [True, True, False]
+    assert same_weights(result.layers[1].model, reference.layers[1].model)
+    assert not torch.equal(result.layers[2].model.encoder.weight, reference.layers[2].model.encoder.weight)
+
+
+def test_refresh_cache_retrains_every_layer_to_the_same_weights(first, workdir):
+    reference, _, _ = first
+    result, flow_run_id, _ = run(tiny(workdir), refresh_cache=True)
+    assert [layer.reused for layer in result.layers] == [False, False, False]
+    assert set(task_states(flow_run_id).values()) == {"Completed"}
+    assert same_weights(result.encoder, reference.encoder)
+
+
+def test_a_cached_layer_whose_files_are_missing_is_retrained(first, workdir):
+    reference, _, _ = first
+    (layer_2,) = [p for p in (workdir / "cache" / "layers").iterdir()
+                  if json.loads((p / "config.json").read_text())["settings"]["index"] == 1]
+    (layer_2 / "model.safetensors").unlink()
+    result, _, _ = run(tiny(workdir))
+    # Layer 2 retrains (to the same weights); layer 3's key is unchanged, so it stays cached.
+    assert [layer.reused for layer in result.layers] == [True, False, True]
+    assert same_weights(result.encoder, reference.encoder)
+
+
+KILLED_RUN = """
+import json, os, sys, time
+from pytorch_lightning.callbacks import Callback
+from flows import extra_hooks, pretrain_flow
+from pipeline.hooks import PipelineHooks
+
+config, marker, index = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+class Stall(Callback):
+    def on_train_epoch_end(self, trainer, module):
+        open(marker, "w").write(str(os.getpid()))
+        time.sleep(600)  # the test kills us here, mid-layer
+
+class KillPoint(PipelineHooks):
+    def layer_callbacks(self, i, settings):
+        return [Stall()] if i == index else []
+
+with extra_hooks(KillPoint()):
+    pretrain_flow(config)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_layer_2_resumes_there_with_identical_weights(first, tmp_path):
+    reference, _, _ = first
+    config = tiny(tmp_path)
+    marker = tmp_path / "layer-2-started"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(config), str(marker), "1"], env=env,
+                            cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "killed.log").open("w"))
+    try:
+        deadline = time.monotonic() + 150
+        while not marker.exists():
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "layer 2 never started training"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / "cache" / "layers").glob("*.partial-*"))) == 1  # layer 2, half done
+    result, _, _ = run(config)
+    assert [layer.reused for layer in result.layers] == [True, False, False]
+    assert same_weights(result.encoder, reference.encoder)
+    assert not list((tmp_path / "cache" / "layers").glob("*.partial-*"))
+
+
+def test_a_failing_layer_fails_the_flow_with_its_error_and_registers_nothing(tmp_path):
+    config = apply_overrides(tiny(tmp_path, "failing"), ["layers.1.optimizer=sgd", "layers.1.lr=1.0e+30"])
+    state = pretrain_flow(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FloatingPointError):
+        state.result()
+    client = MlflowClient(config["tracking_uri"])
+    experiment = client.get_experiment_by_name("failing")
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["FAILED"]
+    assert "FloatingPointError" in parents[0].data.tags["error"]
+    assert "FloatingPointError" in flow_logs(state.state_details.flow_run_id)
+    assert client.search_model_versions("name='failing-encoder'") == []
+    assert not list((tmp_path / "cache" / "layers").glob("*.partial-*"))
+    assert len(list((tmp_path / "cache" / "layers").iterdir())) == 1  # layer 1 kept for the next try
+
+
+def test_bad_input_fails_fast_without_io_retries(tmp_path):
+    config = apply_overrides(tiny(tmp_path, "bad-input"), [f"data.source={tmp_path / 'absent.npy'}"])
+    state = pretrain_flow(config, return_state=True)
+    with pytest.raises(InputError, match="absent.npy"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        (load,) = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if r.name.startswith("load-data")]
+    assert load.run_count == 1 and load.state_name == "Failed"
