@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -340,6 +341,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw  # stays a string; validation names the field if that is wrong
+        value = _number_or_self(value)
         node: Any = data
         for depth, part in enumerate(parts):
             parent, rest = ".".join(parts[:depth]), parts[depth + 1 :]
@@ -378,3 +380,13 @@ def default_config_path(name: str = "digits") -> Path:
 def load_default_config(name: str = "digits", overrides: Sequence[str] = ()) -> PipelineConfig:
     """The shipped example config ``name`` with overrides applied."""
     return PipelineConfig.from_yaml(default_config_path(name), overrides)
+
+
+def _number_or_self(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; users mean the number."""
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -79,6 +80,7 @@ class ShuffledBatches:
         carry: torch.Tensor | None = None
         for start in starts.tolist():
             block = torch.from_numpy(np.array(self.data[start : start + self.block_rows], dtype=np.float32))
+            release_pages(self.data, start, start + self.block_rows)  # the copy is ours; keep RSS at one block
             if self.shuffle:
                 block = block[torch.randperm(block.shape[0], generator=gen)]
             if carry is not None:
@@ -89,6 +91,41 @@ class ShuffledBatches:
             carry = block[full:] if full < block.shape[0] else None
         if carry is not None and carry.shape[0] > 0:
             yield carry
+
+
+def release_pages(array: np.ndarray, start_row: int, stop_row: int) -> None:
+    """Drop rows [start_row, stop_row) of a memory-mapped array from this process's resident memory.
+
+    Pages of a file mapping count in RSS once touched and stay until unmapped; ``MADV_DONTNEED`` unmaps them
+    (the data stays in the file and the page cache, dirty pages included), so one pass over a file larger
+    than RAM keeps RSS flat. A no-op for in-memory arrays and where madvise is unavailable.
+    """
+    mm = _backing_mmap(array)
+    if mm is None or not hasattr(mm, "madvise") or array.ndim == 0 or not array.flags.c_contiguous:
+        return
+    stop_row = min(stop_row, array.shape[0])
+    if stop_row <= start_row:
+        return
+    row_bytes = array.strides[0]
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data  # the mapping's first byte (page-aligned)
+    first = array.ctypes.data - base + start_row * row_bytes
+    last = array.ctypes.data - base + stop_row * row_bytes
+    first -= first % mmap.PAGESIZE
+    last = min(len(mm), last + (-last) % mmap.PAGESIZE)
+    if last > first:
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _backing_mmap(array: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` under a np.memmap or a view of one (walking ``.base``), else None."""
+    while array is not None:
+        mm = getattr(array, "_mmap", None)
+        if isinstance(mm, mmap.mmap):
+            return mm
+        if isinstance(array, mmap.mmap):
+            return array
+        array = getattr(array, "base", None)
+    return None
 
 
 def _rank_and_world() -> tuple[int, int]:

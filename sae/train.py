@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping
+from pytorch_lightning.callbacks import Callback
 
-from sae.batches import ShuffledBatches
+from sae.batches import ShuffledBatches, release_pages
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.module import Optimizer, SAEModule
@@ -63,6 +63,9 @@ def _range_and_nonfinite(x: ArrayLike) -> tuple[float, float, int]:
     lo, hi, bad = np.inf, -np.inf, 0
     for start in range(0, x.shape[0], _CHUNK):
         chunk = x[start : start + _CHUNK]
+        if isinstance(x, np.memmap):  # copy, then drop the file pages so one pass keeps RSS at one chunk
+            chunk = np.array(chunk)
+            release_pages(x, start, start + _CHUNK)
         t = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.asarray(chunk))
         c_lo, c_hi = (v.item() for v in torch.aminmax(t.detach().float()))
         if not (np.isfinite(c_lo) and np.isfinite(c_hi)):  # NaN propagates into min/max; inf shows as one
@@ -114,23 +117,27 @@ def train_autoencoder(
     options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     spawn = "spawn" in str(options.get("strategy", ""))
     history_path = Path(tempfile.mkstemp(suffix=".json")[1]) if spawn else None
-    module = SAEModule(model, lr=lr, optimizer=optimizer, history_path=history_path and str(history_path))
     if _single_cuda_device(options) and not isinstance(X, np.memmap):
         # One copy to the GPU up front instead of one per batch (the batches index it there).
         X = torch.as_tensor(X).to("cuda")
         validation = None if validation is None else torch.as_tensor(validation).to("cuda")
+    val = None if validation is None else ShuffledBatches(validation, max(batch_size, 1024), shuffle=False)
+    module = SAEModule(
+        model,
+        lr=lr,
+        optimizer=optimizer,
+        history_path=history_path and str(history_path),
+        validation=val,
+        patience=patience,
+    )
     full_batch = optimizer == "lbfgs"
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
-    val = None if validation is None else ShuffledBatches(validation, max(batch_size, 1024), shuffle=False)
-    all_callbacks: list[Callback] = list(callbacks)
-    if val is not None and patience is not None:
-        all_callbacks.append(EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
     if deterministic is None:
         deterministic = options["accelerator"] != "cpu"
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,
-        callbacks=all_callbacks,
+        callbacks=list(callbacks),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -142,7 +149,6 @@ def train_autoencoder(
     trainer.fit(
         module,
         train_dataloaders=_Loader(train, group=STEPS_PER_LIGHTNING_BATCH),
-        val_dataloaders=None if val is None else _Loader(val),
     )
     model.history = module.history
     if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here

@@ -228,3 +228,10 @@ def test_flat_params_are_dotted_scalars_with_resolved_layers():
     assert params["data.features"] == '["a", "b"]'
     assert params["register.model"] == "null"
     assert all(isinstance(v, str | int | float | bool) for v in params.values())
+
+
+def test_overrides_read_exponent_notation_as_numbers():
+    from pipeline.config import apply_overrides
+
+    assert apply_overrides({"defaults": {}}, ["defaults.lr=1e-3"])["defaults"]["lr"] == 0.001
+    assert apply_overrides({"name": "x"}, ["name=digits"])["name"] == "digits"
