@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae.batches import release_pages
+
 CHUNK_ROWS = 8192
 MEMMAP_BYTES = 256 * 2**20  # outputs above this go to disk rather than RAM
 
@@ -41,6 +43,8 @@ def encode_in_chunks(
         for start in range(0, n, chunk_rows):
             chunk = torch.from_numpy(np.array(X[start : start + chunk_rows], dtype=np.float32))  # writable copy
             out[start : start + chunk_rows] = encode(chunk).numpy()
+            release_pages(X, start, start + chunk_rows)  # no-op unless memory-mapped: keeps RSS at one chunk
+            release_pages(out, start, start + chunk_rows)
     if isinstance(out, np.memmap):
         out.flush()
         return np.load(out_path, mmap_mode="r")

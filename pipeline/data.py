@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.datasets import BUILTIN_DATASETS, load_builtin
 from pipeline.errors import InputError
+from sae.batches import release_pages
 from sae.scaling import ScaleKind, Scaling
 
 if TYPE_CHECKING:
@@ -74,8 +75,15 @@ class LoadedData:
 
 
 def _row_chunks(X: np.ndarray, rows: int = CHUNK_ROWS):  # noqa: ANN202 - a generator of (start, chunk)
+    """(start, chunk) pairs; a memmap's chunk is a copy and its pages are released, so RSS stays one chunk."""
+    memmapped = isinstance(X, np.memmap)
     for start in range(0, X.shape[0], rows):
-        yield start, np.asarray(X[start : start + rows])
+        if memmapped:
+            chunk = np.array(X[start : start + rows])
+            release_pages(X, start, start + rows)
+            yield start, chunk
+        else:
+            yield start, np.asarray(X[start : start + rows])
 
 
 def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None) -> np.ndarray:
@@ -87,6 +95,7 @@ def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None
     result = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=X.shape)
     for start, chunk in _row_chunks(X):
         result[start : start + chunk.shape[0]] = scaling.transform(chunk)
+        release_pages(result, start, start + chunk.shape[0])  # written pages stay in the file and page cache
     result.flush()
     return result
 

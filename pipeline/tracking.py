@@ -255,7 +255,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if not isinstance(v, str)]
+        # Points are indexed by epoch (Lightning adds it), not by optimizer step, which differs under DDP.
+        step = int(metrics["epoch"]) if "epoch" in metrics else (step or 0)
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if not isinstance(v, str)]
         if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
             self.flush()
 
