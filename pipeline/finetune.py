@@ -84,6 +84,7 @@ def finetune_stack(
     codes = torch.from_numpy(encoder.transform(X))
     fit_softmax(model.head, codes, torch.from_numpy(y_idx), weight_decay=weight_decay, max_iter=softmax_iterations)
     before = accuracy(model, X_test, y_test_idx)
+    model.train()  # accuracy() left it in eval mode
     end_to_end = ClassifierModule(model, lr=lr, weight_decay=weight_decay)
     _fit(end_to_end, batches, epochs, logger)
     after = accuracy(model, X_test, y_test_idx)
