@@ -14,7 +14,7 @@ import torch
 from sae.batches import ShuffledBatches
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
 from sae.stack import StackedEncoder
-from sae.train import _Loader
+from sae.train import SizedLoader, quiet_trainer
 
 
 @dataclass
@@ -31,18 +31,8 @@ class FinetuneResult:
 
 
 def _fit(module: ClassifierModule, batches: ShuffledBatches, epochs: int, logger: Any) -> None:
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger if logger is not None else False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(batches))),
-    )
-    trainer.fit(module, train_dataloaders=_Loader(batches))
+    trainer = quiet_trainer(epochs, n_batches=len(batches), logger=logger, accelerator="cpu", devices=1)
+    trainer.fit(module, train_dataloaders=SizedLoader(batches))
 
 
 def accuracy(model: StackClassifier, X: np.ndarray, y: np.ndarray, chunk_rows: int = 8192) -> float:

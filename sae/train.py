@@ -134,7 +134,30 @@ def train_autoencoder(
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
     if deterministic is None:
         deterministic = options["accelerator"] != "cpu"
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        epochs, n_batches=len(train), logger=logger, callbacks=callbacks, deterministic=deterministic, **options
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=SizedLoader(train, group=STEPS_PER_LIGHTNING_BATCH),
+    )
+    model.history = module.history
+    if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
+        model.history = json.loads(history_path.read_text() or "[]")
+        history_path.unlink(missing_ok=True)
+    return model.cpu().eval()
+
+
+def quiet_trainer(
+    epochs: int,
+    *,
+    n_batches: int,
+    logger: Any = None,
+    callbacks: Sequence[Callback] = (),
+    **options: Any,
+) -> pl.Trainer:
+    """A Trainer that leaves nothing behind: no progress bar, summary, checkpoints or default logger."""
+    return pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,
         callbacks=list(callbacks),
@@ -142,19 +165,9 @@ def train_autoencoder(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(train))),
-        deterministic=deterministic,
+        log_every_n_steps=max(1, min(50, n_batches)),
         **options,
     )
-    trainer.fit(
-        module,
-        train_dataloaders=_Loader(train, group=STEPS_PER_LIGHTNING_BATCH),
-    )
-    model.history = module.history
-    if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
-        model.history = json.loads(history_path.read_text() or "[]")
-        history_path.unlink(missing_ok=True)
-    return model.cpu().eval()
 
 
 def _single_cuda_device(options: dict[str, Any]) -> bool:
@@ -166,7 +179,7 @@ def _single_cuda_device(options: dict[str, Any]) -> bool:
     ) == "auto"
 
 
-class _Loader:
+class SizedLoader:
     """Hands Lightning a sized iterable (a bare list would be read as several dataloaders).
 
     With ``group > 1`` each item is a list of up to ``group`` mini-batches that SAEModule steps through.
