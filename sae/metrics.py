@@ -20,7 +20,8 @@ class EpochStats:
     def __init__(self, config: SAEConfig) -> None:
         self.config = config
         self.threshold = config.active_threshold
-        self.sums: torch.Tensor | None = None  # total, reconstruction, sparsity, weight_decay (x b), sum x^2, n
+        self.sums: torch.Tensor | None = None  # total, reconstruction, sparsity, weight_decay (x b), sum x^2
+        self.n = 0  # samples seen
         self.code_sum: torch.Tensor | None = None  # (d_hidden,)
         self.active_count: torch.Tensor | None = None  # (d_hidden,) samples on which each unit was active
         self.x_sum: torch.Tensor | None = None  # (d_in,)
@@ -36,8 +37,10 @@ class EpochStats:
         row = torch.stack(
             [obj.total.detach(), obj.reconstruction.detach(), obj.sparsity.detach(), obj.weight_decay.detach()]
         ).to(torch.float64) * b
-        extra = torch.stack([torch.dot(flat, flat).to(torch.float64), row.new_tensor(float(b))])
-        row = torch.cat([row, extra])
+        # The sample count stays on the host: a Python float copied to a GPU each step would block the host
+        # until the queue drains.
+        row = torch.cat([row, torch.dot(flat, flat).to(torch.float64).reshape(1)])
+        self.n += b
         unit_active = (magnitude > self.threshold).sum(0)
         if self.sums is None:
             self.sums = row
@@ -57,6 +60,9 @@ class EpochStats:
             return
         for t in (self.sums, self.code_sum, self.active_count, self.x_sum):
             dist.all_reduce(t)
+        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.sums.device)
+        dist.all_reduce(n)
+        self.n = int(n.item())
 
     def compute(self, prefix: str = "") -> dict[str, float]:
         """Metrics for the epoch: loss terms (per-sample means), mse, fvu, rho_hat mean/std, l0, dead_fraction."""
@@ -64,7 +70,8 @@ class EpochStats:
             return {}
         self._all_reduce()
         assert self.code_sum is not None and self.active_count is not None and self.x_sum is not None
-        total, rec, spa, wd, x_sq, n = self.sums.tolist()
+        total, rec, spa, wd, x_sq = self.sums.tolist()
+        n = float(self.n)
         sse = 2.0 * rec  # reconstruction is half the per-sample sum of squared errors
         sst = x_sq - (self.x_sum.pow(2) / n).sum().item()
         rho_hat = self.code_sum / n
