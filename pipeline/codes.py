@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae.batches import release_pages
+from sae.batches import release_pages, row_chunks
 
 CHUNK_ROWS = 8192
 MEMMAP_BYTES = 256 * 2**20  # outputs above this go to disk rather than RAM
@@ -40,10 +40,8 @@ def encode_in_chunks(
     else:
         out = np.empty((n, d_out), dtype=np.float32)
     with torch.no_grad():
-        for start in range(0, n, chunk_rows):
-            chunk = torch.from_numpy(np.array(X[start : start + chunk_rows], dtype=np.float32))  # writable copy
-            out[start : start + chunk_rows] = encode(chunk).numpy()
-            release_pages(X, start, start + chunk_rows)  # no-op unless memory-mapped: keeps RSS at one chunk
+        for start, chunk in row_chunks(X, chunk_rows):
+            out[start : start + chunk_rows] = encode(torch.from_numpy(chunk)).numpy()
             release_pages(out, start, start + chunk_rows)
     if isinstance(out, np.memmap):
         out.flush()

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.datasets import BUILTIN_DATASETS, load_builtin
 from pipeline.errors import InputError
-from sae.batches import release_pages
+from sae.batches import release_pages, row_chunks
 from sae.scaling import ScaleKind, Scaling
 
 if TYPE_CHECKING:
@@ -74,18 +74,6 @@ class LoadedData:
         return self._scaled[which]
 
 
-def _row_chunks(X: np.ndarray, rows: int = CHUNK_ROWS):  # noqa: ANN202 - a generator of (start, chunk)
-    """(start, chunk) pairs; a memmap's chunk is a copy and its pages are released, so RSS stays one chunk."""
-    memmapped = isinstance(X, np.memmap)
-    for start in range(0, X.shape[0], rows):
-        if memmapped:
-            chunk = np.array(X[start : start + rows])
-            release_pages(X, start, start + rows)
-            yield start, chunk
-        else:
-            yield start, np.asarray(X[start : start + rows])
-
-
 def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None) -> np.ndarray:
     """scaling.transform over row chunks, into memory or (``out``) a new .npy memmap."""
     if out is None:
@@ -93,7 +81,7 @@ def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None
     if scaling.kind == "none" and X.dtype == np.float32:
         return X
     result = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=X.shape)
-    for start, chunk in _row_chunks(X):
+    for start, chunk in row_chunks(X, CHUNK_ROWS, dtype=None):
         result[start : start + chunk.shape[0]] = scaling.transform(chunk)
         release_pages(result, start, start + chunk.shape[0])  # written pages stay in the file and page cache
     result.flush()
@@ -103,7 +91,7 @@ def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None
 def column_range(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature (min, max) in float64, over row chunks."""
     lo, hi = np.full(X.shape[1], np.inf), np.full(X.shape[1], -np.inf)
-    for _, chunk in _row_chunks(X):
+    for _, chunk in row_chunks(X, CHUNK_ROWS, dtype=None):
         lo, hi = np.minimum(lo, chunk.min(axis=0)), np.maximum(hi, chunk.max(axis=0))
     return lo, hi
 
@@ -111,7 +99,7 @@ def column_range(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and population std in float64, merging row chunks (Chan et al.)."""
     n, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for _, chunk in _row_chunks(X):
+    for _, chunk in row_chunks(X, CHUNK_ROWS, dtype=None):
         c = chunk.astype(np.float64)
         k, c_mean = c.shape[0], c.mean(axis=0)
         delta = c_mean - mean
@@ -254,7 +242,7 @@ def _check_finite(path: Path, X: np.ndarray, names: list[str], show: int = 5) ->
     if X.dtype.kind != "f":
         return
     count, where = 0, []
-    for start, chunk in _row_chunks(X):
+    for start, chunk in row_chunks(X, CHUNK_ROWS, dtype=None):
         bad = ~np.isfinite(chunk)
         if bad.any():
             count += int(bad.sum())
@@ -312,7 +300,7 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
             digest.update(b"none;")
             continue
         digest.update(f"{array.dtype.str}{array.shape};".encode())
-        for _, chunk in _row_chunks(array):
+        for _, chunk in row_chunks(array, CHUNK_ROWS, dtype=None):
             digest.update(np.ascontiguousarray(chunk).tobytes())
     return digest.hexdigest()
 

@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sae import SparseAutoencoder
-from sae.batches import release_pages
+from sae.batches import row_chunks
 from sae.metrics import EpochStats
 
 if TYPE_CHECKING:
@@ -82,8 +82,7 @@ def layer_test_metrics(model: SparseAutoencoder, inputs: np.ndarray, chunk_rows:
     stats = EpochStats(model.config)
     model.eval()
     with torch.no_grad():
-        for start in range(0, inputs.shape[0], chunk_rows):
-            x = torch.from_numpy(np.array(inputs[start : start + chunk_rows], dtype=np.float32))
-            release_pages(inputs, start, start + chunk_rows)
+        for _, chunk in row_chunks(inputs, chunk_rows):
+            x = torch.from_numpy(chunk)
             stats.update(model.objective(x, corrupt=False), x)
     return stats.compute()

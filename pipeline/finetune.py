@@ -11,7 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from sae.batches import ShuffledBatches
+from sae.batches import ShuffledBatches, row_chunks
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
 from sae.stack import StackedEncoder
 from sae.train import SizedLoader, quiet_trainer
@@ -40,9 +40,8 @@ def accuracy(model: StackClassifier, X: np.ndarray, y: np.ndarray, chunk_rows: i
     model.eval()
     correct = 0
     with torch.no_grad():
-        for start in range(0, X.shape[0], chunk_rows):
-            x = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk_rows], dtype=np.float32))
-            correct += int((model(x).argmax(1).numpy() == y[start : start + chunk_rows]).sum())
+        for start, chunk in row_chunks(X, chunk_rows):
+            correct += int((model(torch.from_numpy(chunk)).argmax(1).numpy() == y[start : start + chunk_rows]).sum())
     return correct / X.shape[0]
 
 

@@ -93,6 +93,20 @@ class ShuffledBatches:
             yield carry
 
 
+def row_chunks(
+    X: np.ndarray, rows: int, dtype: np.dtype | type | None = np.float32
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, chunk) over the rows of X, each chunk a writable copy (in ``dtype``; None keeps X's).
+
+    A memory-mapped X has each chunk's pages released right after the copy, so one pass over a file larger
+    than RAM keeps resident memory at one chunk.
+    """
+    for start in range(0, X.shape[0], rows):
+        chunk = np.array(X[start : start + rows], dtype=dtype)
+        release_pages(X, start, start + rows)
+        yield start, chunk
+
+
 def release_pages(array: np.ndarray, start_row: int, stop_row: int) -> None:
     """Drop rows [start_row, stop_row) of a memory-mapped array from this process's resident memory.
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sae.batches import row_chunks
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder, encode_with
 from sae.scaling import InputScaler, Scaling
@@ -121,9 +122,8 @@ class StackedEncoder(nn.Module):
         out = np.empty((X.shape[0], width), dtype=np.float32)
         device = self.scaler.shift.device
         with torch.no_grad():
-            for start in range(0, X.shape[0], batch_size):
-                x = torch.from_numpy(np.array(X[start : start + batch_size], dtype=np.float32))  # writable copy
-                out[start : start + x.shape[0]] = run(x.to(device)).cpu().numpy()
+            for start, chunk in row_chunks(X, batch_size):
+                out[start : start + chunk.shape[0]] = run(torch.from_numpy(chunk).to(device)).cpu().numpy()
         return out
 
     def _check_depth(self, depth: int | None) -> int:

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from sae.batches import ShuffledBatches, release_pages
+from sae.batches import ShuffledBatches, row_chunks
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.module import Optimizer, SAEModule
@@ -61,12 +61,11 @@ def check_inputs(x: ArrayLike, config: SAEConfig, name: str = "X") -> None:
 def _range_and_nonfinite(x: ArrayLike) -> tuple[float, float, int]:
     """(min, max, count of NaN/inf) in one chunked pass; the count is only computed when min/max show one."""
     lo, hi, bad = np.inf, -np.inf, 0
-    for start in range(0, x.shape[0], _CHUNK):
-        chunk = x[start : start + _CHUNK]
-        if isinstance(x, np.memmap):  # copy, then drop the file pages so one pass keeps RSS at one chunk
-            chunk = np.array(chunk)
-            release_pages(x, start, start + _CHUNK)
-        t = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.asarray(chunk))
+    if isinstance(x, torch.Tensor):
+        chunks = (x[start : start + _CHUNK] for start in range(0, x.shape[0], _CHUNK))
+    else:
+        chunks = (torch.from_numpy(chunk) for _, chunk in row_chunks(x, _CHUNK, dtype=None))
+    for t in chunks:
         c_lo, c_hi = (v.item() for v in torch.aminmax(t.detach().float()))
         if not (np.isfinite(c_lo) and np.isfinite(c_hi)):  # NaN propagates into min/max; inf shows as one
             finite = torch.isfinite(t)
