@@ -189,11 +189,4 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None) -
         raise
 
 
-def encode_codes(encoder: StackedEncoder, X: np.ndarray, depth: int | None = None) -> np.ndarray:
-    """Codes of layer ``depth`` (default: top) for raw features X, in chunks."""
-    depth = depth or encoder.depth
-    d_out = encoder.configs[depth - 1].d_hidden
-    return encode_in_chunks(lambda x: encoder.encode(x, depth=depth), X, d_out)
-
-
 __all__ = ["LayerResult", "finish", "prepare", "pretrain_stack", "train_layer"]
