@@ -48,12 +48,12 @@ def write_uniform_npy(path: Path, n_bytes: int, seed: int = 0) -> int:
 
 def child(path: str, in_memory: bool) -> None:
     """One measured pipeline run (in its own process); prints a JSON line."""
-    import pipeline.data
+    import pipeline.data.loading
     from pipeline.config import PipelineConfig
-    from pipeline.stacking import pretrain_stack
+    from pipeline.greedy import pretrain_stack
 
     if in_memory:  # take the small-file path: the whole array read into RAM and split by shuffling
-        pipeline.data.LARGE_FILE_BYTES = 2**62
+        pipeline.data.loading.LARGE_FILE_BYTES = 2**62
     config = PipelineConfig.from_dict({
         "name": "out-of-core",
         "data": {"source": path, "scale": "unit"},
@@ -69,8 +69,8 @@ def child(path: str, in_memory: bool) -> None:
     seconds = sum(layer.seconds for layer in result.layers)
     print(json.dumps({
         "rows": rows,
-        "memmapped": isinstance(result.layers[0].train_codes, np.memmap) or isinstance(result.data.X_train, np.memmap),
-        "train_memmap": isinstance(result.data.scaled_train(), np.memmap),
+        "memmapped": isinstance(result.layers[0].codes.train, np.memmap) or isinstance(result.data.X_train, np.memmap),
+        "train_memmap": isinstance(result.data.scaled().train, np.memmap),
         "layer_seconds": seconds,
         "total_seconds": total,
         "samples_per_s": rows * len(result.layers) / seconds,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import PipelineConfig, load_default_config  # noqa: E402
 from pipeline.data import load_data  # noqa: E402
 from pipeline.evaluate import probe_accuracies  # noqa: E402
-from pipeline.stacking import sae_config  # noqa: E402
+from pipeline.greedy import sae_config  # noqa: E402
 from sae import SparseAutoencoder  # noqa: E402
 from sae.classifier import StackClassifier, fit_softmax  # noqa: E402
 from sae.stack import StackedEncoder  # noqa: E402
@@ -47,7 +47,7 @@ def plain_training(config: PipelineConfig) -> tuple[float, float]:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     data = load_data(config.data, config.seed)
-    inputs = torch.from_numpy(data.scaled_train())
+    inputs = torch.from_numpy(data.scaled().train)
     models = []
     for settings in config.resolved_layers():
         model = SparseAutoencoder(sae_config(settings, inputs.shape[1]))

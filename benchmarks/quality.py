@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, default_config_path
-from pipeline.plots import filter_grid
-from pipeline.stacking import pretrain_stack
+from pipeline.greedy import pretrain_stack
+from pipeline.tracking.plots import filter_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 NUDGED_BAR = 0.94

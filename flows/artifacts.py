@@ -8,7 +8,8 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.results import PretrainResult, markdown_table
+from pipeline.results import PretrainResult
+from pipeline.tables import markdown_table
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a sqlite store
 
@@ -21,7 +22,7 @@ def mlflow_base_url(tracking_uri: str) -> str:
 @task(name="publish-artifacts", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
 def publish_artifacts(result: PretrainResult) -> None:
     """Markdown results table, link to the MLflow parent run, and the registered model version."""
-    extra = result.extra
+    tracked = result.tracked
     name, value, _ = result.headline()
     create_markdown_artifact(
         key="sae-results",
@@ -29,19 +30,19 @@ def publish_artifacts(result: PretrainResult) -> None:
         f"**{name}**: {value:.4f}\n",
         description="Per-layer losses, sparsity, probe and fine-tuned accuracies",
     )
-    if not extra.get("run_id"):
+    if tracked is None:
         return
-    base = mlflow_base_url(str(extra.get("tracking_uri", "")))
+    base = mlflow_base_url(tracked.tracking_uri)
     local = "" if base != LOCAL_UI else " (local store: open it with `make ui`)"
-    run_url = extra.get("run_url") or f"{base}/#/experiments/{extra.get('experiment_id')}/runs/{extra['run_id']}"
-    create_link_artifact(key="mlflow-run", link=run_url, link_text=f"MLflow run {extra['run_id']}{local}",
-                         description=f"MLflow parent run at {extra.get('tracking_uri')}")
-    if extra.get("model_version") is None:
+    run_url = tracked.run_url or f"{base}/#/experiments/{tracked.experiment_id}/runs/{tracked.run_id}"
+    create_link_artifact(key="mlflow-run", link=run_url, link_text=f"MLflow run {tracked.run_id}{local}",
+                         description=f"MLflow parent run at {tracked.tracking_uri}")
+    reg = tracked.registration
+    if reg is None:
         return
-    model, version = str(extra.get("model_name")), extra["model_version"]
     create_link_artifact(
         key="sae-model-version",
-        link=f"{base}/#/models/{quote(model)}/versions/{version}",
-        link_text=f"{model} version {version} (@{extra.get('alias')}): {extra.get('model_uri')}{local}",
-        description=str(extra.get("registration_reason", "")),
+        link=f"{base}/#/models/{quote(reg.model_name)}/versions/{reg.model_version}",
+        link_text=f"{reg.model_name} version {reg.model_version} (@{reg.alias}): {reg.model_uri}{local}",
+        description=reg.reason,
     )

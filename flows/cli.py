@@ -20,23 +20,23 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pretrain import pretrain_flow
 
     result = pretrain_flow(config, refresh_cache=args.fresh)
-    extra = result.extra
+    tracked, reg = result.tracked, result.tracked and result.tracked.registration
     if args.json:
         print(json.dumps({
-            "run_id": extra.get("run_id"),
-            "model_uri": extra.get("model_uri"),
-            "model_version": extra.get("model_version"),
-            "alias": extra.get("alias"),
+            "run_id": tracked and tracked.run_id,
+            "model_uri": tracked and tracked.model_uri,
+            "model_version": reg and reg.model_version,
+            "alias": reg and reg.alias,
             "metrics": result.metrics(),
         }))
         return EXIT_OK
     print(result.table())
     name, value, _ = result.headline()
     print(f"\n{name}: {value:.4f}")
-    if extra.get("model_uri"):
-        print(f"registered: {extra['model_uri']} (version {extra.get('model_version')}, alias {extra.get('alias')})")
-    if extra.get("run_url"):
-        print(f"MLflow run: {extra['run_url']}")
+    if reg:
+        print(f"registered: {reg.model_uri} (version {reg.model_version}, alias {reg.alias})")
+    if tracked and tracked.run_url:
+        print(f"MLflow run: {tracked.run_url}")
     print("Next: `make ui` (or `sae-pipeline ui`) opens the MLflow UI on http://127.0.0.1:5000")
     return EXIT_OK
 

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -24,13 +23,13 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import publish_artifacts
 from pipeline import layer_store
-from pipeline.config import PipelineConfig
-from pipeline.data import LoadedData
+from pipeline.config import PipelineConfig, ResolvedLayer
+from pipeline.data.loading import LoadedData, Splits, load_data
+from pipeline.greedy import Steps, pretrain_stack, stack_and_evaluate
 from pipeline.hooks import CompositeHooks, PipelineHooks
 from pipeline.progress import ProgressPrinter
-from pipeline.results import PretrainResult
-from pipeline.stacking import LayerResult, finish, prepare
-from pipeline.tracking import MlflowTracking
+from pipeline.results import LayerResult, PretrainResult
+from pipeline.tracking.runs import MlflowTracking
 
 PREFECT_RESULTS = "prefect"  # sub-directory of cache_dir holding Prefect's result and cache records
 _extra_hooks: list[PipelineHooks] = []
@@ -72,9 +71,9 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_con
 
 
 @task(name="load-data", **IO_RETRIES)
-def load_data_task(config: PipelineConfig) -> tuple[LoadedData, np.ndarray, np.ndarray]:
+def load_data_task(config: PipelineConfig) -> LoadedData:
     """Read, validate, split and scale the data (retried: it is file I/O)."""
-    return prepare(config)
+    return load_data(config.data, config.seed)
 
 
 @task(name="start-tracking", **IO_RETRIES)
@@ -90,9 +89,8 @@ def _layer_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(name="train-layer", cache_key_fn=_layer_key, persist_result=True, result_serializer="json")
 def train_layer_task(
     key: str,
-    settings: Any,
-    train_inputs: np.ndarray,
-    test_inputs: np.ndarray,
+    settings: ResolvedLayer,
+    inputs: Splits,
     *,
     seed: int,
     cache_dir: str,
@@ -104,8 +102,7 @@ def train_layer_task(
     directory = layer_store.layer_dir(cache_dir, key)
     if reuse_files and layer_store.is_complete(directory):  # trained, but killed before Prefect recorded it
         return {"key": key, "trained": False}
-    layer_store.train_into(directory, settings, train_inputs, test_inputs, seed=seed, hooks=hooks, key=key,
-                           parent_key=parent_key)
+    layer_store.train_into(directory, settings, inputs, seed=seed, hooks=hooks, key=key, parent_key=parent_key)
     return {"key": key, "trained": True}
 
 
@@ -120,34 +117,56 @@ def finish_task(
     config: PipelineConfig, data: LoadedData, layers: list[LayerResult], hooks: PipelineHooks, started: float
 ) -> PretrainResult:
     """Stack, fine-tune, evaluate, log and register (not retried: it trains and registers a version)."""
-    return finish(config, data, layers, hooks=hooks, started=started)
+    return stack_and_evaluate(config, data, layers, hooks=hooks, started=started)
 
 
-def _layer(
-    config: PipelineConfig, settings: Any, inputs: tuple[np.ndarray, np.ndarray], fingerprint: str,
-    parent_key: str | None, hooks: PipelineHooks, refresh_cache: bool,
-) -> tuple[str, LayerResult]:
-    """Run (or reuse) one layer task and load its result from the layer store."""
-    logger = get_run_logger()
-    cache_dir = Path(config.cache_dir).expanduser().resolve()
-    seed = config.seed + settings.index
-    key = layer_store.layer_cache_key(fingerprint, settings, seed, parent_key)
-    directory = layer_store.layer_dir(cache_dir, key)
-    complete = layer_store.is_complete(directory)
-    number = settings.index + 1
-    state = train_layer_task.with_options(
-        task_run_name=f"train-layer-{number}",
-        refresh_cache=refresh_cache or not complete,  # a cached key whose files are gone retrains
-        result_storage=cache_dir / PREFECT_RESULTS,
-    )(key, settings, *inputs, seed=seed, cache_dir=str(cache_dir), parent_key=parent_key, hooks=hooks,
-      reuse_files=not refresh_cache, return_state=True)
-    output = state.result()  # raises the layer's own error when it failed
-    reused = state.name == "Cached" or not output["trained"]
-    if reused:
-        logger.info("layer %d reused from cache %s (%s)", number, key, directory)
-    else:
-        logger.info("layer %d trained and stored as %s", number, key)
-    return key, layer_store.load_layer(directory, settings, reused=reused)
+class CachedLayers:
+    """The flow's layer step: a cached task per layer, keyed on the data, its settings, seed and the key below."""
+
+    def __init__(self, config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool) -> None:
+        self.cache_dir = Path(config.cache_dir).expanduser().resolve()
+        self.hooks, self.refresh_cache = hooks, refresh_cache
+        self.fingerprint: str | None = None
+        self.parent_key: str | None = None
+
+    def __call__(self, settings: ResolvedLayer, inputs: Splits, seed: int) -> LayerResult:
+        """Run (or reuse) one layer task and load its result from the layer store."""
+        assert self.fingerprint is not None, "set the input fingerprint before the first layer"
+        logger = get_run_logger()
+        key = layer_store.layer_cache_key(self.fingerprint, settings, seed, self.parent_key)
+        directory = layer_store.layer_dir(self.cache_dir, key)
+        number = settings.index + 1
+        state = train_layer_task.with_options(
+            task_run_name=f"train-layer-{number}",
+            refresh_cache=self.refresh_cache or not layer_store.is_complete(directory),  # files gone: retrain
+            result_storage=self.cache_dir / PREFECT_RESULTS,
+        )(key, settings, inputs, seed=seed, cache_dir=str(self.cache_dir), parent_key=self.parent_key,
+          hooks=self.hooks, reuse_files=not self.refresh_cache, return_state=True)
+        output = state.result()  # raises the layer's own error when it failed
+        reused = state.name == "Cached" or not output["trained"]
+        if reused:
+            logger.info("layer %d reused from cache %s (%s)", number, key, directory)
+        else:
+            logger.info("layer %d trained and stored as %s", number, key)
+        self.parent_key = key
+        return layer_store.load_layer(directory, settings, reused=reused)
+
+
+def flow_steps(config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool) -> Steps:
+    """The pipeline's steps as Prefect tasks (layers cached); the loop itself is pipeline.greedy's."""
+    layers = CachedLayers(config, hooks, refresh_cache)
+
+    def start(config: PipelineConfig, data: LoadedData) -> None:
+        start_tracking_task(hooks, config, data)
+        layers.fingerprint = layer_store.input_fingerprint(data)
+
+    return Steps(
+        load=load_data_task,
+        start=start,
+        layer=layers,
+        record=lambda layer: record_layer_task(hooks, layer),
+        finish=lambda config, data, done, started: finish_task(config, data, done, hooks, started),
+    )
 
 
 @flow(name="sae-pretrain", flow_run_name=run_name, persist_result=False, validate_parameters=True)
@@ -155,21 +174,6 @@ def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False) -> Pretra
     """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``."""
     config = _as_config(config)
     hooks = CompositeHooks([MlflowTracking(), ProgressPrinter(), *_extra_hooks])
-    started = time.perf_counter()
-    try:
-        data, train_inputs, test_inputs = load_data_task(config)
-        start_tracking_task(hooks, config, data)
-        fingerprint = layer_store.input_fingerprint(data)
-        layers: list[LayerResult] = []
-        key: str | None = None
-        for settings in config.resolved_layers():
-            key, layer = _layer(config, settings, (train_inputs, test_inputs), fingerprint, key, hooks, refresh_cache)
-            record_layer_task(hooks, layer)
-            layers.append(layer)
-            train_inputs, test_inputs = layer.train_codes, layer.test_codes
-        result = finish_task(config, data, layers, hooks, started)
-    except BaseException as error:
-        hooks.on_run_failed(error)
-        raise
+    result = pretrain_stack(config, hooks, flow_steps(config, hooks, refresh_cache))
     publish_artifacts(result)
     return result

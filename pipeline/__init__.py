@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
     from pipeline.errors import InputError
+    from pipeline.greedy import pretrain_stack
     from pipeline.hooks import PipelineHooks
     from pipeline.results import PretrainResult
-    from pipeline.stacking import pretrain_stack
     from pipeline.transformer import SAETransformer
 
 # Resolved on first use so that `sae-pipeline --help` does not pay for importing torch and Lightning.
@@ -20,7 +20,7 @@ _EXPORTS = {
     "PipelineHooks": "pipeline.hooks",
     "PretrainResult": "pipeline.results",
     "SAETransformer": "pipeline.transformer",
-    "pretrain_stack": "pipeline.stacking",
+    "pretrain_stack": "pipeline.greedy",
 }
 __all__ = ["InputError", "PipelineConfig", "PipelineHooks", "PretrainResult", "SAETransformer", "pretrain_stack"]
 

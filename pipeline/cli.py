@@ -35,8 +35,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from pipeline.datasets import describe_builtins
-    from pipeline.results import format_rows
+    from pipeline.data.builtin import describe_builtins
+    from pipeline.tables import format_rows
 
     rows = [["name", "samples", "features", "labels", "description"]]
     for d in describe_builtins():
@@ -63,8 +63,8 @@ def _config(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pipeline.encode import resolve_encoder
     from pipeline.export import check_export, export_encoder
+    from pipeline.tracking.encoders import resolve_encoder
 
     encoder = resolve_encoder(args.model_uri)
     out = export_encoder(encoder, args.format, Path(args.out))
@@ -75,7 +75,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pipeline.encode import encode_file
+    from pipeline.tracking.encoders import encode_file
 
     out = encode_file(args.model_uri, Path(args.input), Path(args.out))
     print(f"wrote codes to {out}")
@@ -83,7 +83,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from pipeline.mlflow_setup import project_root, resolve_tracking_uri
+    from pipeline.tracking.store import project_root, resolve_tracking_uri
 
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     store = resolve_tracking_uri()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import copy
+import ast
+import dataclasses
+import inspect
 import json
 import re
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -22,6 +25,8 @@ from pydantic import (
 )
 
 from pipeline.errors import InputError
+from pipeline.overrides import apply_overrides
+from sae.config import SAEConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
@@ -57,27 +62,33 @@ class TrainerSettings(_Section):
     """Numeric precision (Lightning names; 32, 64 and 16 are accepted as shorthands)."""
 
 
-class LayerSettings(_Section):
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under a class's attributes (as SAEConfig documents its fields)."""
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    for node, after in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _sae_fields() -> dict[str, Any]:
+    """SAEConfig's fields but the shapes, as pydantic fields: type, default, bounds and doc all come from sae."""
+    hints, docs = get_type_hints(SAEConfig), attribute_docs(SAEConfig)
+    return {f.name: (hints[f.name], Field(f.default, description=docs[f.name], **f.metadata))
+            for f in dataclasses.fields(SAEConfig) if f.name not in SHAPE_FIELDS}
+
+
+SHAPE_FIELDS = ("d_in", "d_hidden")  # set by the pipeline: d_in from the layer below, d_hidden = hidden
+SAESettings = create_model(
+    "SAESettings", __base__=_Section, __doc__="The layer's model: sae.SAEConfig's fields.", **_sae_fields()
+)
+
+
+class LayerSettings(SAESettings):  # type: ignore[misc, valid-type]
     """How one layer is built and trained; ``defaults`` holds these and every layer inherits them."""
 
-    sparsity: Literal["kl", "l1", "topk", "none"] = "kl"
-    """Sparsity penalty: kl (target mean activation), l1 (on codes), topk (k active units), none."""
-    target: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    """Target mean activation rho for kl, strictly between 0 and 1."""
-    beta: Annotated[float, Field(ge=0)] = 3.0
-    """Weight of the sparsity term (kl and l1)."""
-    k: Annotated[int, Field(ge=1)] | None = None
-    """Active units per sample for topk (1 <= k <= hidden)."""
-    weight_decay: Annotated[float, Field(ge=0)] = 0.003
-    """lambda in lambda/2 * sum of squared weights."""
-    encoder_activation: Literal["sigmoid", "relu", "tanh"] = "sigmoid"
-    """Hidden-unit nonlinearity; kl needs sigmoid."""
-    decoder_activation: Literal["sigmoid", "linear"] = "sigmoid"
-    """Output nonlinearity; sigmoid needs inputs in [0, 1]."""
-    tied: bool = False
-    """Decoder weight is the transposed encoder weight."""
-    noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    """Denoising: fraction of inputs zeroed during training, 0 <= noise < 1."""
     epochs: Annotated[int, Field(ge=1)] = 50
     """Training epochs for this layer."""
     batch_size: Annotated[int, Field(ge=1)] = 128
@@ -119,6 +130,10 @@ LayerConfig = create_model(
 class ResolvedLayer(LayerSettings):
     """A layer with every setting resolved (layer value, else the defaults)."""
 
+    def layer_fields(self) -> dict[str, Any]:
+        """The SAEConfig fields of this layer (all but d_in and d_hidden)."""
+        return {name: getattr(self, name) for name in SAESettings.model_fields}
+
     model_config = ConfigDict(frozen=True)
     index: int
     """0-based position in the stack."""
@@ -140,7 +155,9 @@ class DataConfig(_Section):
     labels: str | None = None
     """npz key or column name of the class labels (built-ins bring their own)."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    """Fraction of rows held out for testing, strictly between 0 and 1."""
+    """Fraction of rows held out for testing, strictly between 0 and 1; only reported, never used to choose."""
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    """Fraction of the training rows held out for validation (early stopping, probe and epoch choices)."""
     scale: Literal["unit", "standard", "none"] = "unit"
     """unit: min-max to [0.1, 0.9] (clipped to [0, 1]); standard: mean 0, std 1; none: raw."""
     max_samples: Annotated[int, Field(ge=4)] | None = None
@@ -281,16 +298,12 @@ def _check_layer(config: PipelineConfig, layer: ResolvedLayer) -> None:
     def origin(key: str) -> str:
         return "" if getattr(own, key) is not None else " (inherited from defaults)"
 
-    if layer.sparsity == "kl" and layer.encoder_activation != "sigmoid":
-        raise ValueError(
-            f"{where}.encoder_activation={layer.encoder_activation!r}{origin('encoder_activation')}: sparsity kl "
-            f"needs activations in (0, 1); set {where}.encoder_activation: sigmoid or use sparsity l1 or topk"
-        )
-    if layer.sparsity == "topk" and (layer.k is None or layer.k > layer.hidden):
-        raise ValueError(
-            f"{where}.k={layer.k}{origin('k')}: sparsity topk needs k with 1 <= k <= hidden ({layer.hidden}); "
-            f"set {where}.k"
-        )
+    try:  # the layer's own rules live in SAEConfig; only the shapes are not known yet
+        SAEConfig(d_in=1, d_hidden=layer.hidden, **layer.layer_fields())
+    except ValueError as error:
+        key = re.match(r"SAEConfig\.(\w+)", str(error))
+        name = key.group(1) if key else "settings"
+        raise ValueError(f"{where}.{str(error).removeprefix('SAEConfig.')}{origin(name) if name in SAESettings.model_fields else ''}") from None
     below = config.layer_settings(layer.index - 1).encoder_activation if layer.index else "sigmoid"
     if layer.decoder_activation == "sigmoid" and below != "sigmoid":
         raise ValueError(
@@ -326,48 +339,6 @@ def _describe(errors: list[Any]) -> str:
     return "; ".join(f"{path}: " * bool(path) + " or ".join(r) for path, r in reasons.items())
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data`` with dotted ``key=value`` overrides applied (values parsed as YAML).
-
-    ``layers.N.hidden=...`` with N equal to the number of layers appends a layer.
-    """
-    data = copy.deepcopy(data)
-    for text in overrides:
-        key, sep, raw = text.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise InputError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. layers.0.hidden=100")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw  # stays a string; validation names the field if that is wrong
-        value = _number_or_self(value)
-        node: Any = data
-        for depth, part in enumerate(parts):
-            parent, rest = ".".join(parts[:depth]), parts[depth + 1 :]
-            slot: str | int = part
-            if isinstance(node, list):
-                if not part.isdigit():
-                    raise InputError(f"override {text!r}: {parent} is a list; use an index, e.g. {parent}.0")
-                slot = int(part)
-                if slot == len(node) and parent == "layers" and rest == ["hidden"]:
-                    node.append({})
-                elif slot >= len(node):
-                    raise InputError(
-                        f"override {text!r}: index {slot} is out of range: {parent} has {len(node)} entries"
-                        + (f"; append a layer with layers.{len(node)}.hidden=N" if parent == "layers" else "")
-                    )
-            elif not isinstance(node, dict):
-                raise InputError(f"override {text!r}: {parent} is a value, not a section")
-            if not rest:
-                node[slot] = value
-            else:
-                if (node.get(slot) if isinstance(node, dict) else node[slot]) is None:
-                    node[slot] = [] if rest[0].isdigit() else {}
-                node = node[slot]
-    return data
-
-
 def default_config_path(name: str = "digits") -> Path:
     """The shipped example config ``pipeline/configs/<name>.yaml``."""
     path = CONFIG_DIR / f"{name}.yaml"
@@ -380,13 +351,3 @@ def default_config_path(name: str = "digits") -> Path:
 def load_default_config(name: str = "digits", overrides: Sequence[str] = ()) -> PipelineConfig:
     """The shipped example config ``name`` with overrides applied."""
     return PipelineConfig.from_yaml(default_config_path(name), overrides)
-
-
-def _number_or_self(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string; users mean the number."""
-    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-        return float(value)
-    return value
-
-
-_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")

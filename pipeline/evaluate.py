@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -19,61 +18,54 @@ from sae.batches import row_chunks
 from sae.metrics import EpochStats
 
 if TYPE_CHECKING:
-    from pipeline.data import LoadedData
-    from pipeline.stacking import LayerResult
+    from pipeline.data.loading import LoadedData, Splits
+    from pipeline.results import LayerResult
 
-PROBE_CS = (0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths, chosen on a validation split of train
+PROBE_CS = (0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths, chosen on the validation split
 PROBE_MAX_ITER = 300
 PROBE_MAX_TRAIN = 20_000  # probes fit on at most this many (seeded) training rows to bound their cost
 
 
 def probe_accuracy(
-    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, *, seed: int = 0
+    train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, test: np.ndarray, y_test: np.ndarray,
+    *, seed: int = 0,
 ) -> float:
-    """Test accuracy of a logistic-regression probe on standardised features.
+    """Test accuracy of a logistic-regression probe on standardised features, fitted on ``train``.
 
-    C is chosen on a stratified 20% validation split of the training rows, then refit on all of them:
-    the test split never influences the probe.
+    C is the one scoring best on the validation split: the test split never influences the probe.
     """
     scaler = StandardScaler().fit(train)
-    train, test = scaler.transform(train), scaler.transform(test)
-    fit_rows, val_rows = train_test_split(
-        np.arange(len(y_train)), test_size=0.2, random_state=seed, stratify=_stratify(y_train)
-    )
+    train, val, test = scaler.transform(train), scaler.transform(val), scaler.transform(test)
 
-    def fit(rows: np.ndarray, c: float) -> LogisticRegression:
+    def fit(c: float) -> LogisticRegression:
         clf = LogisticRegression(C=c, max_iter=PROBE_MAX_ITER, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return clf.fit(train[rows], y_train[rows])
+            return clf.fit(train, y_train)
 
     # One BLAS/OpenMP thread: these small fits are latency-bound, and spinning thread pools made them up to
     # 50x slower here whenever the other core was busy.
     with threadpool_limits(limits=1):
-        best = max(PROBE_CS, key=lambda c: fit(fit_rows, c).score(train[val_rows], y_train[val_rows]))
-        return float(fit(np.arange(len(y_train)), best).score(test, y_test))
-
-
-def _stratify(y: np.ndarray) -> np.ndarray | None:
-    _, counts = np.unique(y, return_counts=True)
-    return y if counts.min() >= 2 else None
+        best = max((fit(c) for c in PROBE_CS), key=lambda clf: clf.score(val, y_val))
+        return float(best.score(test, y_test))
 
 
 def probe_accuracies(data: LoadedData, layers: Sequence[LayerResult], *, seed: int = 0) -> dict[str, float]:
-    """Probe accuracy on the scaled inputs (``raw``) and on each layer's codes (``layer_1``, ...)."""
-    assert data.y_train is not None and data.y_test is not None
-    y_train, y_test = np.asarray(data.y_train), np.asarray(data.y_test)
+    """Probe test accuracy on the scaled inputs (``raw``) and on each layer's codes (``layer_1``, ...)."""
+    assert data.y_train is not None and data.y_val is not None and data.y_test is not None
+    y_train = np.asarray(data.y_train)
     n = y_train.shape[0]
     rows = np.arange(n)
     if n > PROBE_MAX_TRAIN:
         rows = np.sort(np.random.default_rng(seed).choice(n, PROBE_MAX_TRAIN, replace=False))
 
-    def probe(train: np.ndarray, test: np.ndarray) -> float:
-        return probe_accuracy(np.asarray(train[rows], np.float32), y_train[rows], np.asarray(test), y_test, seed=seed)
+    def probe(splits: Splits) -> float:
+        return probe_accuracy(np.asarray(splits.train[rows], np.float32), y_train[rows], np.asarray(splits.val),
+                              np.asarray(data.y_val), np.asarray(splits.test), np.asarray(data.y_test), seed=seed)
 
-    out = {"raw": probe(data.scaled_train(), data.scaled_test())}
+    out = {"raw": probe(data.scaled())}
     for layer in layers:
-        out[f"layer_{layer.index + 1}"] = probe(layer.train_codes, layer.test_codes)
+        out[f"layer_{layer.index + 1}"] = probe(layer.codes)
     return out
 
 

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 from pytorch_lightning.callbacks import Callback
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
-    from pipeline.data import LoadedData
-    from pipeline.stacking import FinetuneResult, LayerResult, PretrainResult
+    from pipeline.config import PipelineConfig, ResolvedLayer
+    from pipeline.data.loading import LoadedData
+    from pipeline.finetune import FinetuneResult
+    from pipeline.results import LayerResult, PretrainResult
 
 
 class PipelineHooks:
@@ -19,11 +20,11 @@ class PipelineHooks:
     def on_run_start(self, config: PipelineConfig, data: LoadedData) -> None:
         """Before the first layer trains."""
 
-    def layer_logger(self, index: int, settings: Any) -> Any:
+    def layer_logger(self, index: int, settings: ResolvedLayer) -> Any:
         """A Lightning logger for layer ``index`` (0-based), or None."""
         return None
 
-    def layer_callbacks(self, index: int, settings: Any) -> list[Callback]:
+    def layer_callbacks(self, index: int, settings: ResolvedLayer) -> list[Callback]:
         """Extra Lightning callbacks for layer ``index``."""
         return []
 
@@ -54,11 +55,11 @@ class CompositeHooks(PipelineHooks):
         for h in self.hooks:
             h.on_run_start(config, data)
 
-    def layer_logger(self, index: int, settings: Any) -> Any:
+    def layer_logger(self, index: int, settings: ResolvedLayer) -> Any:
         loggers = [lg for h in self.hooks if (lg := h.layer_logger(index, settings)) is not None]
         return loggers or None
 
-    def layer_callbacks(self, index: int, settings: Any) -> list[Callback]:
+    def layer_callbacks(self, index: int, settings: ResolvedLayer) -> list[Callback]:
         return [cb for h in self.hooks for cb in h.layer_callbacks(index, settings)]
 
     def on_layer_end(self, result: LayerResult) -> None:

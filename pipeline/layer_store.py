@@ -2,7 +2,7 @@
 
 A layer lives in ``<cache_dir>/layers/<key>/``: ``config.json`` (SAEConfig, resolved settings, key, timing,
 test metrics), ``model.safetensors`` (weights, plus ``rho_hat`` when measured), ``history.json`` (per-epoch
-metrics) and ``train_codes.npy``/``test_codes.npy`` (its codes, the next layer's inputs). A layer is trained
+metrics) and ``train_codes.npy``/``val_codes.npy``/``test_codes.npy`` (its codes, the next layer's inputs). A layer is trained
 into a ``<key>.partial-<host>-<pid>`` sibling and renamed into place, so a run killed mid-layer leaves no directory
 that looks complete.
 """
@@ -15,25 +15,26 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from pipeline.codes import MEMMAP_BYTES
-from pipeline.stacking import LayerResult, train_layer
+from pipeline.config import ResolvedLayer
+from pipeline.data.codes import MEMMAP_BYTES
+from pipeline.data.loading import LoadedData, Splits
+from pipeline.greedy import SPLITS, train_layer
+from pipeline.results import LayerResult
 from sae import SAEConfig, SparseAutoencoder
 
 if TYPE_CHECKING:
-    from pipeline.data import LoadedData
     from pipeline.hooks import PipelineHooks
 
-CACHE_VERSION = 1  # bump when the on-disk layout or the training code changes what a key means
+CACHE_VERSION = 2  # bump when the on-disk layout or the training code changes what a key means
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
-TRAIN_CODES, TEST_CODES = "train_codes.npy", "test_codes.npy"
-FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, TRAIN_CODES, TEST_CODES)
+CODE_FILES = tuple(f"{split}_codes.npy" for split in SPLITS)
+FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)
 PARTIAL = ".partial-"  # <key>.partial-<host>-<pid>: a layer being trained
 RHO_HAT = "rho_hat"  # extra tensor in model.safetensors, not part of the state dict
 
@@ -53,10 +54,9 @@ def input_fingerprint(data: LoadedData) -> str:
     return digest.hexdigest()
 
 
-def layer_cache_key(fingerprint: str, settings: Any, seed: int, parent_key: str | None) -> str:
+def layer_cache_key(fingerprint: str, settings: ResolvedLayer, seed: int, parent_key: str | None) -> str:
     """sha256 of the input fingerprint, every resolved setting of the layer, its seed and the key below it."""
-    values = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
-    assert isinstance(values, Mapping)
+    values = settings.model_dump(mode="json")
     return _sha256({"version": CACHE_VERSION, "inputs": fingerprint, "settings": values, "seed": int(seed),
                     "parent": parent_key})
 
@@ -73,9 +73,8 @@ def is_complete(directory: Path) -> bool:
 
 def train_into(
     directory: Path,
-    settings: Any,
-    train_inputs: np.ndarray,
-    test_inputs: np.ndarray,
+    settings: ResolvedLayer,
+    inputs: Splits,
     *,
     seed: int,
     hooks: PipelineHooks | None = None,
@@ -89,7 +88,7 @@ def train_into(
     shutil.rmtree(partial, ignore_errors=True)  # a dead run that had our pid
     partial.mkdir()
     try:
-        result = train_layer(settings, train_inputs, test_inputs, seed=seed, hooks=hooks, codes_dir=partial)
+        result = train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=partial)
         save_layer(partial, result, key=key, parent_key=parent_key, seed=seed)
         if directory.exists() and not is_complete(directory):  # a file deleted by hand: replace the rest
             shutil.rmtree(directory)
@@ -133,7 +132,7 @@ def save_layer(directory: Path, result: LayerResult, *, key: str = "", parent_ke
         tensors[RHO_HAT] = model.rho_hat.detach().cpu().float().contiguous()
     save_file(tensors, str(directory / WEIGHTS_FILE))
     (directory / HISTORY_FILE).write_text(json.dumps(result.history))
-    for name, codes in ((TRAIN_CODES, result.train_codes), (TEST_CODES, result.test_codes)):
+    for name, codes in zip(CODE_FILES, result.codes, strict=True):
         if not (directory / name).is_file():
             np.save(directory / name, np.asarray(codes, np.float32))
     meta = {
@@ -155,7 +154,7 @@ def _load_codes(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r") if path.stat().st_size > MEMMAP_BYTES else np.load(path)
 
 
-def load_layer(directory: Path, settings: Any, *, reused: bool = False) -> LayerResult:
+def load_layer(directory: Path, settings: ResolvedLayer, *, reused: bool = False) -> LayerResult:
     """The LayerResult stored in ``directory``; ``settings`` is the caller's resolved layer."""
     started = time.perf_counter()
     meta = json.loads((directory / CONFIG_FILE).read_text())
@@ -166,8 +165,8 @@ def load_layer(directory: Path, settings: Any, *, reused: bool = False) -> Layer
     model.rho_hat = rho_hat
     model.history = json.loads((directory / HISTORY_FILE).read_text())
     model.eval()
-    train_codes, test_codes = _load_codes(directory / TRAIN_CODES), _load_codes(directory / TEST_CODES)
+    codes = Splits(*(_load_codes(directory / name) for name in CODE_FILES))
     metrics = {k: float(v) for k, v in meta["test_metrics"].items()}
     seconds = time.perf_counter() - started if reused else float(meta["seconds"])
-    return LayerResult(settings.index, settings, model, train_codes, test_codes, metrics, seconds, reused)
+    return LayerResult(settings, model, codes, metrics, seconds, reused)
 

@@ -13,9 +13,9 @@ from pipeline.hooks import PipelineHooks
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
-    from pipeline.data import LoadedData
+    from pipeline.data.loading import LoadedData
     from pipeline.finetune import FinetuneResult
-    from pipeline.stacking import LayerResult
+    from pipeline.greedy import LayerResult
 
 
 class _EpochLine(Callback):
@@ -50,7 +50,7 @@ class ProgressPrinter(PipelineHooks):
     def on_run_start(self, config: PipelineConfig, data: LoadedData) -> None:
         self.n_layers = len(config.layers)
         self._say(
-            f"{config.name}: {data.source} — {data.X_train.shape[0]} train / {data.X_test.shape[0]} test samples, "
+            f"{config.name}: {data.source} — {data.X_train.shape[0]} train / {data.X_val.shape[0]} validation / {data.X_test.shape[0]} test samples, "
             f"{data.n_features} features, {self.n_layers} layers"
         )
 

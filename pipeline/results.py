@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pipeline.config import PipelineConfig, ResolvedLayer
+from pipeline.data.loading import LoadedData, Splits
+from pipeline.tables import format_rows
+from sae.model import SparseAutoencoder
 from sae.stack import StackedEncoder
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
-    from pipeline.data import LoadedData
     from pipeline.finetune import FinetuneResult
-    from pipeline.stacking import LayerResult
+
+
+@dataclass
+class LayerResult:
+    """One trained layer with the codes it produces for the next, and how it did on the test split."""
+
+    settings: ResolvedLayer
+    model: SparseAutoencoder
+    codes: Splits  # (n_split, hidden) per split, maybe memory-mapped
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    reused: bool = False  # loaded from a cache rather than trained
+
+    @property
+    def index(self) -> int:
+        """0-based position in the stack."""
+        return self.settings.index
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.model.history
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering produced: the version, the alias it got and why."""
+
+    model_name: str
+    model_version: str
+    alias: str
+    model_uri: str  # models:/<name>@<alias>, so downstream code follows the alias
+    version_uri: str  # models:/<name>/<version>, this exact version
+    reason: str
+
+
+@dataclass
+class TrackedRun:
+    """Where a run was recorded: the MLflow parent run, its logged models and the registration (if any)."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    run_url: str | None = None  # the run's page when tracking went to an http(s) server
+    model_uri: str | None = None  # the registered alias URI, else the logged model's URI
+    logged_models: dict[str, str] = field(default_factory=dict)  # name -> models:/<id>
+    registration: Registration | None = None
 
 
 @dataclass
@@ -25,7 +72,7 @@ class PretrainResult:
     finetuned: FinetuneResult | None = None
     probes: dict[str, float] = field(default_factory=dict)  # raw, layer_1, ... test accuracies
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)  # filled by hooks (run ids, model versions)
+    tracked: TrackedRun | None = None  # filled by the tracking hooks
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics: per-layer train/test numbers, probe and fine-tuning accuracies, wall time."""
@@ -93,16 +140,3 @@ class PretrainResult:
 
 def _num(value: float | None, fmt: str = ".4g") -> str:
     return "" if value is None else format(value, fmt)
-
-
-def format_rows(rows: list[list[str]]) -> list[str]:
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    """The same rows as a markdown table."""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(lines)

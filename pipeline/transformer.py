@@ -9,8 +9,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from pipeline.codes import encode_in_chunks
-from pipeline.data import fit_scaling
+from pipeline.data.codes import encode_in_chunks
+from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
 from sae import SAEConfig, train_autoencoder
 from sae.stack import StackedEncoder
@@ -66,7 +66,9 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         """Train the stack on X (n, d_in), or load ``model_uri``; y is ignored."""
         X = validate_data(self, X, dtype=np.float32, reset=True)
         if self.model_uri is not None:
-            from pipeline.encode import resolve_encoder  # imports mlflow: only when wrapping a model
+            from pipeline.tracking.encoders import (
+                resolve_encoder,  # imports mlflow: only when wrapping a model
+            )
 
             self.encoder_ = resolve_encoder(self.model_uri, self.tracking_uri)
             if self.encoder_.d_in != X.shape[1]:

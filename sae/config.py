@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Sparsity = Literal["kl", "l1", "topk", "none"]
@@ -20,20 +21,20 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 class SAEConfig:
     """One layer: shapes, sparsity penalty and regularisation."""
 
-    d_in: int
+    d_in: int = field(metadata={"ge": 1})
     """Number of input features."""
-    d_hidden: int
+    d_hidden: int = field(metadata={"ge": 1})
     """Number of hidden units (the code size)."""
     sparsity: Sparsity = "kl"
     """kl: beta * sum_j KL(target || rho_hat_j); l1: beta * mean_batch sum_j |code_j|;
     topk: keep the k largest pre-activations per row; none: no sparsity term."""
-    target: float = 0.1
+    target: float = field(default=0.1, metadata={"gt": 0.0, "lt": 1.0})
     """Target mean activation rho for kl, strictly inside (0, 1)."""
-    beta: float = 3.0
+    beta: float = field(default=3.0, metadata={"ge": 0.0})
     """Weight of the sparsity term (kl and l1)."""
-    k: int | None = None
+    k: int | None = field(default=None, metadata={"ge": 1})
     """Active units per sample for topk, 1 <= k <= d_hidden."""
-    weight_decay: float = 0.003
+    weight_decay: float = field(default=0.003, metadata={"ge": 0.0})
     """lambda in lambda/2 * sum of squared weights (weights only, not biases)."""
     encoder_activation: EncoderActivation = "sigmoid"
     """Hidden-unit nonlinearity; kl needs sigmoid (activations in (0, 1))."""
@@ -41,27 +42,18 @@ class SAEConfig:
     """Output nonlinearity; sigmoid needs inputs in [0, 1]."""
     tied: bool = False
     """Decoder weight is the encoder weight transposed (the decoder keeps its own bias)."""
-    noise: float = 0.0
+    noise: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0})
     """Denoising: fraction of inputs zeroed during training, 0 <= noise < 1."""
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SAEConfig.{name}={value!r}: must be a positive integer")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _CHOICES and value not in _CHOICES[f.name]:
                 raise ValueError(
-                    f"SAEConfig.{name}={getattr(self, name)!r}: unknown value; choose one of {', '.join(choices)}"
+                    f"SAEConfig.{f.name}={value!r}: unknown value; choose one of {', '.join(_CHOICES[f.name])}"
                 )
-        if not 0.0 < self.target < 1.0:
-            raise ValueError(f"SAEConfig.target={self.target!r}: must be strictly between 0 and 1")
-        if self.beta < 0:
-            raise ValueError(f"SAEConfig.beta={self.beta!r}: must be >= 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"SAEConfig.weight_decay={self.weight_decay!r}: must be >= 0")
-        if not 0.0 <= self.noise < 1.0:
-            raise ValueError(f"SAEConfig.noise={self.noise!r}: must satisfy 0 <= noise < 1")
+            if f.metadata and value is not None:
+                _check_bounds(f.name, value, f.metadata, integer=f.type.startswith("int"))
         if self.sparsity == "topk" and (
             self.k is None or isinstance(self.k, bool) or not 1 <= self.k <= self.d_hidden
         ):
@@ -91,3 +83,16 @@ class SAEConfig:
         if unknown:
             raise ValueError(f"SAEConfig: unknown fields {unknown}; known fields are {sorted(known)}")
         return cls(**data)
+
+
+_BOUNDS = {"gt": (float.__gt__, ">"), "ge": (float.__ge__, ">="), "lt": (float.__lt__, "<"), "le": (float.__le__, "<=")}
+
+
+def _check_bounds(name: str, value: object, bounds: Mapping[str, float], *, integer: bool) -> None:
+    """The field's numeric type and its bounds (from the field metadata, which the pipeline's schema reuses)."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise ValueError(f"SAEConfig.{name}={value!r}: must be {'an integer' if integer else 'a number'}")
+    for kind, limit in bounds.items():
+        test, symbol = _BOUNDS[kind]
+        if not test(float(value), float(limit)):
+            raise ValueError(f"SAEConfig.{name}={value!r}: must be {symbol} {limit:g}")

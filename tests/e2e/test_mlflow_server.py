@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import PipelineConfig
-from pipeline.encode import encode_file
-from pipeline.stacking import pretrain_stack
-from pipeline.tracking import MlflowTracking
+from pipeline.greedy import pretrain_stack
+from pipeline.tracking.encoders import encode_file
+from pipeline.tracking.runs import MlflowTracking
 
 pytestmark = pytest.mark.e2e
 STARTUP_SECONDS = 90  # ~8 s on an idle machine; much more when the two cores are busy
@@ -80,7 +80,7 @@ def run(server, tmp_path_factory):
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # nothing may fall back to a ./mlflow.db in the checkout
         result = pretrain_stack(config, MlflowTracking())
     client = MlflowClient(url)
-    return result, client, client.get_run(result.extra["run_id"])
+    return result, client, client.get_run(result.tracked.run_id)
 
 
 def test_parent_and_child_runs_with_epoch_metrics_are_on_the_server(run):
@@ -91,7 +91,7 @@ def test_parent_and_child_runs_with_epoch_metrics_are_on_the_server(run):
     assert set(by_name) == {"layer-1", "layer-2", "finetune"}
     assert len(client.get_metric_history(by_name["layer-2"].info.run_id, "loss")) == 2
     assert parent.data.metrics["finetune.accuracy_after"] == pytest.approx(result.finetuned.accuracy_after)
-    assert result.extra["run_url"].endswith(f"/runs/{parent.info.run_id}")
+    assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}")
 
 
 def test_artifacts_and_the_dataset_input_are_on_the_server(run, server):
@@ -99,13 +99,13 @@ def test_artifacts_and_the_dataset_input_are_on_the_server(run, server):
     _, root = server
     assert {"config.yaml", "plots", "results.md", "results.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert (root / "artifacts").is_dir()
-    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"digits", "digits:test"}
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"digits", "digits:validation", "digits:test"}
 
 
 def test_the_model_version_holds_the_champion_alias(run):
     result, client, parent = run
     version = client.get_model_version_by_alias("e2e-encoder", "champion")
-    assert str(version.version) == result.extra["model_version"] and version.run_id == parent.info.run_id
+    assert str(version.version) == result.tracked.registration.model_version and version.run_id == parent.info.run_id
 
 
 def test_encode_works_against_the_champion_alias_from_the_server(run, server, tmp_path):

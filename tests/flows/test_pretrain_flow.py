@@ -17,8 +17,8 @@ from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
 from flows import pretrain_flow
-from pipeline.config import apply_overrides
 from pipeline.errors import InputError
+from pipeline.overrides import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,9 +66,9 @@ def flow_logs(flow_run_id) -> str:
 
 def layer_tags(result) -> dict[str, str]:
     """``layer-N`` child run name -> its ``sae.reused`` tag."""
-    client = MlflowClient(result.extra["tracking_uri"])
-    children = client.search_runs([result.extra["experiment_id"]],
-                                  f"tags.mlflow.parentRunId = '{result.extra['run_id']}'")
+    client = MlflowClient(result.tracked.tracking_uri)
+    children = client.search_runs([result.tracked.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.tracked.run_id}'")
     return {r.info.run_name: r.data.tags.get("sae.reused") for r in children if r.info.run_name.startswith("layer")}
 
 
@@ -93,13 +93,13 @@ def first(workdir):
 def test_first_run_trains_every_layer_tracks_registers_and_publishes_artifacts(first):
     result, flow_run_id, _ = first
     assert [layer.reused for layer in result.layers] == [False, False, False]
-    assert result.extra["model_version"] == "1" and result.extra["model_uri"] == "models:/tiny-encoder@champion"
-    assert MlflowClient(result.extra["tracking_uri"]).get_run(result.extra["run_id"]).info.status == "FINISHED"
+    assert result.tracked.registration.model_version == "1" and result.tracked.model_uri == "models:/tiny-encoder@champion"
+    assert MlflowClient(result.tracked.tracking_uri).get_run(result.tracked.run_id).info.status == "FINISHED"
     assert layer_tags(result) == {"layer-1": "false", "layer-2": "false", "layer-3": "false"}
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run_id}
     assert "| layer | shape |" in artifacts["sae-results"].data and "64->16" in artifacts["sae-results"].data
-    assert result.extra["run_id"] in artifacts["mlflow-run"].data
+    assert result.tracked.run_id in artifacts["mlflow-run"].data
     assert "tiny-encoder" in artifacts["sae-model-version"].data and "versions/1" in artifacts["sae-model-version"].data
     # Flow run names say the config name and the data set.
     with get_client(sync_client=True) as client:
@@ -119,7 +119,7 @@ def test_same_config_again_reuses_every_layer_and_is_faster(first, workdir):
     logs = flow_logs(flow_run_id)
     assert all(f"layer {i} reused from cache " in logs for i in (1, 2, 3)), logs
     assert layer_tags(result) == {"layer-1": "true", "layer-2": "true", "layer-3": "true"}
-    assert result.extra["model_version"] == "2"
+    assert result.tracked.registration.model_version == "2"
 
 
 def test_changing_only_layer_3_retrains_only_layer_3(first, workdir):

@@ -231,7 +231,7 @@ def test_flat_params_are_dotted_scalars_with_resolved_layers():
 
 
 def test_overrides_read_exponent_notation_as_numbers():
-    from pipeline.config import apply_overrides
+    from pipeline.overrides import apply_overrides
 
     assert apply_overrides({"defaults": {}}, ["defaults.lr=1e-3"])["defaults"]["lr"] == 0.001
     assert apply_overrides({"name": "x"}, ["name=digits"])["name"] == "digits"

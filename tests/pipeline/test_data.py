@@ -4,9 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipeline.data as data_module
+import pipeline.data.loading as loading_module
+import pipeline.data.readers as readers_module
+import pipeline.data.scaling as scaling_module
 from pipeline.config import DataConfig
-from pipeline.data import LoadedData, fit_scaling, load_data, read_array_file
+from pipeline.data.loading import LoadedData, load_data
+from pipeline.data.readers import read_array_file
+from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
 
 
@@ -91,7 +95,7 @@ def test_nan_and_inf_are_counted_with_their_first_positions(tmp_path, table):
 
 
 def test_nan_in_npy_is_found_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(readers_module, "CHUNK_ROWS", 4)
     X = np.ones((10, 3), np.float32)
     X[9, 2] = np.nan
     np.save(tmp_path / "x.npy", X)
@@ -179,10 +183,12 @@ def test_unreadable_files_are_input_errors(tmp_path):
 def test_builtin_split_is_stratified_and_seeded():
     loaded = load_data(DataConfig(source="digits", test_fraction=0.2), seed=0)
     assert isinstance(loaded, LoadedData)
-    assert loaded.X_train.shape == (1437, 64) and loaded.X_test.shape == (360, 64) and loaded.n_features == 64
+    # 1797 rows: 360 test, then 10% of the remaining 1437 (144) for validation.
+    assert loaded.X_train.shape == (1293, 64) and loaded.X_val.shape == (144, 64) and loaded.X_test.shape == (360, 64)
+    assert loaded.n_features == 64
     train_counts = np.bincount(loaded.y_train) / len(loaded.y_train)
-    test_counts = np.bincount(loaded.y_test) / len(loaded.y_test)
-    assert np.abs(train_counts - test_counts).max() < 0.01
+    for y in (loaded.y_val, loaded.y_test):
+        assert np.abs(train_counts - np.bincount(y) / len(y)).max() < 0.02
     again = load_data(DataConfig(source="digits"), seed=0)
     np.testing.assert_array_equal(again.X_test, loaded.X_test)
     assert not np.array_equal(load_data(DataConfig(source="digits"), seed=1).X_test, loaded.X_test)
@@ -191,7 +197,7 @@ def test_builtin_split_is_stratified_and_seeded():
 def test_file_split_with_labels_keeps_rows_and_labels_together(tmp_path, table):
     table.to_csv(tmp_path / "d.csv", index=False)
     loaded = load_data(DataConfig(source=str(tmp_path / "d.csv"), labels="label", test_fraction=0.25), seed=3)
-    assert loaded.X_train.shape == (30, 3) and loaded.X_test.shape == (10, 3)
+    assert loaded.X_train.shape == (27, 3) and loaded.X_val.shape == (3, 3) and loaded.X_test.shape == (10, 3)
     assert loaded.feature_names == ["a", "b", "c"] and np.bincount(loaded.y_test).tolist() == [5, 5]
     row = loaded.X_test[0]
     match = np.flatnonzero(np.isclose(table[["a", "b", "c"]].to_numpy(np.float32), row).all(axis=1))
@@ -203,29 +209,31 @@ def test_test_source_is_used_as_is(tmp_path, table):
     table.iloc[30:].to_parquet(tmp_path / "test.parquet")
     cfg = DataConfig(source=str(tmp_path / "train.parquet"), test_source=str(tmp_path / "test.parquet"), labels="label")
     loaded = load_data(cfg)
-    assert loaded.X_train.shape == (30, 3) and loaded.X_test.shape == (10, 3)
+    assert loaded.X_train.shape == (27, 3) and loaded.X_val.shape == (3, 3) and loaded.X_test.shape == (10, 3)
     np.testing.assert_array_equal(loaded.y_test, table["label"].iloc[30:])
 
 
 def test_max_samples_caps_rows_with_a_seeded_choice():
     loaded = load_data(DataConfig(source="digits", max_samples=100), seed=0)
-    assert loaded.X_train.shape[0] + loaded.X_test.shape[0] == 100
+    assert loaded.X_train.shape[0] + loaded.X_val.shape[0] + loaded.X_test.shape[0] == 100
     np.testing.assert_array_equal(load_data(DataConfig(source="digits", max_samples=100)).X_test, loaded.X_test)
 
 
 def test_large_npy_splits_off_the_last_rows_as_memmap_views(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "LARGE_FILE_BYTES", 0)
-    monkeypatch.setattr(data_module, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(loading_module, "LARGE_FILE_BYTES", 0)
+    for module in (loading_module, readers_module, scaling_module):
+        monkeypatch.setattr(module, "CHUNK_ROWS", 7)
     X = np.random.default_rng(0).uniform(0, 10, (50, 4)).astype(np.float32)
     np.save(tmp_path / "big.npy", X)
     loaded = load_data(DataConfig(source=str(tmp_path / "big.npy"), test_fraction=0.2))
     assert isinstance(loaded.X_train, np.memmap) and isinstance(loaded.X_test, np.memmap)
-    np.testing.assert_array_equal(loaded.X_train, X[:40])
+    np.testing.assert_array_equal(loaded.X_train, X[:36])
+    np.testing.assert_array_equal(loaded.X_val, X[36:40])
     np.testing.assert_array_equal(loaded.X_test, X[40:])
-    scaled = loaded.scaled_train()
+    scaled = loaded.scaled().train
     assert isinstance(scaled, np.memmap) and scaled.dtype == np.float32
-    np.testing.assert_allclose(scaled, loaded.scaling.transform(X[:40]), atol=1e-6)
-    assert loaded.scaled_train() is scaled
+    np.testing.assert_allclose(scaled, loaded.scaling.transform(X[:36]), atol=1e-6)
+    assert loaded.scaled().train is scaled
 
 
 # ---- scaling -------------------------------------------------------------------------------------------------
@@ -249,7 +257,7 @@ def test_standard_scaling_gives_mean_0_std_1_and_is_chunk_independent(monkeypatc
     np.testing.assert_allclose(Z[:, :2].mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(Z[:, :2].std(axis=0), 1, atol=1e-5)
     np.testing.assert_array_equal(Z[:, 2], 0)
-    monkeypatch.setattr(data_module, "CHUNK_ROWS", 10)
+    monkeypatch.setattr(scaling_module, "CHUNK_ROWS", 10)
     chunked = fit_scaling(X, "standard")
     np.testing.assert_allclose(chunked.shift, whole.shift, rtol=1e-6)
     np.testing.assert_allclose(chunked.factor, whole.factor, rtol=1e-6)
@@ -264,8 +272,8 @@ def test_scaling_is_fitted_on_train_only_and_data_stays_raw():
     loaded = load_data(DataConfig(source="digits", scale="unit"))
     assert loaded.X_train.max() == 16  # raw
     np.testing.assert_allclose(loaded.scaling.shift, loaded.X_train.min(axis=0))
-    assert loaded.scaled_train().min() >= 0.1 - 1e-6 and loaded.scaled_train().max() <= 0.9 + 1e-6
-    np.testing.assert_allclose(loaded.scaled_test(), loaded.scaling.transform(loaded.X_test))
+    assert loaded.scaled().train.min() >= 0.1 - 1e-6 and loaded.scaled().train.max() <= 0.9 + 1e-6
+    np.testing.assert_allclose(loaded.scaled().test, loaded.scaling.transform(loaded.X_test))
 
 
 # ---- fingerprint ---------------------------------------------------------------------------------------------
@@ -287,7 +295,17 @@ def test_loaded_data_pickles_without_its_scaled_copies():
     import pickle
 
     loaded = load_data(DataConfig(source="digits"))
-    loaded.scaled_train()
+    loaded.scaled()
     copy = pickle.loads(pickle.dumps(loaded))
     assert copy.fingerprint == loaded.fingerprint and copy._scaled == {}
-    np.testing.assert_array_equal(copy.scaled_train(), loaded.scaled_train())
+    np.testing.assert_array_equal(copy.scaled().train, loaded.scaled().train)
+
+
+def test_the_three_splits_are_disjoint_and_scaling_is_fitted_on_train_only(tmp_path):
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=np.arange(200) % 4)
+    loaded = load_data(DataConfig(source=str(tmp_path / "d.npz"), labels="y", validation_fraction=0.2), seed=0)
+    rows = {name: {r.tobytes() for r in X} for name, X in zip(("train", "val", "test"), loaded.raw(), strict=True)}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    assert sum(map(len, rows.values())) == 200 and len(rows["val"]) == 32 and len(rows["test"]) == 40
+    np.testing.assert_array_equal(loaded.scaling.shift, loaded.X_train.min(axis=0))

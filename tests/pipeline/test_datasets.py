@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import convolve
 
-from pipeline.datasets import BUILTIN_DATASETS, describe_builtins, load_builtin, nudge, sample_patches
+from pipeline.data.builtin import BUILTIN_DATASETS, describe_builtins, load_builtin, nudge, sample_patches
 from pipeline.errors import InputError
 
 

@@ -5,8 +5,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import PipelineConfig
-from pipeline.stacking import pretrain_stack
-from pipeline.tracking import MlflowTracking
+from pipeline.greedy import pretrain_stack
+from pipeline.tracking.runs import MlflowTracking
 
 EPOCHS = 3
 
@@ -35,7 +35,7 @@ def test_ddp_spawn_layer_logs_one_child_run_whose_final_loss_matches_one_process
     ddp = pretrain_stack(tiny(uri, strategy="ddp_spawn", devices=2), MlflowTracking(register=False))
     single = pretrain_stack(tiny(uri, devices=1), MlflowTracking(register=False))
     client = MlflowClient(uri)
-    parent = client.get_run(ddp.extra["run_id"])
+    parent = client.get_run(ddp.tracked.run_id)
     assert parent.info.status == "FINISHED"
     kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert [k.info.run_name for k in kids] == ["layer-1"]

@@ -8,12 +8,12 @@ import torch
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
-from pipeline.data import fit_scaling
-from pipeline.encode import encode_file, resolve_encoder
+from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
-from pipeline.mlflow_setup import experiment_id, use_tracking_uri
-from pipeline.pyfunc import log_encoder_model
-from pipeline.registry import Headline, register_model
+from pipeline.tracking.encoders import encode_file, resolve_encoder
+from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.registry import Headline, register_model
+from pipeline.tracking.store import experiment_id, use_tracking_uri
 from sae import SAEConfig, SparseAutoencoder
 from sae.stack import StackedEncoder
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
-from pipeline.data import load_data
+from pipeline.data.loading import load_data
 from pipeline.hooks import PipelineHooks
 
 CONFIG = {
@@ -39,7 +39,7 @@ def stored(setup, tmp_path_factory):
     fingerprint = layer_store.input_fingerprint(data)
     key = layer_store.layer_cache_key(fingerprint, settings, 0, None)
     directory = layer_store.layer_dir(tmp_path_factory.mktemp("cache"), key)
-    layer_store.train_into(directory, settings, data.scaled_train(), data.scaled_test(), seed=0, key=key)
+    layer_store.train_into(directory, settings, data.scaled(), seed=0, key=key)
     return directory, settings, data, key
 
 
@@ -84,9 +84,9 @@ def test_a_stored_layer_loads_back_bit_for_bit_without_pickle(stored):
     assert len(layer.history) == 2 and "loss" in layer.history[-1]
     codes = np.load(directory / "train_codes.npy", allow_pickle=False)
     with torch.no_grad():
-        expected = layer.model.encode(torch.from_numpy(data.scaled_train())).numpy()
+        expected = layer.model.encode(torch.from_numpy(data.scaled().train)).numpy()
     np.testing.assert_array_equal(codes, expected)
-    np.testing.assert_array_equal(layer.train_codes, codes)
+    np.testing.assert_array_equal(layer.codes.train, codes)
     meta = json.loads((directory / "config.json").read_text())
     assert meta["key"] == key and meta["settings"]["hidden"] == 12
     assert layer.test_metrics == pytest.approx(meta["test_metrics"])
@@ -119,6 +119,6 @@ def test_a_failing_layer_leaves_nothing_and_dead_partials_are_cleared(setup, tmp
             return []
 
     with pytest.raises(FloatingPointError):
-        layer_store.train_into(directory, settings, data.scaled_train(), data.scaled_test(), seed=0, hooks=Probe())
+        layer_store.train_into(directory, settings, data.scaled(), seed=0, hooks=Probe())
     assert Probe.seen == [False]
     assert list(tmp_path.joinpath("layers").iterdir()) == []

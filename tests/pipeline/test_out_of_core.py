@@ -7,12 +7,12 @@ import numpy as np
 import psutil
 import torch
 
-import pipeline.codes as codes_module
-import pipeline.data as data_module
+import pipeline.data.codes as codes_module
+import pipeline.data.loading as loading_module
 import sae.batches as batches_module
 import sae.train as train_module
 from pipeline.config import PipelineConfig
-from pipeline.stacking import pretrain_stack
+from pipeline.greedy import pretrain_stack
 from sae.batches import ShuffledBatches, release_pages
 
 MB = 2**20
@@ -31,7 +31,7 @@ def write_npy(path, rows, d, seed=0, chunk=16_384):
 
 def test_a_memmapped_npy_trains_through_the_stack_on_memmapped_inputs_and_codes(tmp_path, monkeypatch):
     path = write_npy(tmp_path / "x.npy", rows=20 * MB // (4 * 64), d=64)  # 20 MB
-    monkeypatch.setattr(data_module, "LARGE_FILE_BYTES", 10 * MB)  # the 20 MB file counts as large
+    monkeypatch.setattr(loading_module, "LARGE_FILE_BYTES", 10 * MB)  # the 20 MB file counts as large
     monkeypatch.setattr(codes_module, "MEMMAP_BYTES", 1 * MB)  # codes of 5 MB and more go to disk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # scaled copies and codes land in tmp_path
     seen = []
@@ -50,14 +50,14 @@ def test_a_memmapped_npy_trains_through_the_stack_on_memmapped_inputs_and_codes(
     })
     result = pretrain_stack(config)
     data = result.data
-    assert isinstance(data.X_train, np.memmap) and isinstance(data.scaled_train(), np.memmap)
+    assert isinstance(data.X_train, np.memmap) and isinstance(data.scaled().train, np.memmap)
     assert seen and seen[0] and seen[1]  # both layers' training batches come from memmaps
     first, second = result.layers
-    assert isinstance(first.train_codes, np.memmap) and first.train_codes.shape == (data.X_train.shape[0], 16)
-    assert isinstance(second.train_codes, np.memmap) and second.train_codes.shape == (data.X_train.shape[0], 8)
+    assert isinstance(first.codes.train, np.memmap) and first.codes.train.shape == (data.X_train.shape[0], 16)
+    assert isinstance(second.codes.train, np.memmap) and second.codes.train.shape == (data.X_train.shape[0], 8)
     with torch.no_grad():
-        expected = first.model.encode(torch.from_numpy(np.array(data.scaled_train()[-100:]))).numpy()
-    np.testing.assert_allclose(first.train_codes[-100:], expected, rtol=1e-5, atol=1e-6)
+        expected = first.model.encode(torch.from_numpy(np.array(data.scaled().train[-100:]))).numpy()
+    np.testing.assert_allclose(first.codes.train[-100:], expected, rtol=1e-5, atol=1e-6)
     assert all(np.isfinite(layer.history[-1]["loss"]) for layer in result.layers)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from pipeline.plots import filter_grid, loss_curves, rho_hat_histogram
+from pipeline.tracking.plots import filter_grid, loss_curves, rho_hat_histogram
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.registry import CHALLENGER, Headline, choose_alias, register_model
+from pipeline.tracking.registry import CHALLENGER, Headline, choose_alias, register_model
 
 
 def test_headline_beats_respects_the_direction_and_never_lets_nan_win():

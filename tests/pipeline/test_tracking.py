@@ -14,13 +14,14 @@ from pytorch_lightning.callbacks import Callback
 from safetensors.numpy import load_file
 
 from pipeline.config import PipelineConfig
-from pipeline.encode import resolve_encoder
+from pipeline.data.loading import load_data
 from pipeline.errors import InputError
 from pipeline.export import export_encoder, load_exported
+from pipeline.greedy import pretrain_stack, stack_and_evaluate, train_layer
 from pipeline.hooks import CompositeHooks, PipelineHooks
-from pipeline.mlflow_setup import artifact_location, project_root, resolve_tracking_uri
-from pipeline.stacking import finish, prepare, pretrain_stack, train_layer
-from pipeline.tracking import MlflowTracking
+from pipeline.tracking.encoders import resolve_encoder
+from pipeline.tracking.runs import MlflowTracking
+from pipeline.tracking.store import artifact_location, project_root, resolve_tracking_uri
 
 EPOCHS = 2
 TINY = {
@@ -53,7 +54,7 @@ def run(store):
     uri, _ = store
     result = pretrain_stack(config(uri), MlflowTracking())
     client = MlflowClient(uri)
-    return result, client, client.get_run(result.extra["run_id"])
+    return result, client, client.get_run(result.tracked.run_id)
 
 
 def children(client, parent):
@@ -136,19 +137,19 @@ def test_the_data_set_is_a_dataset_input_with_digest_and_schema(run):
     result, _, parent = run
     inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
               for d in parent.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "test"}
+    assert set(inputs) == {"train", "validation", "test"}
     train = inputs["train"]
-    assert train.name == "digits" and result.data.fingerprint.startswith(train.digest)
-    assert "64" in train.schema and "builtin" in train.source
-    assert inputs["test"].name == "digits:test"
+    assert train.name == "digits" and "64" in train.schema and "builtin" in train.source
+    assert inputs["validation"].name == "digits:validation" and inputs["test"].name == "digits:test"
+    assert len({d.digest for d in inputs.values()}) == 3  # each split carries its own digest
 
 
 def test_the_finetuned_encoder_is_registered_as_champion_with_metric_and_run_tags(run):
     result, client, parent = run
-    extra = result.extra
-    assert extra["alias"] == "champion" and extra["model_uri"] == "models:/tracked-encoder@champion"
+    reg = result.tracked.registration
+    assert reg.alias == "champion" and result.tracked.model_uri == "models:/tracked-encoder@champion"
     version = client.get_model_version_by_alias("tracked-encoder", "champion")
-    assert str(version.version) == extra["model_version"]
+    assert str(version.version) == reg.model_version
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
     assert float(version.tags["metric.finetune.accuracy_after"]) == result.finetuned.accuracy_after
     assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
@@ -182,12 +183,12 @@ def test_a_worse_run_gets_the_challenger_alias_and_says_why(run, store):
     uri, _ = store
     # One code unit and no real fine-tuning: ~0.15 accuracy against ~0.3 for the fixture's run.
     worse = pretrain_stack(config(uri, layers=[{"hidden": 1}], finetune={"epochs": 1, "lr": 1e-6}), MlflowTracking())
-    assert worse.extra["alias"] == "challenger"
-    assert "does not beat" in worse.extra["registration_reason"]
+    assert worse.tracked.registration.alias == "challenger"
+    assert "does not beat" in worse.tracked.registration.reason
     client = MlflowClient(uri)
-    assert str(client.get_model_version_by_alias("tracked-encoder", "champion").version) == run[0].extra["model_version"]
-    assert str(client.get_model_version_by_alias("tracked-encoder", "challenger").version) == worse.extra["model_version"]
-    assert "does not beat" in client.get_run(worse.extra["run_id"]).data.tags["sae.registration"]
+    assert str(client.get_model_version_by_alias("tracked-encoder", "champion").version) == run[0].tracked.registration.model_version
+    assert str(client.get_model_version_by_alias("tracked-encoder", "challenger").version) == worse.tracked.registration.model_version
+    assert "does not beat" in client.get_run(worse.tracked.run_id).data.tags["sae.registration"]
 
 
 class Interrupt(Callback):
@@ -242,13 +243,13 @@ def test_tracking_leaves_mlflows_global_uri_as_it_found_it(store):
 def test_a_layer_reused_from_a_cache_is_tagged_and_replays_its_epoch_history(store):
     uri, _ = store
     cfg = config(uri, layers=[{"hidden": 4}], finetune={"epochs": 0})
-    data, train_inputs, test_inputs = prepare(cfg)
+    data = load_data(cfg.data, cfg.seed)
     (settings,) = cfg.resolved_layers()
-    cached = dataclasses.replace(train_layer(settings, train_inputs, test_inputs, seed=0), reused=True)
+    cached = dataclasses.replace(train_layer(settings, data.scaled(), seed=0), reused=True)
     tracking = MlflowTracking(register=False)
     tracking.on_run_start(cfg, data)
     tracking.on_layer_end(cached)  # what a cached flow does: no Lightning logger for this layer
-    finish(cfg, data, [cached], hooks=tracking)
+    stack_and_evaluate(cfg, data, [cached], hooks=tracking)
     client = MlflowClient(uri)
     layer1 = children(client, client.get_run(tracking.run_id))["layer-1"]
     assert layer1.data.tags["sae.reused"] == "true" and layer1.data.params["hidden"] == "4"
@@ -277,7 +278,7 @@ def test_experiments_in_a_sqlite_store_keep_artifacts_beside_the_database(tmp_pa
 def test_a_retried_run_start_reuses_the_open_parent_run(store):
     uri, _ = store
     cfg = config(uri, name="retried")
-    data, _, _ = prepare(cfg)
+    data = load_data(cfg.data, cfg.seed)
     tracking = MlflowTracking(register=False)
     tracking.on_run_start(cfg, data)
     first = tracking.run_id

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from pipeline.mlflow_setup import use_tracking_uri
+from pipeline.results import Registration
+from pipeline.tracking.store import use_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,6 @@ class Headline:
             return cls(tags[HEADLINE_NAME], float(tags[HEADLINE_VALUE]), tags[HEADLINE_GREATER] == "true")
         except (KeyError, ValueError):
             return None
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What registering produced: the version, the alias it got and why."""
-
-    model_name: str
-    model_version: str
-    alias: str
-    model_uri: str  # models:/<name>@<alias>, so downstream code follows the alias
-    version_uri: str  # models:/<name>/<version>, this exact version
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def ensure_registered_model(client: MlflowClient, name: str) -> None:

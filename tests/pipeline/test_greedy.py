@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.config import PipelineConfig
+from pipeline.greedy import pretrain_stack
 from pipeline.hooks import PipelineHooks
-from pipeline.stacking import pretrain_stack
 from sae.stack import StackedEncoder
 
 TINY = {
@@ -53,17 +53,17 @@ def test_layers_train_greedily_on_the_codes_below(run):
     first, second = result.layers
     assert first.model.config.d_in == 64 and first.model.config.d_hidden == 32
     assert second.model.config.d_in == first.model.config.d_hidden
-    assert first.train_codes.shape == (result.data.X_train.shape[0], 32)
+    assert first.codes.train.shape == (result.data.X_train.shape[0], 32)
     with torch.no_grad():
-        expected = second.model.encode(torch.from_numpy(np.asarray(first.train_codes[:50])))
-    assert torch.allclose(torch.from_numpy(np.asarray(second.train_codes[:50])), expected, atol=1e-6)
+        expected = second.model.encode(torch.from_numpy(np.asarray(first.codes.train[:50])))
+    assert torch.allclose(torch.from_numpy(np.asarray(second.codes.train[:50])), expected, atol=1e-6)
 
 
 def test_stacked_encoder_maps_raw_features_to_the_top_codes(run):
     result, _, _ = run
     codes = result.encoder.transform(result.data.X_test)
     assert codes.shape == (result.data.X_test.shape[0], 16)
-    np.testing.assert_allclose(codes, np.asarray(result.layers[-1].test_codes), atol=1e-5)
+    np.testing.assert_allclose(codes, np.asarray(result.layers[-1].codes.test), atol=1e-5)
 
 
 def test_stack_survives_a_save_load_round_trip(run, tmp_path):
@@ -81,7 +81,7 @@ def test_fine_tuning_improves_accuracy_and_keeps_the_pretrained_stack(run):
     assert ft.accuracy_after > ft.accuracy_before + 0.05  # a small, briefly pretrained stack gains a lot
     assert ft.accuracy_after > 0.85
     assert not torch.equal(ft.encoder.encoders[0].weight, result.encoder.encoders[0].weight)
-    np.testing.assert_allclose(result.encoder.transform(result.data.X_test), np.asarray(result.layers[-1].test_codes),
+    np.testing.assert_allclose(result.encoder.transform(result.data.X_test), np.asarray(result.layers[-1].codes.test),
                                atol=1e-5)
 
 

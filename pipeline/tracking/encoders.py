@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 
-from pipeline.codes import CHUNK_ROWS, encode_in_chunks
-from pipeline.data import read_array_file
+from pipeline.data.codes import CHUNK_ROWS, encode_in_chunks
+from pipeline.data.readers import read_array_file
 from pipeline.errors import InputError
-from pipeline.mlflow_setup import registry_uri, resolve_tracking_uri, use_tracking_uri
-from pipeline.pyfunc import weights_dir
+from pipeline.tracking.pyfunc import weights_dir
+from pipeline.tracking.store import registry_uri, resolve_tracking_uri, use_tracking_uri
 from sae.stack import CONFIG_FILE, WEIGHTS_FILE, StackedEncoder
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")

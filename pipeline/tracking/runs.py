@@ -4,7 +4,7 @@ Only explicit run ids and an ``MlflowClient`` bound to the resolved tracking URI
 from any thread. Lightning logs epoch metrics into each child run through ``MLFlowLogger(run_id=...)``.
 On success the pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the
 fine-tuned stack as ``encoder-finetuned``; the one the headline metric measures (fine-tuned when present)
-is registered (see ``pipeline.registry``). A failure marks the open runs FAILED and registers nothing.
+is registered (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from safetensors.torch import save_file
 
-from pipeline import mlflow_setup, registry
 from pipeline.hooks import PipelineHooks
-from pipeline.mlflow_setup import dataset_inputs, git_commit, package_versions
-from pipeline.pyfunc import log_encoder_model
-from pipeline.results import markdown_table
+from pipeline.results import TrackedRun
+from pipeline.tables import markdown_table
+from pipeline.tracking import registry, store
+from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
-    from pipeline.data import LoadedData
+    from pipeline.data.loading import LoadedData
     from pipeline.finetune import FinetuneResult
+    from pipeline.greedy import LayerResult
     from pipeline.results import PretrainResult
-    from pipeline.stacking import LayerResult
     from sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,14 @@ class MlflowTracking(PipelineHooks):
         if rank_zero_only.rank != 0:  # under ddp every rank runs the pipeline; one records it
             return
         self.config, self.data = config, data
-        self.uri = mlflow_setup.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
-        self.client = mlflow_setup.client(self.uri)
+        self.uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
+        self.client = store.client(self.uri)
         if self._previous_uri is None:
             # MLFlowLogger and MLflow's model logging use the process-global URI; the caller's comes back at the end.
-            self._previous_uri = (mlflow_setup.swap_tracking_uri(self.uri),)
+            self._previous_uri = (store.swap_tracking_uri(self.uri),)
         commit = git_commit()
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
-            self.experiment_id = mlflow_setup.experiment_id(self.client, self.uri, self.experiment or config.name)
+            self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
             tags |= {"mlflow.source.git.commit": commit} if commit else {}
             run = self.client.create_run(self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -107,21 +108,18 @@ class MlflowTracking(PipelineHooks):
                 result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
                 input_example=example, tags={"kind": "finetuned"})
         chosen = "encoder-finetuned" if result.finetuned is not None else "encoder"
-        result.extra.update(run_id=self.run_id, experiment_id=self.experiment_id, tracking_uri=self.uri,
-                            logged_models={k: v.model_uri for k, v in infos.items()})
-        if url := self.run_url():
-            result.extra["run_url"] = url
+        tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
+                             model_uri=infos[chosen].model_uri,
+                             logged_models={k: v.model_uri for k, v in infos.items()})
         if self.register:
             name, value, greater = result.headline()
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=infos[chosen].model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), metrics=metrics,
                 alias=self.config.register.alias, model_id=infos[chosen].model_id, extra_tags={"kind": chosen})
-            result.extra.update(model_name=reg.model_name, model_uri=reg.model_uri, version_uri=reg.version_uri,
-                                model_version=reg.model_version, alias=reg.alias, registration_reason=reg.reason)
+            tracked.registration, tracked.model_uri = reg, reg.model_uri
             self.client.set_tag(self.run_id, "sae.registration", f"version {reg.model_version} @{reg.alias}: {reg.reason}")
-        else:
-            result.extra.update(model_uri=infos[chosen].model_uri)
+        result.tracked = tracked
         self.client.set_terminated(self.run_id, FINISHED)
         self.ended = True
         self._restore_uri()
@@ -148,7 +146,7 @@ class MlflowTracking(PipelineHooks):
 
     def _restore_uri(self) -> None:
         if self._previous_uri is not None:
-            mlflow_setup.swap_tracking_uri(self._previous_uri[0])
+            store.swap_tracking_uri(self._previous_uri[0])
             self._previous_uri = None
 
     def run_url(self) -> str | None:
@@ -293,7 +291,7 @@ def write_layer_weights(model: SparseAutoencoder, path: Path) -> Path:
 
 def write_artifacts(result: PretrainResult, directory: Path) -> Path:
     """The results table (text and markdown) and the plots (PNG) into ``directory``."""
-    from pipeline import plots  # matplotlib is slow to import; only runs that log need it
+    from pipeline.tracking import plots  # matplotlib is slow to import; only runs that log need it
 
     (directory / "results.txt").write_text(result.table() + "\n")
     (directory / "results.md").write_text(markdown_table(result.rows()) + "\n")

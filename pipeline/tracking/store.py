@@ -20,10 +20,11 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from pipeline.data.loading import fingerprint
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
-    from pipeline.data import LoadedData
+    from pipeline.data.loading import LoadedData
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
@@ -130,17 +131,19 @@ def git_commit() -> str | None:
 
 
 def dataset_inputs(data: LoadedData) -> list[DatasetInput]:
-    """The train and test splits as MLflow dataset inputs: name, digest, schema, source path."""
+    """The train, validation and test splits as MLflow dataset inputs: name, own digest, schema, source path."""
     path = Path(data.source)
-    source: Any = CodeDatasetSource({"builtin": data.source, "loader": "pipeline.datasets"})
+    source: Any = CodeDatasetSource({"builtin": data.source, "loader": "pipeline.data.builtin"})
     if path.is_file():
         with warnings.catch_warnings():  # a path reads as several local source kinds; all are the same file
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path.resolve()))
     out = []
-    for context, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
-        # MLflow keeps one input per (name, digest), so the test split carries its own name.
-        name = data.source if context == "train" else f"{data.source}:test"
-        dataset = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=data.fingerprint[:DIGEST_CHARS])
+    splits = (("train", data.X_train, data.y_train), ("validation", data.X_val, data.y_val),
+              ("test", data.X_test, data.y_test))
+    for context, X, y in splits:
+        name = data.source if context == "train" else f"{data.source}:{context}"
+        digest = fingerprint(X, y)[:DIGEST_CHARS]
+        dataset = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=digest)
         out.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     return out
