@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import PipelineConfig, load_default_config  # noqa: E402
-from pipeline.data import load_data  # noqa: E402
+from pipeline.data.loading import load_data  # noqa: E402
 from pipeline.evaluate import probe_accuracies  # noqa: E402
 from pipeline.greedy import sae_config  # noqa: E402
 from sae import SparseAutoencoder  # noqa: E402
