@@ -4,13 +4,22 @@ A new version gets ``alias`` (default ``champion``) when no version holds that a
 metric (``PretrainResult.headline()``) beats the holder's, read from the holder's version tags; otherwise it
 gets ``challenger``. Versions measured by different headline metrics are not compared (the new one becomes
 challenger). The reason is logged, stored as the version tag ``registration_reason`` and returned.
+
+Concurrent registrations: reading the holder and then moving the alias is a race (two runs could both beat
+a stale holder, the worse one moving the alias last). On a sqlite store the decision and the move happen
+under an exclusive file lock beside the database (``<db>.registry.lock``), so registrations are serialised.
+MLflow servers offer no compare-and-set on aliases: there the holder is re-read just before the move and
+the decision is taken again if it changed, which narrows the window to one request but cannot close it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -18,6 +27,11 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 from pipeline.results import Registration
 from pipeline.tracking.store import use_tracking_uri
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; only the optimistic re-check guards the alias there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +106,43 @@ def choose_alias(new: Headline, holder: tuple[str, Headline | None] | None, alia
                         f"holding @{alias} ({better} is better), so @{CHALLENGER}")
 
 
+def move_alias(client: MlflowClient, name: str, alias: str, headline: Headline, version: str,
+               tries: int = 5) -> tuple[str, str]:
+    """Give ``version`` ``alias`` or ``challenger`` by policy; re-decide when the holder changed while deciding."""
+    holder = alias_holder(client, name, alias)
+    for _ in range(tries):
+        chosen, reason = choose_alias(headline, holder, alias)
+        if chosen == alias:
+            current = alias_holder(client, name, alias)
+            if _version(current) != _version(holder):  # moved meanwhile by another registration: compare again
+                holder = current
+                continue
+        client.set_registered_model_alias(name, chosen, version)
+        return chosen, reason
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return CHALLENGER, f"@{alias} kept moving during {tries} tries, so @{CHALLENGER}"
+
+
+def _version(holder: tuple[str, Headline | None] | None) -> str | None:
+    return None if holder is None else holder[0]
+
+
+@contextlib.contextmanager
+def registry_lock(tracking_uri: str) -> Iterator[None]:
+    """Exclusive lock held across deciding and moving an alias: a file lock for sqlite stores, else nothing."""
+    if fcntl is None or not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    # A separate file: closing any descriptor of the database itself would drop sqlite's own POSIX locks.
+    with open(database.with_name(f"{database.name}.registry.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def register_model(
     client: MlflowClient,
     *,
@@ -106,14 +157,14 @@ def register_model(
 ) -> Registration:
     """Add ``source`` as a new version of ``name`` tagged with its metrics and run id; set the alias by policy."""
     ensure_registered_model(client, name)
-    holder = alias_holder(client, name, alias)
-    chosen, reason = choose_alias(headline, holder, alias)
     tags = {f"metric.{k}": repr(float(v)) for k, v in metrics.items()}
-    tags |= headline.tags() | {"run_id": run_id, "registration_reason": reason} | (extra_tags or {})
-    # The store looks a models:/<id> source up through a client on MLflow's global URI: point it at ours.
-    with use_tracking_uri(client.tracking_uri):
-        version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
-    client.set_registered_model_alias(name, chosen, version.version)
+    tags |= headline.tags() | {"run_id": run_id} | (extra_tags or {})
+    with registry_lock(client.tracking_uri):
+        # The store looks a models:/<id> source up through a client on MLflow's global URI: point it at ours.
+        with use_tracking_uri(client.tracking_uri):
+            version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+        chosen, reason = move_alias(client, name, alias, headline, str(version.version))
+    client.set_model_version_tag(name, version.version, "registration_reason", reason)
     log.info("registered %s version %s as @%s: %s", name, version.version, chosen, reason)
     return Registration(name, str(version.version), chosen, f"models:/{name}@{chosen}",
                         f"models:/{name}/{version.version}", reason)

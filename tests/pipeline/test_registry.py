@@ -1,10 +1,14 @@
 """Registry policy: the alias moves only to a version whose headline metric beats the holder's."""
 
+import contextlib
 import math
+import threading
+import time
 
 import pytest
 from mlflow import MlflowClient
 
+import pipeline.tracking.registry as registry_module
 from pipeline.tracking.registry import CHALLENGER, Headline, choose_alias, register_model
 
 
@@ -46,12 +50,16 @@ def client(tmp_path, monkeypatch):
     return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
 
-def register(client, tmp_path, value, metric="acc"):
+def register(client, tmp_path, value, metric="acc", greater=True):
     run = client.create_run("0")
     source = tmp_path / f"model-{run.info.run_id}"
     source.mkdir()
     return register_model(client, name="enc", source=source.as_uri(), run_id=run.info.run_id,
-                          headline=Headline(metric, value, True), metrics={metric: value, "seconds": 1.5})
+                          headline=Headline(metric, value, greater), metrics={metric: value, "seconds": 1.5})
+
+
+def holder(client, alias="champion"):
+    return str(client.get_model_version_by_alias("enc", alias).version)
 
 
 def test_versions_carry_metric_and_run_tags_and_the_alias_follows_the_best(client, tmp_path):
@@ -62,12 +70,72 @@ def test_versions_carry_metric_and_run_tags_and_the_alias_follows_the_best(clien
     assert version.tags["run_id"] == version.run_id and "no version holds" in version.tags["registration_reason"]
 
     worse = register(client, tmp_path, 0.7)
-    assert worse.alias == CHALLENGER and str(client.get_model_version_by_alias("enc", "champion").version) == "1"
+    assert worse.alias == CHALLENGER and holder(client) == "1"
+
+    # 0.75 beats the latest version (0.7) but not the holder (0.8): the comparison is with the holder.
+    between = register(client, tmp_path, 0.75)
+    assert between.alias == CHALLENGER and "does not beat 0.8 of version 1" in between.reason
+    assert holder(client) == "1" and holder(client, CHALLENGER) == "3"
 
     better = register(client, tmp_path, 0.85)
-    assert better.alias == "champion" and better.version_uri == "models:/enc/3"
-    assert str(client.get_model_version_by_alias("enc", "champion").version) == "3"
-    assert str(client.get_model_version_by_alias("enc", CHALLENGER).version) == "2"
+    assert better.alias == "champion" and better.version_uri == "models:/enc/4"
+    assert holder(client) == "4" and holder(client, CHALLENGER) == "3"
+    assert "beats 0.8 of version 1" in client.get_model_version("enc", "4").tags["registration_reason"]
 
     other = register(client, tmp_path, 0.99, metric="probe")
     assert other.alias == CHALLENGER and "not comparable" in other.reason
+
+
+def test_lower_is_better_moves_the_alias_only_to_a_lower_value(client, tmp_path):
+    assert register(client, tmp_path, 0.30, metric="loss", greater=False).alias == "champion"
+    assert register(client, tmp_path, 0.40, metric="loss", greater=False).alias == CHALLENGER
+    lower = register(client, tmp_path, 0.20, metric="loss", greater=False)
+    assert lower.alias == "champion" and "lower is better" in lower.reason and holder(client) == "3"
+
+
+def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lose_no_version(
+        client, tmp_path, monkeypatch):
+    register(client, tmp_path, 0.8)  # version 1 holds @champion
+    runs = {value: client.create_run("0").info.run_id for value in (0.85, 0.9)}
+    uri, both_read = client.tracking_uri, threading.Barrier(2, timeout=2)
+    read_holder, set_alias = registry_module.alias_holder, MlflowClient.set_registered_model_alias
+
+    def racing_read(c, name, alias):
+        """Both threads read the holder before either moves the alias (unless the lock serialises them)."""
+        held = read_holder(c, name, alias)
+        if not getattr(local, "waited", False):
+            local.waited = True
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other thread waits for our lock
+                both_read.wait()
+        return held
+
+    def slow_worse_move(self, name, alias, version):
+        if local.value == 0.85:
+            time.sleep(0.5)  # the worse one moves the alias last
+        return set_alias(self, name, alias, version)
+
+    local = threading.local()
+    monkeypatch.setattr(registry_module, "alias_holder", racing_read)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", slow_worse_move)
+    results, errors = {}, []
+
+    def worker(value):
+        local.value = value
+        source = tmp_path / f"model-{value}"
+        source.mkdir()
+        try:
+            results[value] = register_model(MlflowClient(uri), name="enc", source=source.as_uri(),
+                                            run_id=runs[value], headline=Headline("acc", value, True),
+                                            metrics={"acc": value})
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(value,)) for value in (0.85, 0.9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    versions = {v.tags["headline.value"]: str(v.version) for v in client.search_model_versions("name='enc'")}
+    assert set(versions) == {"0.8", "0.85", "0.9"} and sorted(versions.values()) == ["1", "2", "3"]
+    assert holder(client) == versions["0.9"] == results[0.9].model_version and results[0.9].alias == "champion"
