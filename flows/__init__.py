@@ -1,5 +1,19 @@
 """Prefect flows, schedules and deployments around the plain-Python pipeline (the only prefect importers)."""
 
-from flows.pretrain import extra_hooks, pretrain_flow
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.pretrain import extra_hooks, pretrain_flow
+
+# Resolved on first use: the console entry (flows.cli) must run its setup before Prefect and torch load.
+_EXPORTS = {"extra_hooks": "flows.pretrain", "pretrain_flow": "flows.pretrain"}
 __all__ = ["extra_hooks", "pretrain_flow"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'flows' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
-# Before torch loads OpenMP: spinning waiters made small layers 5-20x slower on a busy 2-core machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from pipeline.cli import EXIT_OK, add_config_arguments, load_config
 from pipeline.cli import main as pipeline_main
+from pipeline.runtime import quiet_runtime
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -87,6 +84,7 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``sae-pipeline`` console script."""
+    quiet_runtime()  # before any command imports torch
     return pipeline_main(argv, extend=_add_flow_commands)
 
 

@@ -39,10 +39,6 @@ Precision = Annotated[
 ]
 
 
-# The YAML section is called `register`, which shadows ABCMeta.register on the class (harmless on instances).
-warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
-
-
 class _Section(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -188,6 +184,13 @@ class RegisterConfig(_Section):
     """Alias moved to the new version only when its headline metric strictly beats the holder's."""
 
 
+# The YAML section is called `register`, which shadows ABCMeta.register on the class (harmless on instances).
+# Pydantic warns about it while building the class below; the filter is scoped to that (nothing global).
+_shadowing = warnings.catch_warnings()
+_shadowing.__enter__()
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
 class PipelineConfig(_Section):
     """A whole run: data, layer defaults, the layers, fine-tuning and registration."""
 
@@ -289,6 +292,9 @@ class PipelineConfig(_Section):
         out: dict[str, str | int | float | bool] = {}
         _flatten(data, "", out)
         return out
+
+
+_shadowing.__exit__(None, None, None)
 
 
 def _check_layer(config: PipelineConfig, layer: ResolvedLayer) -> None:

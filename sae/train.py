@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
+import os
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,11 @@ from sae.batches import ShuffledBatches, row_chunks
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.module import Optimizer, SAEModule
+from sae.quiet import quiet_lightning
 
 ArrayLike = np.ndarray | torch.Tensor
 _CHUNK = 65_536
 STEPS_PER_LIGHTNING_BATCH = 8  # optimizer steps per Lightning batch: amortises Lightning's per-batch overhead
-
-# Lightning announces hardware and tips at INFO on every Trainer; the pipeline prints its own progress.
-for _name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda", "lightning_fabric"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*isn't a DataLoader.*")
-warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-# Epoch metrics are summed over ranks by EpochStats itself, so Lightning's sync_dist advice does not apply.
-warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 def check_inputs(x: ArrayLike, config: SAEConfig, name: str = "X") -> None:
@@ -115,7 +105,7 @@ def train_autoencoder(
     model = SparseAutoencoder(config)
     options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     spawn = "spawn" in str(options.get("strategy", ""))
-    history_path = Path(tempfile.mkstemp(suffix=".json")[1]) if spawn else None
+    history_path = _empty_temp_file(".json") if spawn else None  # where a spawned rank 0 leaves the history
     if _single_cuda_device(options) and not isinstance(X, np.memmap):
         # One copy to the GPU up front instead of one per batch (the batches index it there).
         X = torch.as_tensor(X).to("cuda")
@@ -133,18 +123,27 @@ def train_autoencoder(
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)
     if deterministic is None:
         deterministic = options["accelerator"] != "cpu"
-    trainer = quiet_trainer(
-        epochs, n_batches=len(train), logger=logger, callbacks=callbacks, deterministic=deterministic, **options
-    )
-    trainer.fit(
-        module,
-        train_dataloaders=SizedLoader(train, group=STEPS_PER_LIGHTNING_BATCH),
-    )
-    model.history = module.history
-    if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
-        model.history = json.loads(history_path.read_text() or "[]")
-        history_path.unlink(missing_ok=True)
+    try:
+        with quiet_lightning():
+            trainer = quiet_trainer(
+                epochs, n_batches=len(train), logger=logger, callbacks=callbacks, deterministic=deterministic,
+                **options
+            )
+            trainer.fit(module, train_dataloaders=SizedLoader(train, group=STEPS_PER_LIGHTNING_BATCH))
+        model.history = module.history
+        if history_path is not None:  # ddp_spawn trained copies in child processes; rank 0 left the history here
+            model.history = json.loads(history_path.read_text() or "[]")
+    finally:
+        if history_path is not None:
+            history_path.unlink(missing_ok=True)
     return model.cpu().eval()
+
+
+def _empty_temp_file(suffix: str) -> Path:
+    """A new empty file in the temp directory; its descriptor is closed (the caller removes the file)."""
+    descriptor, name = tempfile.mkstemp(prefix="sae-", suffix=suffix)
+    os.close(descriptor)
+    return Path(name)
 
 
 def quiet_trainer(

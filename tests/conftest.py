@@ -1,6 +1,5 @@
-"""Suite-wide settings that must be in place before torch is imported."""
+"""Suite-wide process settings, applied before any test module imports torch."""
 
-import os
+from pipeline.runtime import quiet_runtime
 
-# Spinning OpenMP waiters made small layers 5-20x slower whenever the other core was busy (Makefile sets it too).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+quiet_runtime()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -69,14 +68,11 @@ class LoadedData:
         return Splits(self.X_train, self.X_val, self.X_test)
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_scaled": {}}  # scaled copies (and their temporary files) are recomputed
+        return self.__dict__ | {"_scaled": {}}  # scaled copies (memory or scratch files) are recomputed
 
     def _scaled_split(self, which: str, X: np.ndarray) -> np.ndarray:
-        if which not in self._scaled:
-            if isinstance(X, np.memmap) and "tmp" not in self._scaled:
-                self._scaled["tmp"] = tempfile.TemporaryDirectory(prefix="sae-scaled-")  # removed with self
-            out_dir = Path(self._scaled["tmp"].name) if isinstance(X, np.memmap) else None
-            self._scaled[which] = transform_in_chunks(self.scaling, X, out_dir and out_dir / f"{which}.npy")
+        if which not in self._scaled:  # memmapped data is scaled into a scratch memmap, freed with self
+            self._scaled[which] = transform_in_chunks(self.scaling, X, on_disk=isinstance(X, np.memmap))
         return self._scaled[which]
 
 

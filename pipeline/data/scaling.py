@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from pipeline.data.scratch import scratch_array
 from pipeline.errors import InputError
 from sae.batches import release_pages, row_chunks
 from sae.scaling import ScaleKind, Scaling
@@ -13,13 +12,13 @@ from sae.scaling import ScaleKind, Scaling
 CHUNK_ROWS = 65_536
 
 
-def transform_in_chunks(scaling: Scaling, X: np.ndarray, out: Path | None = None) -> np.ndarray:
-    """scaling.transform over row chunks, into memory or (``out``) a new .npy memmap."""
-    if out is None:
+def transform_in_chunks(scaling: Scaling, X: np.ndarray, *, on_disk: bool = False) -> np.ndarray:
+    """scaling.transform over row chunks, into memory or (``on_disk``) an unnamed scratch memmap."""
+    if not on_disk:
         return scaling.transform(X)
     if scaling.kind == "none" and X.dtype == np.float32:
         return X
-    result = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=X.shape)
+    result = scratch_array(X.shape)
     for start, chunk in row_chunks(X, CHUNK_ROWS, dtype=None):
         result[start : start + chunk.shape[0]] = scaling.transform(chunk)
         release_pages(result, start, start + chunk.shape[0])  # written pages stay in the file and page cache
