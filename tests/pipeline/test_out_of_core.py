@@ -33,7 +33,7 @@ def test_a_memmapped_npy_trains_through_the_stack_on_memmapped_inputs_and_codes(
     path = write_npy(tmp_path / "x.npy", rows=20 * MB // (4 * 64), d=64)  # 20 MB
     monkeypatch.setattr(loading_module, "LARGE_FILE_BYTES", 10 * MB)  # the 20 MB file counts as large
     monkeypatch.setattr(codes_module, "MEMMAP_BYTES", 1 * MB)  # codes of 5 MB and more go to disk
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # scaled copies and codes land in tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # scratch files for scaled copies and codes go here
     seen = []
 
     class Recording(ShuffledBatches):
@@ -49,6 +49,7 @@ def test_a_memmapped_npy_trains_through_the_stack_on_memmapped_inputs_and_codes(
         "layers": [{"hidden": 16}, {"hidden": 8}], "finetune": {"epochs": 0},
     })
     result = pretrain_stack(config)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]  # scaled copies and codes left no file behind
     data = result.data
     assert isinstance(data.X_train, np.memmap) and isinstance(data.scaled().train, np.memmap)
     assert seen and seen[0] and seen[1]  # both layers' training batches come from memmaps
