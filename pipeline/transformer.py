@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from pipeline.config import SAESettings
 from pipeline.data.codes import encode_in_chunks
 from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
@@ -19,9 +20,11 @@ from sae.stack import StackedEncoder
 class SAETransformer(TransformerMixin, BaseEstimator):
     """Greedily pretrains a sparse-autoencoder stack on X (or loads ``model_uri``); transform gives top codes.
 
-    ``hidden`` lists the layer sizes, bottom first; every layer shares the other settings. Inputs are scaled
-    as ``scale`` says (fitted on X, carried inside the encoder). ``decoder_activation="auto"`` uses sigmoid
-    for [0, 1] inputs (scale unit, or layers above a sigmoid layer) and linear otherwise. With ``model_uri``
+    ``hidden`` lists the layer sizes, bottom first; every layer shares the other settings, which mean what
+    ``sae.SAEConfig``'s fields and the config's layer settings (epochs, batch_size, lr, optimizer) mean, with
+    the same defaults (tests/pipeline/test_single_source.py holds them equal). Inputs are scaled as ``scale``
+    says (fitted on X, carried inside the encoder). ``decoder_activation="auto"`` uses sigmoid for [0, 1]
+    inputs (scale unit, or layers above a sigmoid layer) and linear otherwise. With ``model_uri``
     (``models:/name@alias``, ``runs:/...`` or a folder) ``fit`` loads that encoder and trains nothing.
     """
 
@@ -36,6 +39,8 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         weight_decay: float = 0.003,
         encoder_activation: str = "sigmoid",
         decoder_activation: str = "auto",
+        tied: bool = False,
+        noise: float = 0.0,
         epochs: int = 50,
         batch_size: int = 128,
         lr: float = 0.003,
@@ -53,6 +58,8 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.encoder_activation = encoder_activation
         self.decoder_activation = decoder_activation
+        self.tied = tied
+        self.noise = noise
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -87,12 +94,8 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         inputs = scaling.transform(X)
         layers = []
         for i, d_hidden in enumerate(sizes):
-            config = SAEConfig(
-                d_in=int(inputs.shape[1]), d_hidden=int(d_hidden), sparsity=self.sparsity,  # type: ignore[arg-type]
-                target=self.target, beta=self.beta, k=self.k, weight_decay=self.weight_decay,
-                encoder_activation=self.encoder_activation,  # type: ignore[arg-type]
-                decoder_activation=self._decoder(i),  # type: ignore[arg-type]
-            )
+            layer = {name: getattr(self, name) for name in SAESettings.model_fields} | {"decoder_activation": self._decoder(i)}
+            config = SAEConfig(d_in=int(inputs.shape[1]), d_hidden=int(d_hidden), **layer)
             model = train_autoencoder(inputs, config, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                       optimizer=self.optimizer, seed=self.seed + i, patience=None)  # type: ignore[arg-type]
             layers.append(model)
