@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # OpenMP threads that spin while waiting made small layers 5-20x slower whenever the other core was busy.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: run test lint ui servers servers-stop benchmarks clean
+.PHONY: run test lint ui servers servers-stop benchmarks readme-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,10 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/tracking_overhead.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
+
+# The README's config block is generated from the schema and the digits example (a test fails while it is stale).
+readme-config: $(STAMP)
+	$(BIN)/python -m pipeline.docs
 
 clean:
 	rm -rf .sae-cache outputs lightning_logs .pytest_cache .ruff_cache

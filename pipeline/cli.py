@@ -53,7 +53,11 @@ def _config(args: argparse.Namespace) -> int:
         print(json.dumps(PipelineConfig.json_schema(), indent=2))
         return EXIT_OK
     config = load_config(args.config, args.overrides)
-    if args.action == "show":
+    if args.action == "show" and args.annotated:
+        from pipeline.docs import annotated_yaml
+
+        print(annotated_yaml(config), end="")
+    elif args.action == "show":
         print(config.to_yaml(), end="")
     else:
         print(f"{args.config or 'built-in digits config'}: valid ({len(config.layers)} layers, data {config.data.source})")
@@ -122,6 +126,8 @@ def build_parser(extend: Extend | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="show, validate or print the schema of a pipeline config")
     p.add_argument("action", choices=["show", "schema", "validate"])
+    p.add_argument("--annotated", action="store_true",
+                   help="show: every field with its description as a comment, and its schema default where it differs")
     add_config_arguments(p)
     p.set_defaults(func=_config)
 
