@@ -49,10 +49,33 @@ def test_sgd_and_full_batch_lbfgs_both_learn(data, optimizer, lr):
     assert model.history[-1]["loss"] < 0.7 * model.history[0]["loss"]
 
 
-def test_validation_loss_is_reported_and_early_stopping_ends_training(data):
-    model = _train(data, validation=data[:200], epochs=200, lr=0.05, patience=2)
-    assert "val_loss" in model.history[-1]
-    assert len(model.history) < 200
+def stop_epoch(val_losses: list[float], patience: int) -> int:
+    """Epochs run when training stops after ``patience`` epochs without a new best validation loss."""
+    best, stale = float("inf"), 0
+    for epoch, loss in enumerate(val_losses, start=1):
+        best, stale = (loss, 0) if loss < best else (best, stale + 1)
+        if stale >= patience:
+            return epoch
+    return len(val_losses)
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stopping_stops_patience_epochs_after_the_best_validation_loss(patience):
+    # Train on rows near 0.2 and validate on rows near 0.8: every epoch moves the reconstruction further from
+    # the validation rows, so the best validation loss is epoch 1's and training stops at epoch 1 + patience.
+    rng = np.random.default_rng(0)
+    train = (0.2 + 0.05 * rng.random((256, 16))).astype(np.float32)
+    validation = (0.8 - 0.05 * rng.random((64, 16))).astype(np.float32)
+    config = SAEConfig(d_in=16, d_hidden=8, sparsity="none", weight_decay=0.0)
+    model = _train(train, config, validation=validation, epochs=30, patience=patience)
+    val_losses = [epoch["val_loss"] for epoch in model.history]
+    assert np.argmin(val_losses) == 0 and len(val_losses) == 1 + patience
+
+
+def test_early_stopping_follows_the_patience_rule_on_the_recorded_history(data):
+    model = _train(data, validation=data[:200] * 0.5 + 0.3, epochs=60, lr=0.05, patience=2)
+    val_losses = [epoch["val_loss"] for epoch in model.history]
+    assert len(val_losses) == stop_epoch(val_losses, 2) < 60
 
 
 def test_denoising_topk_and_l1_layers_train(data):
@@ -64,6 +87,16 @@ def test_denoising_topk_and_l1_layers_train(data):
         model = _train(data, config)
         assert model.history[-1]["loss"] < model.history[0]["loss"]
     assert model.history[-1]["l0"] < 16
+
+
+def test_topk_keeps_at_most_k_active_units_per_sample(data):
+    config = SAEConfig(d_in=32, d_hidden=16, sparsity="topk", k=4, encoder_activation="relu",
+                       decoder_activation="linear")
+    model = _train(data, config)
+    with torch.no_grad():
+        active = (model.encode(torch.from_numpy(data)) > 0).sum(dim=1)
+    assert int(active.max()) <= 4 and float(active.float().mean()) > 1.0  # k caps L0; it is not all zeros
+    assert all(epoch["l0"] <= 4 for epoch in model.history)
 
 
 @pytest.mark.parametrize(
