@@ -1,15 +1,20 @@
-"""Registry policy: the alias moves only to a version whose headline metric beats the holder's."""
+"""Registry policy: the alias moves only to a version whose headline metric beats the holder's, also under concurrency."""
 
 import contextlib
 import math
 import threading
 import time
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from sklearn.datasets import load_digits
 
 import pipeline.tracking.registry as registry_module
+from pipeline.config import PipelineConfig
+from pipeline.greedy import pretrain_stack
 from pipeline.tracking.registry import CHALLENGER, Headline, choose_alias, register_model
+from pipeline.tracking.runs import MlflowTracking
 
 
 def test_headline_beats_respects_the_direction_and_never_lets_nan_win():
@@ -44,22 +49,31 @@ def test_choose_alias_gives_the_alias_only_to_a_winner_and_says_why(holder, alia
     assert chosen == alias and says in reason
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (each test registers its own model name): creating one costs seconds."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # nothing may fall back to a ./mlflow.db in the checkout
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield f"sqlite:///{root}/mlflow.db"
+
+
 @pytest.fixture
-def client(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # nothing may fall back to a ./mlflow.db in the checkout
-    return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+def client(store):
+    return MlflowClient(store)
 
 
-def register(client, tmp_path, value, metric="acc", greater=True):
+def register(client, tmp_path, value, metric="acc", greater=True, name="enc"):
     run = client.create_run("0")
     source = tmp_path / f"model-{run.info.run_id}"
     source.mkdir()
-    return register_model(client, name="enc", source=source.as_uri(), run_id=run.info.run_id,
+    return register_model(client, name=name, source=source.as_uri(), run_id=run.info.run_id,
                           headline=Headline(metric, value, greater), metrics={metric: value, "seconds": 1.5})
 
 
-def holder(client, alias="champion"):
-    return str(client.get_model_version_by_alias("enc", alias).version)
+def holder(client, alias="champion", name="enc"):
+    return str(client.get_model_version_by_alias(name, alias).version)
 
 
 def test_versions_carry_metric_and_run_tags_and_the_alias_follows_the_best(client, tmp_path):
@@ -87,15 +101,18 @@ def test_versions_carry_metric_and_run_tags_and_the_alias_follows_the_best(clien
 
 
 def test_lower_is_better_moves_the_alias_only_to_a_lower_value(client, tmp_path):
-    assert register(client, tmp_path, 0.30, metric="loss", greater=False).alias == "champion"
-    assert register(client, tmp_path, 0.40, metric="loss", greater=False).alias == CHALLENGER
-    lower = register(client, tmp_path, 0.20, metric="loss", greater=False)
-    assert lower.alias == "champion" and "lower is better" in lower.reason and holder(client) == "3"
+    def loss(value):
+        return register(client, tmp_path, value, metric="loss", greater=False, name="by-loss")
+
+    assert loss(0.30).alias == "champion"
+    assert loss(0.40).alias == CHALLENGER
+    lower = loss(0.20)
+    assert lower.alias == "champion" and "lower is better" in lower.reason and holder(client, name="by-loss") == "3"
 
 
 def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lose_no_version(
         client, tmp_path, monkeypatch):
-    register(client, tmp_path, 0.8)  # version 1 holds @champion
+    register(client, tmp_path, 0.8, name="race")  # version 1 holds @champion
     runs = {value: client.create_run("0").info.run_id for value in (0.85, 0.9)}
     uri, both_read = client.tracking_uri, threading.Barrier(2, timeout=2)
     read_holder, set_alias = registry_module.alias_holder, MlflowClient.set_registered_model_alias
@@ -124,7 +141,7 @@ def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lo
         source = tmp_path / f"model-{value}"
         source.mkdir()
         try:
-            results[value] = register_model(MlflowClient(uri), name="enc", source=source.as_uri(),
+            results[value] = register_model(MlflowClient(uri), name="race", source=source.as_uri(),
                                             run_id=runs[value], headline=Headline("acc", value, True),
                                             metrics={"acc": value})
         except Exception as error:  # noqa: BLE001 - reported by the assertion below
@@ -136,6 +153,29 @@ def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lo
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    versions = {v.tags["headline.value"]: str(v.version) for v in client.search_model_versions("name='enc'")}
+    versions = {v.tags["headline.value"]: str(v.version) for v in client.search_model_versions("name='race'")}
     assert set(versions) == {"0.8", "0.85", "0.9"} and sorted(versions.values()) == ["1", "2", "3"]
-    assert holder(client) == versions["0.9"] == results[0.9].model_version and results[0.9].alias == "champion"
+    assert holder(client, name="race") == versions["0.9"] == results[0.9].model_version and results[0.9].alias == "champion"
+
+
+def test_an_unlabelled_run_is_ranked_by_test_loss_and_the_alias_goes_to_the_lower_one(store, tmp_path):
+    np.save(tmp_path / "x.npy", load_digits().data[:600].astype(np.float32))  # features only: no labels
+    uri = store
+
+    def run(epochs):
+        config = PipelineConfig.from_dict({
+            "name": "unlabelled", "tracking_uri": uri, "data": {"source": str(tmp_path / "x.npy")},
+            "defaults": {"epochs": epochs, "batch_size": 64, "lr": 0.01}, "trainer": {"accelerator": "cpu"},
+            "layers": [{"hidden": 8}]})
+        return pretrain_stack(config, MlflowTracking())
+
+    short, longer = run(1), run(6)
+    client = MlflowClient(uri)
+    losses = [r.layers[0].test_metrics["loss"] for r in (short, longer)]
+    assert short.headline() == ("layer_1.test_loss", losses[0], False) and short.finetuned is None
+    assert losses[1] < losses[0]
+    assert short.tracked.registration.alias == "champion"
+    assert longer.tracked.registration.alias == "champion" and "lower is better" in longer.tracked.registration.reason
+    assert str(client.get_model_version_by_alias("unlabelled-encoder", "champion").version) == "2"
+    tags = client.get_model_version("unlabelled-encoder", "2").tags
+    assert tags["headline.metric"] == "layer_1.test_loss" and tags["headline.greater_is_better"] == "false"
