@@ -170,10 +170,12 @@ def flow_steps(config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool
 
 
 @flow(name="sae-pretrain", flow_run_name=run_name, persist_result=False, validate_parameters=True)
-def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False) -> PretrainResult:
-    """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``."""
+def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False, overrides: list[str] | None = None
+                  ) -> PretrainResult:
+    """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``
+    (``overrides``: the ``--set`` values already applied to it, shown in the MLflow run description)."""
     config = _as_config(config)
-    hooks = CompositeHooks([MlflowTracking(), ProgressPrinter(), *_extra_hooks])
+    hooks = CompositeHooks([MlflowTracking(overrides=overrides or ()), ProgressPrinter(), *_extra_hooks])
     result = pretrain_stack(config, hooks, flow_steps(config, hooks, refresh_cache))
     publish_artifacts(result)
     return result

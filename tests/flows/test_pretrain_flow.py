@@ -139,7 +139,9 @@ def test_same_config_again_reuses_every_layer_without_training(first, workdir):
     logs = flow_logs(flow_run_id)
     assert all(f"layer {i} reused from cache " in logs for i in (1, 2, 3)), logs
     assert layer_tags(result) == {"layer-1": "true", "layer-2": "true", "layer-3": "true"}
-    assert result.tracked.registration.model_version == "2"
+    registration = result.tracked.registration  # the same weights as version 1: no second version
+    assert (registration.model_version, registration.new_version) == ("1", False)
+    assert registration.reason == "weights identical to version 1 (@champion): no new version added"
 
 
 def test_changing_only_layer_3_retrains_only_layer_3(first, workdir):
