@@ -113,6 +113,7 @@ def test_params_hold_each_layers_resolved_settings_once_with_one_spelling_for_nu
     layer2 = children(client, parent)["layer-2"].data.params
     assert layer2["hidden"] == "8" and layer2["target"] == "0.2" and layer2["d_in"] == "16"
     assert layer2["trainer.accelerator"] == "cpu" and layer2["k"] == "null" and "index" not in layer2
+    assert not [k for k, v in layer2.items() if v in ("None", "True", "False")]
     finetune = children(client, parent)["finetune"].data.params
     assert finetune["epochs"] == "2" and not [v for v in finetune.values() if v in ("None", "True", "False")]
 
@@ -397,3 +398,23 @@ def test_a_retried_run_start_reuses_the_open_parent_run(store):
     experiment = client.get_experiment_by_name("retried").experiment_id
     assert [r.info.run_id for r in client.search_runs([experiment])] == [first]
     assert client.get_run(first).info.status == "FAILED"
+
+
+def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui_address(store):
+    uri, _ = store
+    cfg = config(uri, name="named")
+    tracking = MlflowTracking(register=False, run_name="named-digits-20261127-120000",
+                              run_tags={"prefect.flow_run.id": "f-1"})
+    assert tracking.run_url("http://127.0.0.1:5000") is None  # no run yet
+    tracking.set_run_tags({"prefect.deployment": "nightly"})  # before the run opens: applied at creation
+    tracking.on_run_start(cfg, load_data(cfg.data, cfg.seed))
+    tracking.set_run_tags({"prefect.flow_run.url": "http://127.0.0.1:4200/runs/flow-run/f-1"})  # while open
+    parent = MlflowClient(uri).get_run(tracking.run_id)
+    assert parent.info.run_name == tracking.run_name == "named-digits-20261127-120000"
+    assert {k: parent.data.tags[k] for k in ("prefect.flow_run.id", "prefect.deployment", "prefect.flow_run.url")} \
+        == {"prefect.flow_run.id": "f-1", "prefect.deployment": "nightly",
+            "prefect.flow_run.url": "http://127.0.0.1:4200/runs/flow-run/f-1"}
+    assert tracking.run_url() is None  # a sqlite store has no web address of its own
+    assert tracking.run_url("http://127.0.0.1:5000/") == (
+        f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{tracking.run_id}")
+    tracking.on_run_failed(RuntimeError("stop"))
