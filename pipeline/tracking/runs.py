@@ -183,7 +183,14 @@ class MlflowTracking(PipelineHooks):
         base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
         if base is None or self.run_id is None:
             return None
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{base.rstrip('/')}/{describe.run_page(str(self.experiment_id), self.run_id)}"
+
+    def experiment_url(self, ui_url: str | None = None) -> str | None:
+        """The experiment's run list, like ``run_url`` (both open the UI's model-training pages)."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
+        if base is None or self.experiment_id is None:
+            return None
+        return f"{base.rstrip('/')}/{describe.experiment_page(str(self.experiment_id))}"
 
     def set_run_tags(self, tags: Mapping[str, str]) -> None:
         """Tag the parent run (now if it is open, and at creation if it is not yet): e.g. the flow run's URL."""

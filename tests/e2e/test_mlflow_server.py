@@ -92,7 +92,7 @@ def test_parent_and_child_runs_with_epoch_metrics_are_on_the_server(run):
     assert [m.step for m in client.get_metric_history(by_name["layer-2"].info.run_id, "loss")] == [2]
     headline = parent.data.metrics["headline/finetune.accuracy_after"]
     assert headline == pytest.approx(result.finetuned.accuracy_after)
-    assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}")
+    assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
 
 
 def test_artifacts_and_the_dataset_input_are_on_the_server(run, server):

@@ -194,7 +194,7 @@ def test_a_version_description_names_the_headline_the_alias_reason_and_links_the
     run = client.get_run(version.run_id)
     assert version.description == (
         "**acc = 0.8** (higher is better)\n\n@champion: no version holds @champion yet\n\n"
-        f"Run: [{run.info.run_name}](#/experiments/0/runs/{run.info.run_id})")
+        f"Run: [{run.info.run_name}](#/experiments/0/runs/{run.info.run_id}?workflowType=machine_learning)")
 
 
 def test_weights_already_registered_add_no_version_and_the_registration_says_which(client, tmp_path):

@@ -213,7 +213,7 @@ def test_the_finetuned_encoder_is_registered_as_champion_with_a_few_tags_and_a_d
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
     assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
     assert version.tags["weights_sha256"] == weights_digest(result.finetuned.encoder)
-    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
     assert version.description == (
         f"**finetune.accuracy_after = {result.finetuned.accuracy_after:.6g}** (higher is better)\n\n"
         f"@champion: no version holds @champion yet\n\nRun: [{parent.info.run_name}]({link})")
@@ -415,6 +415,9 @@ def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui
         == {"prefect.flow_run.id": "f-1", "prefect.deployment": "nightly",
             "prefect.flow_run.url": "http://127.0.0.1:4200/runs/flow-run/f-1"}
     assert tracking.run_url() is None  # a sqlite store has no web address of its own
+    experiment = parent.info.experiment_id  # the query opens the UI's model-training pages, not GenAI's
     assert tracking.run_url("http://127.0.0.1:5000/") == (
-        f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{tracking.run_id}")
+        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{tracking.run_id}?workflowType=machine_learning")
+    assert tracking.experiment_url("http://127.0.0.1:5000") == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning")
     tracking.on_run_failed(RuntimeError("stop"))
