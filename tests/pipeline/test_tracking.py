@@ -209,7 +209,7 @@ def test_the_finetuned_encoder_is_registered_as_champion_with_a_few_tags_and_a_d
     version = client.get_model_version_by_alias("tracked-encoder", "champion")
     assert str(version.version) == reg.model_version
     assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
-                                 "weights_sha256", "kind"}
+                                 "weights_sha256", "kind", "registration_reason"}  # a handful, not one per metric
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
     assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
     assert version.tags["weights_sha256"] == weights_digest(result.finetuned.encoder)
