@@ -27,12 +27,10 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
-from safetensors.torch import save_file
 
 from pipeline.hooks import PipelineHooks
 from pipeline.results import TrackedRun
-from pipeline.tables import markdown_table
-from pipeline.tracking import describe, registry, store, versions
+from pipeline.tracking import describe, registry, run_files, store, versions
 from pipeline.tracking.pyfunc import log_encoder_model
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
@@ -42,7 +40,6 @@ if TYPE_CHECKING:
     from pipeline.finetune import FinetuneResult
     from pipeline.greedy import LayerResult
     from pipeline.results import PretrainResult
-    from sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
@@ -119,7 +116,7 @@ class MlflowTracking(PipelineHooks):
             return
         self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
         with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
-            self.client.log_artifacts(self.run_id, str(write_artifacts(result, Path(tmp))))
+            self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
         example = result.data.X_train[:5]
         infos = {"encoder": log_encoder_model(result.encoder, run_id=self.run_id, tracking_uri=self.uri,
                                               input_example=example, tags={"kind": "pretrained"})}
@@ -219,11 +216,11 @@ class MlflowTracking(PipelineHooks):
         self._log_batch(run_id, series + summary, [Param("d_in", str(result.model.config.d_in))],
                         [RunTag("sae.reused", str(result.reused).lower())])
         with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:
-            path = write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
+            path = run_files.write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
             self.client.log_artifact(run_id, str(path), "weights")
             (Path(tmp) / "history.json").write_text(json.dumps(result.history, indent=1))
             self.client.log_artifact(run_id, str(Path(tmp) / "history.json"))
-            self.client.log_artifacts(run_id, str(write_layer_plots(result, Path(tmp) / "plots")), "plots")
+            self.client.log_artifacts(run_id, str(run_files.write_layer_plots(result, Path(tmp) / "plots")), "plots")
         self._end(name, FINISHED)
 
     def finetune_logger(self) -> BufferedMLFlowLogger | None:
@@ -315,33 +312,3 @@ class BufferedMLFlowLogger(MLFlowLogger):
 def default_run_name(config: PipelineConfig) -> str:
     """``<config name>-<YYYYmmdd-HHMMSS>``: what ran and when."""
     return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def write_layer_weights(model: SparseAutoencoder, path: Path) -> Path:
-    """The layer's encoder and decoder tensors as safetensors, with its SAEConfig as JSON metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"sae_config": json.dumps(model.config.to_dict())})
-    return path
-
-
-def write_artifacts(result: PretrainResult, directory: Path) -> Path:
-    """The results table (text and markdown) into ``directory``; the plots are on the layer runs."""
-    (directory / "results.txt").write_text(result.table() + "\n")
-    (directory / "results.md").write_text(markdown_table(result.rows()) + "\n")
-    return directory
-
-
-def write_layer_plots(result: LayerResult, directory: Path) -> Path:
-    """One layer's figures into ``directory``: filters (first layer, image inputs), rho_hat histogram, loss curve."""
-    from pipeline.tracking import plots  # matplotlib is slow to import; only runs that log need it
-
-    number = result.index + 1
-    if result.index == 0:
-        plots.filter_grid(result.model.encoder.weight.detach().cpu().numpy(), directory / "filter_grid.png")
-    plots.loss_curves([result.history], directory / "loss_curve.png", labels=[f"layer {number}"])
-    if result.model.rho_hat is not None:
-        target = result.settings.target if result.settings.sparsity == "kl" else None
-        plots.rho_hat_histogram([result.model.rho_hat.numpy()], [target], directory / "rho_hat_histogram.png",
-                                labels=[f"layer {number}"])
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
