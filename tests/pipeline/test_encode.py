@@ -50,7 +50,7 @@ def registered(encoder, digits, tmp_path_factory):
         run = client.create_run(experiment_id(client, uri, "encode-tests"))
         info = log_encoder_model(encoder, run_id=run.info.run_id, tracking_uri=uri, input_example=digits[:3])
         register_model(client, name="enc", source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
-                       headline=Headline("acc", 0.5, True), metrics={"acc": 0.5})
+                       headline=Headline("acc", 0.5, True))
         client.set_terminated(run.info.run_id)
         yield uri, run.info.run_id
 
