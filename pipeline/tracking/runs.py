@@ -55,6 +55,8 @@ class MlflowTracking(PipelineHooks):
         self.configured_uri = tracking_uri
         self.register = register
         self.experiment = experiment
+        self.run_name: str | None = None  # the parent run's name; default <config name>-<time>
+        self.extra_tags: dict[str, str] = {}  # more parent-run tags (the flow adds its Prefect flow run's)
         self.uri = ""
         self.client: Any = None
         self.config: PipelineConfig | None = None
@@ -65,6 +67,7 @@ class MlflowTracking(PipelineHooks):
         self.children: dict[str, str] = {}  # child name -> run id, while open
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
+        self._chosen: tuple[str, Any] | None = None  # (name, model info) of the logged model to register
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -82,9 +85,9 @@ class MlflowTracking(PipelineHooks):
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
             self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
-            tags |= {"mlflow.source.git.commit": commit} if commit else {}
-            run = self.client.create_run(self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                         tags=resolve_tags(tags))
+            tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.extra_tags
+            name = self.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags))
             self.run_id, self.ended, self.children, self.lightning_logged = run.info.run_id, False, {}, set()
         params = {**config.flat_params(), **{f"version.{k}": v for k, v in package_versions().items()}}
         self._log_params(self.run_id, params | ({"git_commit": commit} if commit else {}))
@@ -93,7 +96,7 @@ class MlflowTracking(PipelineHooks):
         log.info("MLflow run %s in experiment %s at %s", self.run_id, self.experiment_id, self.uri)
 
     def on_run_end(self, result: PretrainResult) -> None:
-        """Parent metrics, artifacts and models; register; close the parent FINISHED."""
+        """Parent metrics, artifacts and models (``on_register`` registers and closes the run)."""
         if self.run_id is None or self.config is None or self.ended:
             return
         metrics = result.metrics()
@@ -108,18 +111,25 @@ class MlflowTracking(PipelineHooks):
                 result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
                 input_example=example, tags={"kind": "finetuned"})
         chosen = "encoder-finetuned" if result.finetuned is not None else "encoder"
-        tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
-                             model_uri=infos[chosen].model_uri,
-                             logged_models={k: v.model_uri for k, v in infos.items()})
+        result.tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
+                                    model_uri=infos[chosen].model_uri,
+                                    logged_models={k: v.model_uri for k, v in infos.items()})
+        self._chosen = (chosen, infos[chosen])
+
+    def on_register(self, result: PretrainResult) -> None:
+        """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""
+        if self.run_id is None or self.config is None or self.ended or self._chosen is None:
+            return
+        (chosen, info), tracked, metrics = self._chosen, result.tracked, result.metrics()
+        assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
             reg = registry.register_model(
-                self.client, name=self.config.model_name, source=infos[chosen].model_uri, run_id=self.run_id,
+                self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), metrics=metrics,
-                alias=self.config.register.alias, model_id=infos[chosen].model_id, extra_tags={"kind": chosen})
+                alias=self.config.register.alias, model_id=info.model_id, extra_tags={"kind": chosen})
             tracked.registration, tracked.model_uri = reg, reg.model_uri
             self.client.set_tag(self.run_id, "sae.registration", f"version {reg.model_version} @{reg.alias}: {reg.reason}")
-        result.tracked = tracked
         self.client.set_terminated(self.run_id, FINISHED)
         self.ended = True
         self._restore_uri()
