@@ -52,10 +52,10 @@ def _where(tracking_uri: str) -> str:
 
 def publish_run_link(config_name: str, tracking_uri: str, experiment_id: str, run_id: str, run_name: str) -> None:
     """Link artifact ``<config>-mlflow-run`` on the flow run, pointing at the MLflow parent run."""
-    local = "" if is_server(tracking_uri) else f" (open with {ui_command(tracking_uri)})"
+    local = "" if is_server(tracking_uri) else f" (local store: open with {ui_command(tracking_uri)})"
     create_link_artifact(key=artifact_key(config_name, "mlflow-run"),
                          link=run_page_url(tracking_uri, experiment_id, run_id),
-                         link_text=f"MLflow run {run_name}{local}", description=_where(tracking_uri))
+                         link_text=f"MLflow run {run_name}{local}", description=f"MLflow parent run in {tracking_uri}")
 
 
 def publish_results(result: PretrainResult) -> None:

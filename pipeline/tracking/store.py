@@ -74,7 +74,8 @@ def ui_command(uri: str) -> str | None:
     """The command that serves a local store's UI on LOCAL_UI; None for a server (it has its own UI)."""
     if is_server(uri):
         return None
-    if sqlite_path(uri) == project_root() / DB_NAME:
+    db = sqlite_path(uri)
+    if db is not None and db.resolve() == (project_root() / DB_NAME).resolve():
         return "`sae-pipeline ui` (or `make ui` in the checkout)"
     return f"`MLFLOW_TRACKING_URI={uri} sae-pipeline ui`"
 
