@@ -31,18 +31,21 @@ def flow_run_url(flow_run_id: str) -> str:
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
-def flow_run_tags() -> dict[str, str]:
-    """Tags for the MLflow parent run: the current flow run's id, name and page, and its deployment if any."""
-    run_id = flow_run.get_id()
-    if run_id is None:
+def flow_run_tags(flow_run_id: str | None, deployment_name: str | None = None) -> dict[str, str]:
+    """Tags for the MLflow parent run: the flow run's id and page, and the deployment it ran from (if any)."""
+    if flow_run_id is None:
         return {}
-    tags = {"sae.prefect.flow_run_id": str(run_id), "sae.prefect.flow_run_name": str(flow_run.get_name()),
-            "sae.prefect.flow_run_url": flow_run_url(str(run_id))}
+    tags = {"sae.prefect.flow_run_id": str(flow_run_id), "sae.prefect.flow_run_url": flow_run_url(str(flow_run_id))}
     if not PREFECT_UI_URL.value():
         tags["sae.prefect.server"] = "temporary: `prefect server start` serves this flow run at the URL"
-    if deployment.get_name():
-        tags["sae.prefect.deployment"] = str(deployment.get_name())
+    if deployment_name:
+        tags["sae.prefect.deployment"] = deployment_name
     return tags
+
+
+def current_flow_run_tags() -> dict[str, str]:
+    """``flow_run_tags`` of the flow run this code runs in."""
+    return flow_run_tags(flow_run.get_id(), deployment.get_name())
 
 
 def _where(tracking_uri: str) -> str:

@@ -23,7 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.artifacts import flow_run_tags, publish_results, publish_run_link
+from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
 from pipeline import greedy, layer_store
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.loading import LoadedData, Splits, load_data
@@ -233,7 +233,7 @@ def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False) -> Pretra
     config = _as_config(config)
     tracking = MlflowTracking()
     # One name for both: the MLflow parent run is named after this flow run and tagged with its id and page.
-    tracking.run_name, tracking.extra_tags = flow_run.get_name(), flow_run_tags()
+    tracking.run_name, tracking.extra_tags = flow_run.get_name(), current_flow_run_tags()
     hooks = CompositeHooks([tracking, ProgressPrinter(), *_extra_hooks])
     result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache))
     publish_results(result)

@@ -92,6 +92,13 @@ def test_flow_parameters_are_the_config_schema_so_the_ui_shows_a_form():
     assert schema.properties["refresh_cache"]["default"] is False and schema.required == ["config"]
 
 
+def test_the_deployment_form_text_has_no_angle_bracket_placeholders_that_the_ui_would_strip():
+    text = json.dumps(pretrain_flow.parameters.model_dump())
+    assert re.findall(r"<[A-Za-z][^<>]*>", text) == []
+    register = pretrain_flow.parameters.definitions["RegisterConfig"]["properties"]["model"]["description"]
+    assert "digits-encoder" in register
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("flow")
