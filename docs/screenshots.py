@@ -6,13 +6,14 @@ In a fresh working directory it starts a Prefect server on a free loopback port,
 three times against it (the digits example, again with a `--set` override, and the patches config; the MLflow
 store is the working directory's mlflow.db, as for any user), serves that store with `sae-pipeline ui` on
 another free port, and saves PNGs of: the experiment's run list, a parent run, a layer run's charts, the
-registered model, and a Prefect flow run. Needs Debian's `chromium` (apt-get install chromium). A dev tool:
-nothing in the package imports it.
+registered model, and a Prefect flow run. Needs Debian's `chromium` and `chromium-driver` (apt-get install
+chromium chromium-driver). A dev tool: nothing in the package imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,14 +90,48 @@ def pipeline_run(workdir: Path, env: dict[str, str], args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def screenshot(chromium: str, url: str, out: Path, budget_ms: int = 15000) -> Path:
-    """One headless Chromium screenshot of ``url`` (single-page apps get a virtual-time budget to render)."""
-    with tempfile.TemporaryDirectory(prefix="sae-chromium-") as profile:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={WINDOW}",
-                        "--hide-scrollbars", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-                        f"--screenshot={out}", url], check=True, capture_output=True, timeout=300)
-    print(f"  {out.name}: {url}", file=sys.stderr)
-    return out
+class Browser:
+    """Headless Chromium driven through chromedriver's W3C HTTP API (no selenium needed): real waits, and the
+    MLflow Assistant panel, which opens by itself on a first visit and covers a quarter of the page, kept shut."""
+
+    STORAGE = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
+
+    def __init__(self, chromium: str, driver: str, workdir: Path) -> None:
+        port = free_port()
+        self.url = f"http://{HOST}:{port}"
+        self.log = (workdir / "chromedriver.log").open("w")
+        self.process = subprocess.Popen([driver, f"--port={port}"], stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_healthy(f"{self.url}/status", self.process, workdir / "chromedriver.log", timeout=30)
+        options = {"binary": chromium, "args": ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                                f"--window-size={WINDOW}"]}
+        answer = self._call("POST", "/session", {"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}})
+        self.session = f"/session/{answer['sessionId']}"
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Content-Type": "application/json"},
+                                         data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return json.loads(answer.read())["value"]
+
+    def shot(self, url: str, out: Path, seconds: float) -> Path:
+        """Open ``url``, let it render for ``seconds`` of real time, save the window as PNG."""
+        self._call("POST", f"{self.session}/url", {"url": url})
+        script = "for (const [k, v] of Object.entries(arguments[0])) localStorage.setItem(k, v);"
+        self._call("POST", f"{self.session}/execute/sync", {"script": script, "args": [self.STORAGE]})
+        self._call("POST", f"{self.session}/refresh", {})
+        time.sleep(seconds)
+        out.write_bytes(base64.b64decode(self._call("GET", f"{self.session}/screenshot")))
+        print(f"  {out.name}: {url}", file=sys.stderr)
+        return out
+
+    def close(self) -> None:
+        try:
+            self._call("DELETE", self.session)
+        finally:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+            self.log.close()
 
 
 def pages(workdir: Path, mlflow_url: str, prefect_api: str) -> dict[str, str]:
@@ -135,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="skip the runs when --workdir already has a store")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        parser.error("chromium not found: apt-get install chromium (Debian) or put it on PATH")
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        parser.error("chromium or chromedriver not found: apt-get install chromium chromium-driver (Debian)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sae-screens-")).resolve()
@@ -159,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_run(workdir, env, [*capped, "--set", "layers.1.hidden=64"])  # the newest digits run: shown
         stack.enter_context(server([str(BIN / "sae-pipeline"), "ui", "--port", str(mlflow_port)],
                                    f"{mlflow_url}/health", workdir, env, "mlflow"))
+        browser = Browser(chromium, driver, workdir)
+        stack.callback(browser.close)
         for name, url in pages(workdir, mlflow_url, prefect_api).items():
-            screenshot(chromium, url, out / f"{name}.png", budget_ms=60000 if "charts" in name else 30000)
+            browser.shot(url, out / f"{name}.png", seconds=25 if "charts" in name else 12)
     print(f"screenshots in {out}", file=sys.stderr)
     return 0
 

@@ -153,7 +153,7 @@ class Chain:
 
     def run(self, task: Any, name: str, *args: Any, after: tuple[str, ...] = (), **kwargs: Any) -> Any:
         """Run ``task`` as task run ``name`` after ``after``; return its result (raising its error)."""
-        state = task(*args, wait_for=self.after(*after), return_state=True, **kwargs)
+        state = task.with_options(task_run_name=name)(*args, wait_for=self.after(*after), return_state=True, **kwargs)
         self.states[name] = state
         return state.result()
 
@@ -209,7 +209,7 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
 
     def record(layer: LayerResult) -> None:
         name = f"record-layer-{layer.index + 1}"
-        chain.run(record_layer_task.with_options(task_run_name=name), name, hooks, layer,
+        chain.run(record_layer_task, name, hooks, layer,
                   after=(f"train-layer-{layer.index + 1}",))
 
     return Steps(
