@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from flows.pretrain import pretrain_flow
 
-    result = pretrain_flow(config, refresh_cache=args.fresh)
+    result = pretrain_flow(config, refresh_cache=args.fresh, overrides=list(args.overrides))
     tracked, reg = result.tracked, result.tracked and result.tracked.registration
     if args.json:
         print(json.dumps({

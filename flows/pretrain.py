@@ -228,12 +228,14 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
 
 
 @flow(name="sae-pretrain", flow_run_name=run_name, persist_result=False, validate_parameters=True)
-def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False) -> PretrainResult:
-    """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``."""
+def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False, overrides: list[str] | None = None
+                  ) -> PretrainResult:
+    """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``
+    (``overrides``: the ``--set`` values already applied to it, shown in the MLflow run description)."""
     config = _as_config(config)
-    tracking = MlflowTracking()
     # One name for both: the MLflow parent run is named after this flow run and tagged with its id and page.
-    tracking.run_name, tracking.extra_tags = flow_run.get_name(), current_flow_run_tags()
+    tracking = MlflowTracking(run_name=flow_run.get_name(), run_tags=current_flow_run_tags(),
+                              overrides=overrides or ())
     hooks = CompositeHooks([tracking, ProgressPrinter(), *_extra_hooks])
     result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache))
     publish_results(result)

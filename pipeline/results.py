@@ -46,6 +46,7 @@ class Registration:
     model_uri: str  # models:/<name>@<alias>, so downstream code follows the alias
     version_uri: str  # models:/<name>/<version>, this exact version
     reason: str
+    new_version: bool = True  # False: the weights were already registered as model_version, nothing added
 
 
 @dataclass

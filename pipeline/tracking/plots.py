@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 DPI = 100
 
@@ -79,26 +80,40 @@ def loss_curves(
     return _save(fig, out)
 
 
-def rho_hat_histogram(rho_hats: Sequence[np.ndarray], targets: Sequence[float | None], out: Path) -> Path:
-    """Histogram of each layer's mean activations (rho_hat) with a vertical line at its target."""
+def rho_hat_histogram(
+    rho_hats: Sequence[np.ndarray], targets: Sequence[float | None], out: Path, *, labels: Sequence[str] | None = None
+) -> Path:
+    """Histogram of each layer's mean activations (rho_hat) with a vertical line at its target, as a PNG."""
+    return _save(rho_hat_figure(rho_hats, targets, labels=labels), out)
+
+
+def rho_hat_figure(
+    rho_hats: Sequence[np.ndarray], targets: Sequence[float | None], *, labels: Sequence[str] | None = None
+) -> Figure:
+    """The figure ``rho_hat_histogram`` writes: one histogram per layer."""
     if not rho_hats:
         raise ValueError("rho_hat_histogram needs at least one layer")
     if len(targets) != len(rho_hats):
         raise ValueError(
             f"got {len(rho_hats)} rho_hat arrays but {len(targets)} targets: pass one target per layer"
         )
+    labels = _labels(labels, len(rho_hats))
     fig = Figure(figsize=(4.0 * len(rho_hats), 3.2), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(rho_hats), squeeze=False)[0]
-    for i, (ax, rho_hat, target) in enumerate(zip(axes, rho_hats, targets, strict=True), start=1):
+    for ax, rho_hat, target, label in zip(axes, rho_hats, targets, labels, strict=True):
         values = np.asarray(rho_hat, dtype=np.float64).ravel()
         ax.hist(values, bins=min(50, max(5, values.size // 4)), color="tab:blue", alpha=0.8)
         if target is not None:
             ax.axvline(target, color="tab:red", linestyle="--", label=f"target {target:g}")
             ax.legend(fontsize=8)
-        ax.set_title(f"layer {i} ({values.size} units)")
+        # Few ticks, plain values: a narrow spread (every unit within 1e-4 of its target) otherwise gets six
+        # offset-relative labels ("-0.00006") that overlap and hide where the values are.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
+        ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        ax.set_title(f"{label} ({values.size} units)")
         ax.set_xlabel("mean activation (rho_hat)")
         ax.set_ylabel("units")
-    return _save(fig, out)
+    return fig
 
 
 def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
@@ -118,4 +133,4 @@ def _save(fig: Figure, out: Path) -> Path:
     return out
 
 
-__all__ = ["filter_grid", "loss_curves", "rho_hat_histogram"]
+__all__ = ["filter_grid", "loss_curves", "rho_hat_figure", "rho_hat_histogram"]

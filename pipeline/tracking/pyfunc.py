@@ -1,82 +1,94 @@
 """The stacked encoder as an MLflow pyfunc model: weights as an artifact directory, never a pickled object.
 
 A logged model directory holds ``artifacts/encoder/`` (``config.json`` + ``model.safetensors`` from
-``StackedEncoder.save``) and a three-line "model from code" script that instantiates ``EncoderModel``
-(so not even the wrapper is cloudpickled); ``load_context`` rebuilds the module with ``StackedEncoder.load``.
-Its ``predict`` takes raw features, a numpy array (float64, float32 or int32) or a DataFrame with the
-training columns in training order (matched by position), and returns the top-layer codes (n, d_out)
-float32. Loading needs ``sae-pipeline`` installed.
+``StackedEncoder.save``), ``code/sae_encoder_pyfunc.py`` (the self-contained model class, bundled with
+``code_paths``) and a three-line "model from code" script that instantiates it, so nothing is cloudpickled and
+loading needs only torch, numpy, safetensors, pandas and mlflow: not sae-pipeline. Its ``predict`` takes raw
+features and returns the top-layer codes (n, d_out) float32. The signature names the input columns when the
+data had real column names, and is a float64 (-1, d_in) tensor otherwise.
+
+Versions logged before the code was bundled import ``pipeline.tracking.pyfunc.EncoderModel`` (or
+``pipeline.pyfunc.EncoderModel``): both names still point at the same class.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
+from pipeline.tracking import sae_encoder_pyfunc
+from pipeline.tracking.sae_encoder_pyfunc import ARTIFACT_KEY, EncoderModel
 from pipeline.tracking.store import client, use_tracking_uri
 from sae.stack import StackedEncoder
 
-ARTIFACT_KEY = "encoder"  # the key of the weights directory in the pyfunc model's artifacts
 EXAMPLE_ROWS = 5
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-_PACKAGES = ("torch", "numpy", "pandas", "safetensors", "mlflow", "sae-pipeline")
+PACKAGES = ("torch", "numpy", "pandas", "safetensors", "mlflow")  # public packages the bundled code imports
 MODEL_CODE = """\
-# sae-pipeline encoder: the pyfunc model is pipeline.tracking.pyfunc.EncoderModel; weights are in artifacts/encoder.
+# sae-pipeline encoder: the model class is code/sae_encoder_pyfunc.py; weights are in artifacts/encoder.
 from mlflow.models import set_model
 
-from pipeline.tracking.pyfunc import EncoderModel
+from sae_encoder_pyfunc import EncoderModel
 
 set_model(EncoderModel())
 """
 
 
-class EncoderModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: raw features (n, d_in) -> top-layer codes (n, d_out)."""
-
-    def load_context(self, context: Any) -> None:
-        """Rebuild the StackedEncoder from the safetensors weights and config JSON in the artifacts."""
-        self.encoder = StackedEncoder.load(Path(context.artifacts[ARTIFACT_KEY]))
-
-    # The np.ndarray hint is one MLflow infers no schema from (any other hint warns), so the signature governs.
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Top-layer codes (n, d_out) float32 of raw features (MLflow hands over a DataFrame after its checks)."""
-        X = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
-        return self.encoder.transform(np.asarray(X, dtype=np.float32))
-
-
 def pip_requirements() -> list[str]:
-    """Exact pins of what loading the model needs (explicit: inferring them costs ~10 s a model)."""
+    """Exact pins of the public packages loading the model needs (explicit: inferring them costs ~10 s a model)."""
     pins = []
-    for name in _PACKAGES:
+    for name in PACKAGES:
         try:
-            pins.append(f"{name}=={version(name).split('+')[0]}")
+            pins.append(f"{name}=={version(name).split('+')[0]}")  # torch 2.x+cpu -> the index's 2.x
         except PackageNotFoundError:
             pins.append(name)
     return pins
 
 
-def signature(encoder: StackedEncoder) -> ModelSignature:
-    """d_in unnamed double columns in, float32 (-1, d_out) codes out.
+def generated_names(names: Sequence[str]) -> bool:
+    """True for the ``x0, x1, ...`` names the readers make up for files without column names."""
+    return list(names) == [f"x{i}" for i in range(len(names))]
 
-    Unnamed columns (not one float64 tensor) because MLflow then accepts float64, float32 and int32 arrays and
-    DataFrames alike, checking only the column count and that values convert safely to double.
+
+def signature(encoder: StackedEncoder, feature_names: Sequence[str] | None = None) -> ModelSignature:
+    """Named double columns when the data had column names, else one float64 (-1, d_in) tensor; float32 codes out.
+
+    Named columns take a DataFrame with those columns (any order: MLflow matches them by name, so a table
+    with the columns shuffled still encodes right; a bare array is refused); the tensor takes a float64
+    (n, d_in) array. Either way MLflow checks the input before the encoder runs.
     """
-    inputs = Schema([ColSpec(DataType.double) for _ in range(encoder.d_in)])
+    names = list(feature_names or encoder.meta.get("feature_names") or [])
+    if len(names) == encoder.d_in and not generated_names(names):
+        inputs = Schema([ColSpec(DataType.double, name) for name in names])
+    else:
+        inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, encoder.d_in))])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.d_out))])
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _example(encoder: StackedEncoder, signature_: ModelSignature, rows: np.ndarray | None) -> object:
+    """The first rows as the signature expects them: a DataFrame for named columns, a float64 array otherwise."""
+    if rows is None:
+        return None
+    X = np.asarray(rows[:EXAMPLE_ROWS], dtype=np.float64)
+    if signature_.inputs.has_input_names() and not signature_.inputs.is_tensor_spec():
+        import pandas as pd
+
+        return pd.DataFrame(X, columns=signature_.inputs.input_names())
+    return X
 
 
 def log_encoder_model(
@@ -89,17 +101,21 @@ def log_encoder_model(
     tags: dict[str, str] | None = None,
 ) -> ModelInfo:
     """Log ``encoder`` as pyfunc model ``name`` of run ``run_id``; its ``model_uri`` can be registered."""
-    example = None if input_example is None else np.asarray(input_example[:EXAMPLE_ROWS], dtype=np.float64)
     mlflow_client = client(tracking_uri)
     # Created here because Model.log would file it under the fluent default experiment, not the run's.
     model = mlflow_client.create_logged_model(
         mlflow_client.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id, tags=resolve_tags(tags)
     )
-    with tempfile.TemporaryDirectory(prefix="sae-encoder-") as tmp, use_tracking_uri(tracking_uri), _no_progress_bars():
+    spec = signature(encoder)
+    with tempfile.TemporaryDirectory(prefix="sae-encoder-") as tmp, use_tracking_uri(tracking_uri), \
+            _no_progress_bars(), _on_sys_path(Path(tmp) / "code"):
         weights = Path(tmp) / ARTIFACT_KEY
         encoder.save(weights)
         code = Path(tmp) / "encoder_model.py"
         code.write_text(MODEL_CODE)
+        bundled = Path(tmp) / "code" / Path(sae_encoder_pyfunc.__file__).name
+        bundled.parent.mkdir()
+        shutil.copyfile(sae_encoder_pyfunc.__file__, bundled)
         return Model.log(
             artifact_path=None,
             name=name,
@@ -107,11 +123,22 @@ def log_encoder_model(
             run_id=run_id,
             model_id=model.model_id,
             python_model=str(code),
+            code_paths=[str(bundled)],
             artifacts={ARTIFACT_KEY: str(weights)},
-            signature=signature(encoder),
-            input_example=example,
+            signature=spec,
+            input_example=_example(encoder, spec, input_example),
             pip_requirements=pip_requirements(),
         )
+
+
+@contextmanager
+def _on_sys_path(directory: Path) -> Iterator[None]:
+    """MLflow runs the model code once while logging: let it import the bundled module as it will when loading."""
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory))
 
 
 @contextmanager
@@ -136,3 +163,6 @@ def weights_dir(model_dir: Path) -> Path | None:
     flavor = Model.load(str(mlmodel)).flavors.get("python_function", {})
     path = flavor.get("artifacts", {}).get(ARTIFACT_KEY, {}).get("path")
     return None if path is None else model_dir / path
+
+
+__all__ = ["EncoderModel", "log_encoder_model", "pip_requirements", "signature", "weights_dir"]

@@ -1,9 +1,12 @@
-"""Model registry policy: every run adds a version; the alias goes to it only when its headline metric wins.
+"""Model registry policy: every run adds a version (unless its weights are already registered); the alias goes
+to it only when its headline metric wins.
 
 A new version gets ``alias`` (default ``champion``) when no version holds that alias yet, or when its headline
 metric (``PretrainResult.headline()``) beats the holder's, read from the holder's version tags; otherwise it
 gets ``challenger``. Versions measured by different headline metrics are not compared (the new one becomes
-challenger). The reason is logged, stored as the version tag ``registration_reason`` and returned.
+challenger). The reason is logged, stored as the version tag ``registration_reason``, written into the
+version's description and returned. What a version carries besides (description, tags, logged-model link,
+weights digest) is ``pipeline.tracking.versions``.
 
 Concurrent registrations: reading the holder and then moving the alias is a race (two runs could both beat
 a stale holder, the worse one moving the alias last). On a sqlite store the decision and the move happen
@@ -22,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from pipeline.results import Registration
+from pipeline.tracking import versions
 from pipeline.tracking.store import use_tracking_uri
 
 try:
@@ -150,21 +155,45 @@ def register_model(
     source: str,
     run_id: str,
     headline: Headline,
-    metrics: dict[str, float],
     alias: str = "champion",
     model_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    weights_sha256: str | None = None,
+    run_name: str | None = None,
+    run_url: str | None = None,
 ) -> Registration:
-    """Add ``source`` as a new version of ``name`` tagged with its metrics and run id; set the alias by policy."""
+    """Add ``source`` as a new version of ``name`` (described, tagged, linked); set the alias by policy.
+
+    A version whose ``weights_sha256`` is already registered is not added again: the registration names the
+    existing version and says why (``new_version=False``).
+    """
     ensure_registered_model(client, name)
-    tags = {f"metric.{k}": repr(float(v)) for k, v in metrics.items()}
-    tags |= headline.tags() | {"run_id": run_id} | (extra_tags or {})
+    tags = versions.version_tags(headline, run_id, weights_sha256, extra_tags)
     with registry_lock(client.tracking_uri):
+        if weights_sha256 and (same := versions.identical_version(client, name, weights_sha256)) is not None:
+            return unchanged(name, same)
         # The store looks a models:/<id> source up through a client on MLflow's global URI: point it at ours.
         with use_tracking_uri(client.tracking_uri):
-            version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+            if model_id is not None:
+                version = versions.create_linked_version(client, name, model_id=model_id, run_id=run_id, tags=tags)
+            else:
+                version = client.create_model_version(name, source, run_id=run_id, tags=tags)
         chosen, reason = move_alias(client, name, alias, headline, str(version.version))
     client.set_model_version_tag(name, version.version, "registration_reason", reason)
+    versions.describe_version(client, name, str(version.version), headline, chosen, reason, run_id=run_id,
+                              run_name=run_name, run_url=run_url)
     log.info("registered %s version %s as @%s: %s", name, version.version, chosen, reason)
     return Registration(name, str(version.version), chosen, f"models:/{name}@{chosen}",
                         f"models:/{name}/{version.version}", reason)
+
+
+def unchanged(name: str, same: ModelVersion) -> Registration:
+    """The registration of a run whose weights equal registered version ``same``: no new version."""
+    held = sorted(same.aliases) if same.aliases else []
+    alias = held[0] if held else ""
+    where = f" (@{', @'.join(held)})" if held else ""
+    reason = f"weights identical to version {same.version}{where}: no new version added"
+    log.info("%s: %s", name, reason)
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{same.version}"
+    return Registration(name, str(same.version), alias, uri, f"models:/{name}/{same.version}", reason,
+                        new_version=False)

@@ -2,9 +2,13 @@
 
 Only explicit run ids and an ``MlflowClient`` bound to the resolved tracking URI are used, so the hooks work
 from any thread. Lightning logs epoch metrics into each child run through ``MLFlowLogger(run_id=...)``.
-On success the pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the
-fine-tuned stack as ``encoder-finetuned``; the one the headline metric measures (fine-tuned when present)
-is registered (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
+The parent is named ``<config name>-<time>`` (or the ``run_name`` given, e.g. the Prefect flow run's) and
+described in markdown (``mlflow.note.content``): headline, registry outcome, ``--set`` overrides, results.
+Each layer's child run gets its settings, epoch series, test summary, weights, history and plots when the
+layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
+pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned stack as
+``encoder-finetuned``; the one the headline metric measures (fine-tuned when present) is registered (see
+``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
-from safetensors.torch import save_file
 
 from pipeline.hooks import PipelineHooks
 from pipeline.results import TrackedRun
-from pipeline.tables import markdown_table
-from pipeline.tracking import registry, store
+from pipeline.tracking import describe, registry, run_files, store, versions
 from pipeline.tracking.pyfunc import log_encoder_model
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
@@ -38,11 +40,12 @@ if TYPE_CHECKING:
     from pipeline.finetune import FinetuneResult
     from pipeline.greedy import LayerResult
     from pipeline.results import PretrainResult
-    from sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens "custom_model_development" experiments on their runs
+MODEL_TRAINING = "custom_model_development"
 FLUSH_SECONDS = 2.0  # how stale the live epoch metrics in the MLflow UI may get
 
 
@@ -51,12 +54,23 @@ class MlflowTracking(PipelineHooks):
 
     # Every hook is a no-op while no parent run is open: before on_run_start, and on ranks other than 0.
 
-    def __init__(self, tracking_uri: str | None = None, *, register: bool = True, experiment: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        register: bool = True,
+        experiment: str | None = None,
+        run_name: str | None = None,
+        run_tags: Mapping[str, str] | None = None,
+        overrides: Sequence[str] = (),
+    ) -> None:
         self.configured_uri = tracking_uri
         self.register = register
         self.experiment = experiment
-        self.run_name: str | None = None  # the parent run's name; default <config name>-<time>
-        self.extra_tags: dict[str, str] = {}  # more parent-run tags (the flow adds its Prefect flow run's)
+        self.requested_name = run_name  # None: "<config name>-<time>"
+        self.run_name: str | None = None  # the parent run's name, once it is open
+        self.run_tags = dict(run_tags or {})  # extra parent tags (e.g. the Prefect flow run id and URL)
+        self.overrides = list(overrides)  # the --set overrides, shown in the run description
         self.uri = ""
         self.client: Any = None
         self.config: PipelineConfig | None = None
@@ -84,12 +98,14 @@ class MlflowTracking(PipelineHooks):
         commit = git_commit()
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
             self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
-            tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
-            tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.extra_tags
-            name = self.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags))
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            self.run_name = self.requested_name or default_run_name(config)
+            tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint),
+                    MLFLOW_RUN_NOTE: self._linked(describe.start_description(config, str(data.source), self.overrides))}
+            tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.run_tags
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
             self.run_id, self.ended, self.children, self.lightning_logged = run.info.run_id, False, {}, set()
-        params = {**config.flat_params(), **{f"version.{k}": v for k, v in package_versions().items()}}
+        params = describe.run_params(config) | {f"version.{k}": v for k, v in package_versions().items()}
         self._log_params(self.run_id, params | ({"git_commit": commit} if commit else {}))
         self.client.log_inputs(self.run_id, datasets=dataset_inputs(data))
         self.client.log_text(self.run_id, config.to_yaml(), "config.yaml")
@@ -99,10 +115,9 @@ class MlflowTracking(PipelineHooks):
         """Parent metrics, artifacts and models (``on_register`` registers and closes the run)."""
         if self.run_id is None or self.config is None or self.ended:
             return
-        metrics = result.metrics()
-        self._log_batch(self.run_id, _metrics([metrics]))
+        self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
         with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
-            self.client.log_artifacts(self.run_id, str(write_artifacts(result, Path(tmp))))
+            self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
         example = result.data.X_train[:5]
         infos = {"encoder": log_encoder_model(result.encoder, run_id=self.run_id, tracking_uri=self.uri,
                                               input_example=example, tags={"kind": "pretrained"})}
@@ -120,16 +135,21 @@ class MlflowTracking(PipelineHooks):
         """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""
         if self.run_id is None or self.config is None or self.ended or self._chosen is None:
             return
-        (chosen, info), tracked, metrics = self._chosen, result.tracked, result.metrics()
+        (chosen, info), tracked = self._chosen, result.tracked
         assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
+            stack = result.finetuned.encoder if result.finetuned is not None else result.encoder
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
-                headline=registry.Headline(name, float(value), greater), metrics=metrics,
-                alias=self.config.register.alias, model_id=info.model_id, extra_tags={"kind": chosen})
+                headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
+                model_id=info.model_id, extra_tags={"kind": chosen},
+                weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url())
             tracked.registration, tracked.model_uri = reg, reg.model_uri
-            self.client.set_tag(self.run_id, "sae.registration", f"version {reg.model_version} @{reg.alias}: {reg.reason}")
+            outcome = f"version {reg.model_version} @{reg.alias}" if reg.new_version else "no new version"
+            self.client.set_tag(self.run_id, "sae.registration", f"{outcome}: {reg.reason}")
+        note = describe.end_description(result, self.overrides, tracked.registration)
+        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self._linked(note))
         self.client.set_terminated(self.run_id, FINISHED)
         self.ended = True
         self._restore_uri()
@@ -144,7 +164,11 @@ class MlflowTracking(PipelineHooks):
                 self.client.log_batch(run_id, tags=tags)
                 self._end(name, FAILED)
             interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-            self.client.log_batch(self.run_id, tags=[*tags, RunTag("sae.interrupted", str(interrupted).lower())])
+            tags.append(RunTag("sae.interrupted", str(interrupted).lower()))
+            if self.config is not None and self.data is not None:
+                note = describe.failed_description(self.config, str(self.data.source), self.overrides, error)
+                tags.append(RunTag(MLFLOW_RUN_NOTE, self._linked(note)))
+            self.client.log_batch(self.run_id, tags=tags)
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.client.log_text(self.run_id, trace, "error.txt")
             self.client.set_terminated(self.run_id, FAILED)
@@ -159,11 +183,30 @@ class MlflowTracking(PipelineHooks):
             store.swap_tracking_uri(self._previous_uri[0])
             self._previous_uri = None
 
-    def run_url(self) -> str | None:
-        """The parent run's page when tracking goes to an http(s) server."""
-        if not self.uri.startswith(("http://", "https://")):
+    def run_url(self, ui_url: str | None = None) -> str | None:
+        """The parent run's page: on the http(s) tracking server, else on ``ui_url`` (e.g. ``mlflow ui``'s address)."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
+        if base is None or self.run_id is None:
             return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{base.rstrip('/')}/{describe.run_page(str(self.experiment_id), self.run_id)}"
+
+    def experiment_url(self, ui_url: str | None = None) -> str | None:
+        """The experiment's run list, like ``run_url`` (both open the UI's model-training pages)."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
+        if base is None or self.experiment_id is None:
+            return None
+        return f"{base.rstrip('/')}/{describe.experiment_page(str(self.experiment_id))}"
+
+    def _linked(self, note: str) -> str:
+        """``note`` plus a link to the Prefect flow run that ran this (tags truncate URLs in the MLflow UI)."""
+        url = self.run_tags.get("sae.prefect.flow_run_url")
+        return note if url is None else f"{note}\n\nPrefect flow run: [{self.run_name}]({url})"
+
+    def set_run_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the parent run (now if it is open, and at creation if it is not yet): e.g. the flow run's URL."""
+        self.run_tags |= dict(tags)
+        if self.run_id is not None and not self.ended:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     # -- layers and fine-tuning -------------------------------------------------------------------------
 
@@ -176,19 +219,21 @@ class MlflowTracking(PipelineHooks):
         return BufferedMLFlowLogger(self._child(name, settings), self.uri)
 
     def on_layer_end(self, result: LayerResult) -> None:
-        """Layer params (when cached), test metrics, its weights; close the child run FINISHED."""
+        """Layer params (when cached), test summary, weights, history and plots; close the child run FINISHED."""
         if self.run_id is None:
             return
         name = f"layer-{result.index + 1}"
         run_id = self._child(name, result.settings)
-        history = [] if name in self.lightning_logged else result.history  # cached: replay its history
-        end = {"epoch": len(result.history), "seconds": result.seconds}
-        end |= {f"test_{k}": v for k, v in result.test_metrics.items()}
-        self._log_batch(run_id, _metrics([*history, end]), [Param("d_in", str(result.model.config.d_in))],
+        series = [] if name in self.lightning_logged else describe.epoch_points(result.history)  # cached: replay
+        summary = describe.summary_points(describe.layer_summary(result.test_metrics, result.seconds))
+        self._log_batch(run_id, series + summary, [Param("d_in", str(result.model.config.d_in))],
                         [RunTag("sae.reused", str(result.reused).lower())])
         with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:
-            path = write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
+            path = run_files.write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
             self.client.log_artifact(run_id, str(path), "weights")
+            (Path(tmp) / "history.json").write_text(json.dumps(result.history, indent=1))
+            self.client.log_artifact(run_id, str(Path(tmp) / "history.json"))
+            self.client.log_artifacts(run_id, str(run_files.write_layer_plots(result, Path(tmp) / "plots")), "plots")
         self._end(name, FINISHED)
 
     def finetune_logger(self) -> BufferedMLFlowLogger | None:
@@ -203,10 +248,10 @@ class MlflowTracking(PipelineHooks):
         if self.run_id is None or self.config is None:
             return
         run_id = self._child("finetune", self.config.finetune)
-        history = [] if "finetune" in self.lightning_logged else result.history
-        end = {"epoch": len(result.history), "accuracy_before": result.accuracy_before,
-               "accuracy_after": result.accuracy_after, "seconds": result.seconds}
-        self._log_batch(run_id, _metrics([*history, end]))
+        series = [] if "finetune" in self.lightning_logged else describe.epoch_points(result.history)
+        summary = {"accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
+                   describe.SECONDS: result.seconds}
+        self._log_batch(run_id, series + describe.summary_points(summary))
         self._end("finetune", FINISHED)
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -220,7 +265,9 @@ class MlflowTracking(PipelineHooks):
         run = self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags))
         self.children[name] = run.info.run_id
         if settings is not None:
-            self._log_params(run.info.run_id, _flat(settings.model_dump(mode="json")))
+            params = describe.layer_params(settings) if name.startswith("layer-") else \
+                {k: describe.param_value(v) for k, v in describe.flat(settings.model_dump(mode="json")).items()}
+            self._log_params(run.info.run_id, params)
         return run.info.run_id
 
     def _end(self, name: str, status: str) -> None:
@@ -241,13 +288,6 @@ class MlflowTracking(PipelineHooks):
             params, tags = [], []
 
 
-def _metrics(rows: list[dict[str, float]]) -> list[Metric]:
-    """One metric point per key of each row, at step ``row["epoch"]`` (default: the row's position)."""
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, int(row.get("epoch", i))) for i, row in enumerate(rows)
-            for k, v in row.items() if k != "epoch"]
-
-
 class BufferedMLFlowLogger(MLFlowLogger):
     """Lightning's MLflow logger bound to a run, writing its epoch metrics at most every FLUSH_SECONDS."""
 
@@ -262,10 +302,10 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        # Points are indexed by epoch (Lightning adds it), not by optimizer step, which differs under DDP.
-        step = int(metrics["epoch"]) if "epoch" in metrics else (step or 0)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if not isinstance(v, str)]
+        # Points are indexed by epoch (Lightning adds it), not by optimizer step, which differs under DDP;
+        # describe.epoch_points drops `epoch` itself and the first epoch, and numbers epochs from 1.
+        row = dict(metrics) if "epoch" in metrics else {**metrics, "epoch": step or 0}
+        self.pending += describe.epoch_points([row])
         if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
             self.flush()
 
@@ -282,35 +322,6 @@ class BufferedMLFlowLogger(MLFlowLogger):
         super().finalize(status)
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out |= _flat(item, f"{prefix}{key}." if isinstance(item, dict) else f"{prefix}{key}")
-    return out
-
-
-def write_layer_weights(model: SparseAutoencoder, path: Path) -> Path:
-    """The layer's encoder and decoder tensors as safetensors, with its SAEConfig as JSON metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"sae_config": json.dumps(model.config.to_dict())})
-    return path
-
-
-def write_artifacts(result: PretrainResult, directory: Path) -> Path:
-    """The results table (text and markdown) and the plots (PNG) into ``directory``."""
-    from pipeline.tracking import plots  # matplotlib is slow to import; only runs that log need it
-
-    (directory / "results.txt").write_text(result.table() + "\n")
-    (directory / "results.md").write_text(markdown_table(result.rows()) + "\n")
-    figures, layers = directory / "plots", result.layers
-    plots.filter_grid(layers[0].model.encoder.weight.detach().cpu().numpy(), figures / "filter_grid.png")
-    plots.loss_curves([layer.history for layer in layers], figures / "loss_curves.png")
-    measured = [layer for layer in layers if layer.model.rho_hat is not None]
-    if measured:
-        targets = [layer.settings.target if layer.settings.sparsity == "kl" else None for layer in measured]
-        plots.rho_hat_histogram([layer.model.rho_hat.numpy() for layer in measured], targets,
-                                figures / "rho_hat_histogram.png")
-    return directory
+def default_run_name(config: PipelineConfig) -> str:
+    """``<config name>-<YYYYmmdd-HHMMSS>``: what ran and when."""
+    return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -89,15 +89,19 @@ def test_parent_and_child_runs_with_epoch_metrics_are_on_the_server(run):
     kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_name = {k.info.run_name: k for k in kids}
     assert set(by_name) == {"layer-1", "layer-2", "finetune"}
-    assert len(client.get_metric_history(by_name["layer-2"].info.run_id, "loss")) == 2
-    assert parent.data.metrics["finetune.accuracy_after"] == pytest.approx(result.finetuned.accuracy_after)
-    assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}")
+    assert [m.step for m in client.get_metric_history(by_name["layer-2"].info.run_id, "loss")] == [2]
+    headline = parent.data.metrics["headline/finetune.accuracy_after"]
+    assert headline == pytest.approx(result.finetuned.accuracy_after)
+    assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
 
 
 def test_artifacts_and_the_dataset_input_are_on_the_server(run, server):
     _, client, parent = run
     _, root = server
-    assert {"config.yaml", "plots", "results.md", "results.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "results.md", "results.txt"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    layer1 = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                "and tags.mlflow.runName = 'layer-1'")[0]
+    assert "plots/loss_curve.png" in {a.path for a in client.list_artifacts(layer1.info.run_id, "plots")}
     assert (root / "artifacts").is_dir()
     assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"digits", "digits:validation", "digits:test"}
 
@@ -106,6 +110,7 @@ def test_the_model_version_holds_the_champion_alias(run):
     result, client, parent = run
     version = client.get_model_version_by_alias("e2e-encoder", "champion")
     assert str(version.version) == result.tracked.registration.model_version and version.run_id == parent.info.run_id
+    assert result.tracked.run_url in version.description  # the server's run page, linked from the version
 
 
 def test_encode_works_against_the_champion_alias_from_the_server(run, server, tmp_path):

@@ -156,6 +156,7 @@ def test_the_flow_run_and_the_mlflow_parent_run_share_one_name_and_link_each_oth
     assert tags["sae.prefect.flow_run_id"] == str(flow_run_id)
     assert tags["sae.prefect.flow_run_url"] == f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
     assert "sae.prefect.deployment" not in tags  # called directly, not from a deployment
+    assert f"Prefect flow run: [{flow_run.name}]({tags['sae.prefect.flow_run_url']})" in tags["mlflow.note.content"]
     # The link back: an artifact of the flow run itself (no task run), keyed by the config's name.
     link = artifacts["tiny-mlflow-run"]
     assert link.task_run_id is None and link.data.startswith(f"[MLflow run {flow_run.name}")
@@ -202,7 +203,9 @@ def test_same_config_again_reuses_every_layer_without_training(first, workdir):
     logs = flow_logs(flow_run_id)
     assert all(f"layer {i} reused from cache " in logs for i in (1, 2, 3)), logs
     assert layer_tags(result) == {"layer-1": "true", "layer-2": "true", "layer-3": "true"}
-    assert result.tracked.registration.model_version == "2"
+    registration = result.tracked.registration  # the same weights as version 1: no second version
+    assert (registration.model_version, registration.new_version) == ("1", False)
+    assert registration.reason == "weights identical to version 1 (@champion): no new version added"
 
 
 def test_changing_only_layer_3_retrains_only_layer_3(first, workdir):

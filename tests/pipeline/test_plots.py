@@ -4,9 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-from pipeline.tracking.plots import filter_grid, loss_curves, rho_hat_histogram
+from pipeline.tracking.plots import filter_grid, loss_curves, rho_hat_figure, rho_hat_histogram
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,3 +66,28 @@ def test_rho_hat_histogram_marks_the_targets(tmp_path):
     _assert_png(path)
     with pytest.raises(ValueError, match="got 2 rho_hat arrays but 1 targets"):
         rho_hat_histogram([np.ones(3), np.ones(3)], [0.1], tmp_path / "x.png")
+
+
+def _overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    pairs = []
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        pairs += [(labels[i].get_text(), labels[i + 1].get_text()) for i in range(len(boxes) - 1)
+                  if boxes[i].x1 > boxes[i + 1].x0]
+    return pairs
+
+
+@pytest.mark.parametrize("spread", [1e-4, 0.02, 0.5], ids=["narrow", "typical", "wide"])
+def test_rho_hat_histogram_x_tick_labels_do_not_overlap(spread):
+    # A well-trained kl layer has every rho_hat within ~1e-4 of its target: the case that overlapped.
+    values = 0.1 + np.random.default_rng(0).uniform(-spread / 2, spread / 2, 100)
+    fig = rho_hat_figure([values], [0.1], labels=["layer 2"])
+    assert fig.axes[0].get_title() == "layer 2 (100 units)"
+    assert _overlapping_tick_labels(fig) == []
+    texts = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(texts) >= 2 and len(set(texts)) == len(texts)  # distinct values, not all "0.1"
+    assert fig.axes[0].xaxis.get_offset_text().get_text() == ""  # the labels are the values themselves

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
@@ -15,6 +16,11 @@ from pipeline.config import PipelineConfig
 from pipeline.greedy import pretrain_stack
 from pipeline.tracking.registry import CHALLENGER, Headline, choose_alias, register_model
 from pipeline.tracking.runs import MlflowTracking
+from pipeline.tracking.versions import weights_digest
+from sae.config import SAEConfig
+from sae.model import SparseAutoencoder
+from sae.scaling import Scaling
+from sae.stack import StackedEncoder
 
 
 def test_headline_beats_respects_the_direction_and_never_lets_nan_win():
@@ -64,24 +70,26 @@ def client(store):
     return MlflowClient(store)
 
 
-def register(client, tmp_path, value, metric="acc", greater=True, name="enc"):
+def register(client, tmp_path, value, metric="acc", greater=True, name="enc", weights=None):
     run = client.create_run("0")
     source = tmp_path / f"model-{run.info.run_id}"
     source.mkdir()
     return register_model(client, name=name, source=source.as_uri(), run_id=run.info.run_id,
-                          headline=Headline(metric, value, greater), metrics={metric: value, "seconds": 1.5})
+                          headline=Headline(metric, value, greater), weights_sha256=weights)
 
 
 def holder(client, alias="champion", name="enc"):
     return str(client.get_model_version_by_alias(name, alias).version)
 
 
-def test_versions_carry_metric_and_run_tags_and_the_alias_follows_the_best(client, tmp_path):
+def test_versions_carry_headline_and_run_tags_and_the_alias_follows_the_best(client, tmp_path):
     first = register(client, tmp_path, 0.8)
     assert (first.model_version, first.alias, first.model_uri) == ("1", "champion", "models:/enc@champion")
     version = client.get_model_version("enc", "1")
-    assert version.tags["metric.acc"] == "0.8" and version.tags["metric.seconds"] == "1.5"
+    assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
+                                 "registration_reason"}  # a handful, not one per metric
     assert version.tags["run_id"] == version.run_id and "no version holds" in version.tags["registration_reason"]
+    assert "no version holds" in version.description
 
     worse = register(client, tmp_path, 0.7)
     assert worse.alias == CHALLENGER and holder(client) == "1"
@@ -142,8 +150,7 @@ def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lo
         source.mkdir()
         try:
             results[value] = register_model(MlflowClient(uri), name="race", source=source.as_uri(),
-                                            run_id=runs[value], headline=Headline("acc", value, True),
-                                            metrics={"acc": value})
+                                            run_id=runs[value], headline=Headline("acc", value, True))
         except Exception as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
 
@@ -179,3 +186,33 @@ def test_an_unlabelled_run_is_ranked_by_test_loss_and_the_alias_goes_to_the_lowe
     assert str(client.get_model_version_by_alias("unlabelled-encoder", "champion").version) == "2"
     tags = client.get_model_version("unlabelled-encoder", "2").tags
     assert tags["headline.metric"] == "layer_1.test_loss" and tags["headline.greater_is_better"] == "false"
+
+
+def test_a_version_description_names_the_headline_the_alias_reason_and_links_the_run(client, tmp_path):
+    reg = register(client, tmp_path, 0.8, name="described")
+    version = client.get_model_version("described", reg.model_version)
+    run = client.get_run(version.run_id)
+    assert version.description == (
+        "**acc = 0.8** (higher is better)\n\n@champion: no version holds @champion yet\n\n"
+        f"Run: [{run.info.run_name}](#/experiments/0/runs/{run.info.run_id}?workflowType=machine_learning)")
+
+
+def test_weights_already_registered_add_no_version_and_the_registration_says_which(client, tmp_path):
+    first = register(client, tmp_path, 0.8, weights="a" * 64, name="same")
+    assert first.new_version and client.get_model_version("same", "1").tags["weights_sha256"] == "a" * 64
+    same = register(client, tmp_path, 0.9, weights="a" * 64, name="same")  # a better headline, the same weights
+    assert (same.new_version, same.model_version, same.alias) == (False, "1", "champion")
+    assert same.reason == "weights identical to version 1 (@champion): no new version added"
+    assert len(client.search_model_versions("name = 'same'")) == 1
+    other = register(client, tmp_path, 0.7, weights="b" * 64, name="same")
+    assert other.new_version and (other.model_version, other.alias) == ("2", CHALLENGER)
+
+
+def test_the_weights_digest_follows_the_weights_not_the_metadata():
+    def stack(seed, meta):
+        torch.manual_seed(seed)
+        return StackedEncoder.from_autoencoders(Scaling.identity(6), [SparseAutoencoder(SAEConfig(6, 3))], meta)
+
+    assert weights_digest(stack(0, {"name": "a"})) == weights_digest(stack(0, {"name": "b"}))
+    assert weights_digest(stack(0, {})) != weights_digest(stack(1, {}))
+    assert len(weights_digest(stack(0, {}))) == 64

@@ -1,0 +1,87 @@
+"""The encoder's pyfunc model, self-contained: shipped inside every logged model as ``code/sae_encoder_pyfunc.py``.
+
+It imports only torch, numpy, safetensors, pandas and mlflow (never ``sae`` or ``pipeline``), so a model logged
+by sae-pipeline loads, serves and builds a Docker image where sae-pipeline is not installed. It reads the
+``StackedEncoder.save`` format (``config.json`` + ``model.safetensors``) and mirrors ``StackedEncoder.forward``:
+scale the raw features, then each layer's encoder half. ``tests/pipeline/test_portable_encoder.py`` holds the
+two implementations to the same codes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+ARTIFACT_KEY = "encoder"  # the key of the weights directory in the pyfunc model's artifacts
+FORMAT, FORMAT_VERSION = "sae-stacked-encoder", 1
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
+
+
+class PortableEncoder(torch.nn.Module):
+    """Raw features (batch, d_in) -> top-layer codes (batch, d_out), rebuilt from a saved encoder folder."""
+
+    def __init__(self, directory: str | Path) -> None:
+        super().__init__()
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}/config.json: format {config.get('format')!r} version "
+                             f"{config.get('format_version')!r}; this model code reads {FORMAT!r} version "
+                             f"{FORMAT_VERSION}")
+        tensors = load_file(str(directory / "model.safetensors"))
+        scaling = config["scaling"]
+        self.shift, self.factor = tensors["scaler.shift"].float(), tensors["scaler.factor"].float()
+        self.offset, self.clip = float(scaling["offset"]), bool(scaling["clip"])
+        self.layers = config["layers"]
+        self.weights = [(tensors[f"encoders.{i}.weight"].float(), tensors[f"encoders.{i}.bias"].float())
+                        for i in range(len(self.layers))]
+        self.meta: dict[str, Any] = config.get("meta") or {}
+
+    @property
+    def d_in(self) -> int:
+        """Number of raw input features."""
+        return int(self.shift.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d_in) raw features -> (batch, d_out) top-layer codes."""
+        h = (x - self.shift) * self.factor + self.offset
+        if self.clip:
+            h = h.clamp(0.0, 1.0)
+        for layer, (weight, bias) in zip(self.layers, self.weights, strict=True):
+            pre = torch.nn.functional.linear(h, weight, bias)
+            h = ACTIVATIONS[layer["encoder_activation"]](pre)
+            if layer["sparsity"] == "topk":  # keep the k largest pre-activations per row
+                keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, pre.topk(layer["k"], dim=1).indices, True)
+                h = h * keep
+        return h
+
+    def transform(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """(n, d_in) raw features -> (n, d_out) float32 codes, in ``batch_size`` row chunks."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.d_in:
+            raise ValueError(f"input has shape {X.shape} but the encoder expects (n, {self.d_in}) features")
+        with torch.no_grad():
+            parts = [self(torch.from_numpy(X[i : i + batch_size])).numpy() for i in range(0, len(X), batch_size)]
+        width = self.weights[-1][0].shape[0] if self.weights else self.d_in
+        return np.concatenate(parts) if parts else np.empty((0, width), np.float32)
+
+
+class EncoderModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: raw features (n, d_in) -> top-layer codes (n, d_out) float32."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the encoder from the safetensors weights and config JSON in the artifacts."""
+        self.encoder = PortableEncoder(context.artifacts[ARTIFACT_KEY])
+
+    # The np.ndarray hint is one MLflow infers no schema from (any other hint warns), so the signature governs.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Top-layer codes of raw features: an array, or a DataFrame in the signature's column order."""
+        X = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
+        return self.encoder.transform(X)

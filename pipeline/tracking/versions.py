@@ -1,0 +1,107 @@
+"""What a registered version carries besides its alias: a short description, a handful of tags, the link to its
+logged model, and the digest of its weights (so a run that reproduces a registered encoder adds no version)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+from pipeline.tracking import describe
+
+if TYPE_CHECKING:
+    from pipeline.tracking.registry import Headline
+    from sae.stack import StackedEncoder
+
+WEIGHTS_TAG = "weights_sha256"
+RUN_TAG = "run_id"
+
+
+def weights_digest(encoder: StackedEncoder) -> str:
+    """sha256 over the encoder's tensors (names, dtypes, shapes, bytes) and layer configs; not its metadata."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        data = tensor.detach().cpu().float().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.numpy().tobytes())
+    scaling = encoder.scaling
+    layers = [config.to_dict() for config in encoder.configs]
+    digest.update(json.dumps({"scaling": [scaling.kind, scaling.offset, scaling.clip], "layers": layers},
+                             sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def identical_version(client: MlflowClient, name: str, weights_sha256: str) -> ModelVersion | None:
+    """The newest version of ``name`` whose weights digest is ``weights_sha256``, or None."""
+    found = client.search_model_versions(f"name = '{name}' and tags.{WEIGHTS_TAG} = '{weights_sha256}'")
+    newest = max(found, key=lambda v: int(v.version), default=None)
+    # Searches leave aliases out on some stores: read the version itself.
+    return None if newest is None else client.get_model_version(name, str(newest.version))
+
+
+def version_tags(headline: Headline, run_id: str, weights_sha256: str | None,
+                 extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The few tags a version row shows: headline (name, value, direction), run id, weights digest, extras."""
+    tags = headline.tags() | {RUN_TAG: run_id}
+    return tags | ({WEIGHTS_TAG: weights_sha256} if weights_sha256 else {}) | (extra or {})
+
+
+def run_link(experiment_id: str, run_id: str, run_url: str | None) -> str:
+    """The run's page: its server URL, else the UI's own path (works in ``mlflow ui`` on the same store)."""
+    return run_url or describe.run_page(experiment_id, run_id)
+
+
+def version_description(headline: Headline, alias: str, reason: str, run_name: str, link: str) -> str:
+    """Markdown: the headline, the alias it got and why, and a link to the run that made it."""
+    better = "higher" if headline.greater_is_better else "lower"
+    return (f"**{headline.metric} = {headline.value:.6g}** ({better} is better)\n\n"
+            f"@{alias}: {reason}\n\nRun: [{run_name}]({link})")
+
+
+def describe_version(client: MlflowClient, name: str, version: str, headline: Headline, alias: str, reason: str,
+                     *, run_id: str, run_name: str | None = None, run_url: str | None = None) -> None:
+    """Write the version's description once its alias is decided (see ``version_description``)."""
+    run = client.get_run(run_id)
+    link = run_link(run.info.experiment_id, run_id, run_url)
+    text = version_description(headline, alias, reason, run_name or run.info.run_name, link)
+    client.update_model_version(name, version, description=text)
+
+
+def create_linked_version(client: MlflowClient, name: str, *, model_id: str, run_id: str, tags: dict[str, str]
+                          ) -> ModelVersion:
+    """A new version of logged model ``model_id``, linked both ways as ``mlflow.register_model`` links them."""
+    # Like mlflow.register_model: the source is models:/<model id>, so the version resolves to the logged model.
+    version = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
+    link_logged_model(client, model_id, name, version.version)
+    return version
+
+
+def link_logged_model(client: MlflowClient, model_id: str, name: str, version: int | str) -> None:
+    """Add (name, version) to the logged model's ``mlflow.modelVersions`` tag: its page's "Registered models"."""
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        return
+    linked: list[dict[str, Any]] = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    # The entry is what mlflow.register_model writes (the version as the store returns it); the UI lists it.
+    if not any(entry.get("name") == name and str(entry.get("version")) == str(version) for entry in linked):
+        linked.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
+
+
+def version_model_id(version: ModelVersion) -> str | None:
+    """The logged model a version was registered from (``model_id``, else parsed from a models:/<id> source)."""
+    # SQL registry stores keep no model_id column (it reads back None even after mlflow.register_model);
+    # the models:/<id> source they do keep names the same logged model.
+    if version.model_id:
+        return version.model_id
+    rest = (version.source or "").removeprefix("models:/")
+    return rest if rest != version.source and rest and "/" not in rest else None

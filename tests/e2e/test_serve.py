@@ -1,0 +1,133 @@
+"""``mlflow models serve`` of the champion answers /invocations with codes, in a process that cannot import the project."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.registry import Headline, register_model
+from sae.config import SAEConfig
+from sae.model import SparseAutoencoder
+from sae.scaling import Scaling
+from sae.stack import StackedEncoder
+from tests.e2e._support import free_port
+
+pytestmark = pytest.mark.e2e
+STARTUP_SECONDS = 180  # importing mlflow + torch in the server takes 10-60 s on two busy cores
+NAMES = [f"pixel_{i}" for i in range(16)]
+# Put first on the server's PYTHONPATH: its processes refuse the project's packages (the venv has sae-pipeline
+# installed in editable mode), so the served model can only be using the code it bundles.
+REFUSE_PROJECT = """
+import importlib.abc, sys
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"pipeline", "sae", "flows"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (refused: the project is not installed here)")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def answering(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A 16 -> 8 -> 4 encoder registered as serve-encoder@champion in a temp sqlite store."""
+    root = tmp_path_factory.mktemp("serve-store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    torch.manual_seed(0)
+    layers = [SparseAutoencoder(SAEConfig(16, 8)), SparseAutoencoder(SAEConfig(8, 4))]
+    encoder = StackedEncoder.from_autoencoders(Scaling.identity(16), layers, meta={"feature_names": NAMES})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment("serve"))
+        info = log_encoder_model(encoder, run_id=run.info.run_id, tracking_uri=uri)
+        register_model(client, name="serve-encoder", source=info.model_uri, run_id=run.info.run_id,
+                       headline=Headline("acc", 0.5, True), model_id=info.model_id)
+        mlflow.set_tracking_uri(None)
+    return uri, encoder, root
+
+
+@pytest.fixture(scope="module")
+def served(champion):
+    uri, _, root = champion
+    refuse = root / "refuse"
+    refuse.mkdir()
+    (refuse / "sitecustomize.py").write_text(REFUSE_PROJECT)
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/serve-encoder@champion",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    bin_dir = str(Path(sys.executable).parent)  # serve execs `uvicorn` from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(refuse), "MLFLOW_ENABLE_TELEMETRY": "false",
+           "DO_NOT_TRACK": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (root / "serve.log").open("w")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=elsewhere,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not answering(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve did not answer:\n{(root / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(process)
+        log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn and its worker), SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def invoke(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_served_champion_answers_invocations_with_the_encoders_codes(champion, served):
+    _, encoder, _ = champion
+    X = np.random.default_rng(0).uniform(0, 1, size=(6, 16))
+    status, body = invoke(served, {"dataframe_split": {"columns": NAMES, "data": X.tolist()}})
+    assert status == 200, body
+    np.testing.assert_allclose(np.array(body["predictions"]), encoder.transform(X), atol=1e-6)
+
+
+def test_the_served_model_refuses_rows_without_the_named_columns(served):
+    status, body = invoke(served, {"dataframe_split": {"columns": NAMES[:-1], "data": [[0.5] * 15]}})
+    assert status == 400 and "pixel_15" in body["message"]
