@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{seconds - layers - finetune:.1f} | {verdict} |")
     print(f"\nCPU-time ratios (less sensitive to other load on a shared machine): flow {first_cpu / plain_cpu:.2f}x "
           f"plain; cached re-run {cached_cpu / first_cpu:.0%} of the first run.")
-    print(f"\n'everything else' includes the linear probes of finish() ({probes_s:.1f}s when timed alone), MLflow "
+    print(f"\n'everything else' includes the linear probes of the evaluate step ({probes_s:.1f}s when timed alone), MLflow "
           "logging and registration, and in the first run the temporary Prefect server and MLflow database set-up.")
     return 0
 

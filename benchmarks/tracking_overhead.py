@@ -32,7 +32,7 @@ TARGET_FRACTION, TARGET_SECONDS = 0.10, 3.0
 
 
 HOOKS = ("on_run_start", "layer_logger", "layer_callbacks", "on_layer_end", "finetune_logger", "on_finetune_end",
-         "on_run_end", "on_run_failed")
+         "on_run_end", "on_register", "on_run_failed")
 
 
 class TimedHooks(PipelineHooks):

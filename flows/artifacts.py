@@ -1,48 +1,83 @@
-"""Prefect artifacts of a pretraining run: the results table, a link to the MLflow run, the model version."""
+"""Prefect <-> MLflow links: tags naming the flow run for the MLflow parent run, and the flow run's artifacts
+(a link to the MLflow run, the results table, the registered version), keyed per config so configs don't clash.
+
+Artifacts are created from the flow's own body, so they hang off the flow run (not off a task run).
+"""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
-from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+from prefect.settings import PREFECT_UI_URL
 
 from pipeline.results import PretrainResult
 from pipeline.tables import markdown_table
+from pipeline.tracking.store import is_server, run_page_url, ui_base_url, ui_command
 
-LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a sqlite store
-
-
-def mlflow_base_url(tracking_uri: str) -> str:
-    """The MLflow UI serving ``tracking_uri``: the server itself, or `make ui` for a local store."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+LOCAL_PREFECT_UI = "http://127.0.0.1:4200"  # `prefect server start` serves the flow runs a temporary server kept
 
 
-@task(name="publish-artifacts", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
-def publish_artifacts(result: PretrainResult) -> None:
-    """Markdown results table, link to the MLflow parent run, and the registered model version."""
-    tracked = result.tracked
+def artifact_key(config_name: str, what: str) -> str:
+    """``<config name>-<what>`` in the lowercase letters, digits and dashes Prefect allows in artifact keys."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{config_name}-{what}".lower()).strip("-")
+
+
+def flow_run_url(flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (the default local server's when only a temporary one ran)."""
+    base = PREFECT_UI_URL.value() or LOCAL_PREFECT_UI
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def flow_run_tags(flow_run_id: str | None, deployment_name: str | None = None) -> dict[str, str]:
+    """Tags for the MLflow parent run: the flow run's id and page, and the deployment it ran from (if any)."""
+    if flow_run_id is None:
+        return {}
+    tags = {"sae.prefect.flow_run_id": str(flow_run_id), "sae.prefect.flow_run_url": flow_run_url(str(flow_run_id))}
+    if not PREFECT_UI_URL.value():
+        tags["sae.prefect.server"] = "temporary: `prefect server start` serves this flow run at the URL"
+    if deployment_name:
+        tags["sae.prefect.deployment"] = deployment_name
+    return tags
+
+
+def current_flow_run_tags() -> dict[str, str]:
+    """``flow_run_tags`` of the flow run this code runs in."""
+    return flow_run_tags(flow_run.get_id(), deployment.get_name())
+
+
+def _where(tracking_uri: str) -> str:
+    command = ui_command(tracking_uri)
+    return f"MLflow server {tracking_uri}" if command is None else f"local store {tracking_uri}: open with {command}"
+
+
+def publish_run_link(config_name: str, tracking_uri: str, experiment_id: str, run_id: str, run_name: str) -> None:
+    """Link artifact ``<config>-mlflow-run`` on the flow run, pointing at the MLflow parent run."""
+    local = "" if is_server(tracking_uri) else f" (local store: open with {ui_command(tracking_uri)})"
+    create_link_artifact(key=artifact_key(config_name, "mlflow-run"),
+                         link=run_page_url(tracking_uri, experiment_id, run_id),
+                         link_text=f"MLflow run {run_name}{local}", description=f"MLflow parent run in {tracking_uri}")
+
+
+def publish_results(result: PretrainResult) -> None:
+    """Markdown artifact ``<config>-results`` and, when registered, link ``<config>-model-version``."""
     name, value, _ = result.headline()
+    config_name = result.config.name
     create_markdown_artifact(
-        key="sae-results",
-        markdown=f"# {result.config.name}: {result.data.source}\n\n{markdown_table(result.rows())}\n\n"
+        key=artifact_key(config_name, "results"),
+        markdown=f"# {config_name}: {result.data.source}\n\n{markdown_table(result.rows())}\n\n"
         f"**{name}**: {value:.4f}\n",
         description="Per-layer losses, sparsity, probe and fine-tuned accuracies",
     )
-    if tracked is None:
+    tracked = result.tracked
+    if tracked is None or tracked.registration is None:
         return
-    base = mlflow_base_url(tracked.tracking_uri)
-    local = "" if base != LOCAL_UI else " (local store: open it with `make ui`)"
-    run_url = tracked.run_url or f"{base}/#/experiments/{tracked.experiment_id}/runs/{tracked.run_id}"
-    create_link_artifact(key="mlflow-run", link=run_url, link_text=f"MLflow run {tracked.run_id}{local}",
-                         description=f"MLflow parent run at {tracked.tracking_uri}")
     reg = tracked.registration
-    if reg is None:
-        return
     create_link_artifact(
-        key="sae-model-version",
-        link=f"{base}/#/models/{quote(reg.model_name)}/versions/{reg.model_version}",
-        link_text=f"{reg.model_name} version {reg.model_version} (@{reg.alias}): {reg.model_uri}{local}",
-        description=reg.reason,
+        key=artifact_key(config_name, "model-version"),
+        link=f"{ui_base_url(tracked.tracking_uri)}/#/models/{quote(reg.model_name)}/versions/{reg.model_version}",
+        link_text=f"{reg.model_name} version {reg.model_version} (@{reg.alias}): {reg.model_uri}",
+        description=f"{reg.reason}; {_where(tracked.tracking_uri)}",
     )

@@ -21,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "run_id": tracked and tracked.run_id,
+            "tracking_uri": tracked and tracked.tracking_uri,
             "model_uri": tracked and tracked.model_uri,
             "model_version": reg and reg.model_version,
             "alias": reg and reg.alias,
@@ -32,10 +33,17 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\n{name}: {value:.4f}")
     if reg:
         print(f"registered: {reg.model_uri} (version {reg.model_version}, alias {reg.alias})")
-    if tracked and tracked.run_url:
-        print(f"MLflow run: {tracked.run_url}")
-    print("Next: `make ui` (or `sae-pipeline ui`) opens the MLflow UI on http://127.0.0.1:5000")
+    if tracked:
+        print(_next_line(tracked.tracking_uri, tracked.experiment_id, tracked.run_id))
     return EXIT_OK
+
+
+def _next_line(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to look next: the run's page, served by the MLflow server or by `sae-pipeline ui` for a local store."""
+    from pipeline.tracking.store import run_page_url, ui_command
+
+    page, command = run_page_url(tracking_uri, experiment_id, run_id), ui_command(tracking_uri)
+    return f"MLflow run: {page}" if command is None else f"Next: {command}, then open the MLflow run: {page}"
 
 
 def _serve(args: argparse.Namespace) -> int:

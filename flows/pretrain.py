@@ -1,11 +1,12 @@
-"""The pretraining flow: load data, one cached task per layer, finish (stack, fine-tune, evaluate, register).
+"""The pretraining flow: load data, one cached task per layer, then stack, fine-tune, evaluate and register.
 
 Each layer task is keyed by ``pipeline.layer_store.layer_cache_key`` (data, the layer's resolved settings,
 its seed, the key below) and persists a small JSON result under ``<cache_dir>/prefect``; the layer itself
 (weights as safetensors, codes as .npy) lives in ``<cache_dir>/layers/<key>``. So a re-run reuses every
 unchanged layer, a changed layer retrains it and everything above, and a killed run resumes at the layer
 it was killed in. Tasks run in the flow's process, one after another (no process pool: torch workers
-cost more to spawn than these layers take to train).
+cost more to spawn than these layers take to train). Each task names the one it waits on (``wait_for``), so the
+Prefect UI draws the chain: layer k after layer k-1, each layer's record after its training.
 """
 
 # No `from __future__ import annotations` here: deployments load this file by path and Prefect builds the
@@ -20,16 +21,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
+from prefect.states import State
 
-from flows.artifacts import publish_artifacts
-from pipeline import layer_store
+from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
+from pipeline import greedy, layer_store
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.loading import LoadedData, Splits, load_data
-from pipeline.greedy import Steps, pretrain_stack, stack_and_evaluate
+from pipeline.finetune import FinetuneResult
+from pipeline.greedy import Steps, pretrain_stack
 from pipeline.hooks import CompositeHooks, PipelineHooks
 from pipeline.progress import ProgressPrinter
 from pipeline.results import LayerResult, PretrainResult
 from pipeline.tracking.runs import MlflowTracking
+from sae.stack import StackedEncoder
 
 PREFECT_RESULTS = "prefect"  # sub-directory of cache_dir holding Prefect's result and cache records
 _extra_hooks: list[PipelineHooks] = []
@@ -51,14 +55,10 @@ def _as_config(config: PipelineConfig | dict[str, Any]) -> PipelineConfig:
 
 
 def run_name() -> str:
-    """Flow run name: ``<config name>-<data source>-<time>``."""
+    """Flow run name ``<config name>-<time>``; the MLflow parent run gets the same name (see pretrain_flow)."""
     config = flow_run.parameters.get("config")
-    name, source = ("?", "?")
-    if isinstance(config, PipelineConfig):
-        name, source = config.name, config.data.source
-    elif isinstance(config, dict):
-        name, source = config.get("name", "?"), (config.get("data") or {}).get("source", "digits")
-    return f"{name}-{Path(str(source)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = config.name if isinstance(config, PipelineConfig) else dict(config or {}).get("name", "sae")
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -70,13 +70,13 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_con
                               "cache_policy": NO_CACHE, "persist_result": False}
 
 
-@task(name="load-data", **IO_RETRIES)
+@task(name="load-data", task_run_name="load-data", **IO_RETRIES)
 def load_data_task(config: PipelineConfig) -> LoadedData:
     """Read, validate, split and scale the data (retried: it is file I/O)."""
     return load_data(config.data, config.seed)
 
 
-@task(name="start-tracking", **IO_RETRIES)
+@task(name="start-tracking", task_run_name="start-tracking", **IO_RETRIES)
 def start_tracking_task(hooks: PipelineHooks, config: PipelineConfig, data: LoadedData) -> None:
     """Open the MLflow parent run (retried: network I/O)."""
     hooks.on_run_start(config, data)
@@ -112,18 +112,57 @@ def record_layer_task(hooks: PipelineHooks, layer: LayerResult) -> None:
     hooks.on_layer_end(layer)
 
 
-@task(name="finish", cache_policy=NO_CACHE, persist_result=False)
-def finish_task(
-    config: PipelineConfig, data: LoadedData, layers: list[LayerResult], hooks: PipelineHooks, started: float
-) -> PretrainResult:
-    """Stack, fine-tune, evaluate, log and register (not retried: it trains and registers a version)."""
-    return stack_and_evaluate(config, data, layers, hooks=hooks, started=started)
+ONCE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}  # not retried: trains or registers
+
+
+@task(name="stack", task_run_name="stack", **ONCE)
+def stack_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
+    """Stack the trained layers behind the data's scaling."""
+    return greedy.stack(config, data, layers)
+
+
+@task(name="finetune", task_run_name="finetune", **ONCE)
+def finetune_task(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks
+                  ) -> FinetuneResult | None:
+    """Fine-tune the stack with a softmax head (None when the data has no labels or finetune.epochs is 0)."""
+    return greedy.finetune(config, data, encoder, hooks)
+
+
+@task(name="evaluate", task_run_name="evaluate", **ONCE)
+def evaluate_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
+                  finetuned: FinetuneResult | None, hooks: PipelineHooks, started: float) -> PretrainResult:
+    """Probe every layer's codes, assemble the result, log it and its models to MLflow."""
+    return greedy.evaluate(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
+
+
+@task(name="register", task_run_name="register", **ONCE)
+def register_task(hooks: PipelineHooks, result: PretrainResult) -> None:
+    """Register the encoder (alias moved only when it beats the holder) and close the MLflow run."""
+    hooks.on_register(result)
+
+
+class Chain:
+    """Runs tasks in the flow's process and records their states, so that each can name what it waits on."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, State] = {}
+
+    def after(self, *names: str) -> list[State]:
+        """The states of the named earlier task runs (those that ran), for ``wait_for``."""
+        return [self.states[n] for n in names if n in self.states]
+
+    def run(self, task: Any, name: str, *args: Any, after: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """Run ``task`` as task run ``name`` after ``after``; return its result (raising its error)."""
+        state = task.with_options(task_run_name=name)(*args, wait_for=self.after(*after), return_state=True, **kwargs)
+        self.states[name] = state
+        return state.result()
 
 
 class CachedLayers:
     """The flow's layer step: a cached task per layer, keyed on the data, its settings, seed and the key below."""
 
-    def __init__(self, config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool) -> None:
+    def __init__(self, config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool, chain: Chain) -> None:
+        self.chain = chain
         self.cache_dir = Path(config.cache_dir).expanduser().resolve()
         self.hooks, self.refresh_cache = hooks, refresh_cache
         self.fingerprint: str | None = None
@@ -141,7 +180,9 @@ class CachedLayers:
             refresh_cache=self.refresh_cache or not layer_store.is_complete(directory),  # files gone: retrain
             result_storage=self.cache_dir / PREFECT_RESULTS,
         )(key, settings, inputs, seed=seed, cache_dir=str(self.cache_dir), parent_key=self.parent_key,
-          hooks=self.hooks, reuse_files=not self.refresh_cache, return_state=True)
+          hooks=self.hooks, reuse_files=not self.refresh_cache, return_state=True,
+          wait_for=self.chain.after(f"train-layer-{number - 1}" if number > 1 else "start-tracking"))
+        self.chain.states[f"train-layer-{number}"] = state
         output = state.result()  # raises the layer's own error when it failed
         reused = state.name == "Cached" or not output["trained"]
         if reused:
@@ -152,20 +193,37 @@ class CachedLayers:
         return layer_store.load_layer(directory, settings, reused=reused)
 
 
-def flow_steps(config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool) -> Steps:
-    """The pipeline's steps as Prefect tasks (layers cached); the loop itself is pipeline.greedy's."""
-    layers = CachedLayers(config, hooks, refresh_cache)
+def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: PipelineHooks, refresh_cache: bool
+               ) -> Steps:
+    """The pipeline's steps as Prefect tasks (layers cached), chained; the loop itself is pipeline.greedy's."""
+    chain = Chain()
+    layers = CachedLayers(config, hooks, refresh_cache, chain)
+    last = f"train-layer-{len(config.layers)}"
 
     def start(config: PipelineConfig, data: LoadedData) -> None:
-        start_tracking_task(hooks, config, data)
+        chain.run(start_tracking_task, "start-tracking", hooks, config, data, after=("load-data",))
         layers.fingerprint = layer_store.input_fingerprint(data)
+        if tracking.run_id is not None:
+            publish_run_link(config.name, tracking.uri, str(tracking.experiment_id), tracking.run_id,
+                             tracking.run_name or "")
+
+    def record(layer: LayerResult) -> None:
+        name = f"record-layer-{layer.index + 1}"
+        chain.run(record_layer_task, name, hooks, layer,
+                  after=(f"train-layer-{layer.index + 1}",))
 
     return Steps(
-        load=load_data_task,
+        load=lambda config: chain.run(load_data_task, "load-data", config),
         start=start,
         layer=layers,
-        record=lambda layer: record_layer_task(hooks, layer),
-        finish=lambda config, data, done, started: finish_task(config, data, done, hooks, started),
+        record=record,
+        stack=lambda config, data, done: chain.run(stack_task, "stack", config, data, done,
+                                                   after=(last, f"record-layer-{len(config.layers)}")),
+        finetune=lambda config, data, encoder: chain.run(finetune_task, "finetune", config, data, encoder, hooks,
+                                                         after=("stack",)),
+        evaluate=lambda config, data, done, encoder, finetuned, started: chain.run(
+            evaluate_task, "evaluate", config, data, done, encoder, finetuned, hooks, started, after=("finetune",)),
+        register=lambda result: chain.run(register_task, "register", hooks, result, after=("evaluate",)),
     )
 
 
@@ -175,7 +233,10 @@ def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False, overrides
     """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``
     (``overrides``: the ``--set`` values already applied to it, shown in the MLflow run description)."""
     config = _as_config(config)
-    hooks = CompositeHooks([MlflowTracking(overrides=overrides or ()), ProgressPrinter(), *_extra_hooks])
-    result = pretrain_stack(config, hooks, flow_steps(config, hooks, refresh_cache))
-    publish_artifacts(result)
+    # One name for both: the MLflow parent run is named after this flow run and tagged with its id and page.
+    tracking = MlflowTracking(run_name=flow_run.get_name(), run_tags=current_flow_run_tags(),
+                              overrides=overrides or ())
+    hooks = CompositeHooks([tracking, ProgressPrinter(), *_extra_hooks])
+    result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache))
+    publish_results(result)
     return result

@@ -179,7 +179,7 @@ class RegisterConfig(_Section):
     """Where the trained encoder is registered in MLflow."""
 
     model: str | None = None
-    """Registered model name; null = "<name>-encoder"."""
+    """Registered model name; null = the config name followed by -encoder (digits-encoder for name digits)."""
     alias: Annotated[str, Field(min_length=1)] = "champion"
     """Alias moved to the new version only when its headline metric strictly beats the holder's."""
 
@@ -195,13 +195,13 @@ class PipelineConfig(_Section):
     """A whole run: data, layer defaults, the layers, fine-tuning and registration."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    """MLflow experiment name (letters, digits, _ . -); the registered model defaults to "<name>-encoder"."""
+    """MLflow experiment name (letters, digits, _ . -); it also names the registered model, e.g. digits-encoder."""
     seed: int = 0
     """Seed for the split, shuffling and initialisation."""
     tracking_uri: str | None = None
-    """MLflow tracking URI; null = $MLFLOW_TRACKING_URI or sqlite:///<project root>/mlflow.db."""
+    """MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else the file mlflow.db in the working directory."""
     cache_dir: str = ".sae-cache"
-    """Where flows persist layer results."""
+    """Where flows keep trained layers for reuse; relative paths start at the working directory."""
     data: DataConfig = Field(default_factory=DataConfig)
     """The data section."""
     defaults: LayerSettings = Field(default_factory=LayerSettings)
@@ -242,7 +242,7 @@ class PipelineConfig(_Section):
 
     @property
     def model_name(self) -> str:
-        """Registered model name: register.model or "<name>-encoder"."""
+        """Registered model name: register.model, else the config name followed by -encoder."""
         return self.register.model or f"{self.name}-encoder"
 
     @classmethod

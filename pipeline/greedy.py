@@ -1,4 +1,5 @@
-"""Greedy layer-wise pretraining: layer k trains on the codes of layers 1..k-1; then stack, fine-tune, evaluate.
+"""Greedy layer-wise pretraining: layer k trains on the codes of layers 1..k-1; then stack, fine-tune, evaluate,
+register.
 
 ``pretrain_stack`` owns the one loop over layers. How a step runs is pluggable (``Steps``): plain function
 calls here, cached Prefect tasks in ``flows.pretrain``; the order, the per-layer seed and the failure hook
@@ -82,40 +83,50 @@ def encode_layer(
     return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test), seconds, reused)
 
 
-def stack_and_evaluate(
-    config: PipelineConfig,
-    data: LoadedData,
-    layers: list[LayerResult],
-    *,
-    hooks: PipelineHooks | None = None,
-    started: float | None = None,
-) -> PretrainResult:
-    """Stack the trained layers, fine-tune when labelled, evaluate, and hand the result to the hooks."""
-    hooks = hooks or PipelineHooks()
-    started = time.perf_counter() if started is None else started
-    encoder = StackedEncoder.from_autoencoders(
+def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
+    """The trained layers as one encoder, with the data's scaling in front."""
+    return StackedEncoder.from_autoencoders(
         data.scaling,
         [layer.model for layer in layers],
         meta={"name": config.name, "source": data.source, "fingerprint": data.fingerprint,
               "feature_names": list(data.feature_names)},
     )
-    finetuned: FinetuneResult | None = None
-    if data.y_train is not None and config.finetune.epochs > 0:
-        finetuned = finetune_stack(
-            encoder,
-            data.X_train,
-            data.y_train,
-            data.X_test,
-            data.y_test,
-            epochs=config.finetune.epochs,
-            lr=config.finetune.lr,
-            batch_size=config.finetune.batch_size,
-            weight_decay=config.finetune.weight_decay,
-            softmax_iterations=config.finetune.softmax_iterations,
-            seed=config.seed,
-            logger=hooks.finetune_logger(),
-        )
-        hooks.on_finetune_end(finetuned)
+
+
+def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks
+             ) -> FinetuneResult | None:
+    """Fine-tune a copy of ``encoder`` with a softmax head when the data is labelled (None otherwise)."""
+    if data.y_train is None or config.finetune.epochs <= 0:
+        return None
+    finetuned = finetune_stack(
+        encoder,
+        data.X_train,
+        data.y_train,
+        data.X_test,
+        data.y_test,
+        epochs=config.finetune.epochs,
+        lr=config.finetune.lr,
+        batch_size=config.finetune.batch_size,
+        weight_decay=config.finetune.weight_decay,
+        softmax_iterations=config.finetune.softmax_iterations,
+        seed=config.seed,
+        logger=hooks.finetune_logger(),
+    )
+    hooks.on_finetune_end(finetuned)
+    return finetuned
+
+
+def evaluate(
+    config: PipelineConfig,
+    data: LoadedData,
+    layers: list[LayerResult],
+    encoder: StackedEncoder,
+    finetuned: FinetuneResult | None,
+    *,
+    hooks: PipelineHooks,
+    started: float,
+) -> PretrainResult:
+    """Probe every layer's codes (when labelled), assemble the result and hand it to ``hooks.on_run_end``."""
     probes = probe_accuracies(data, layers, seed=config.seed) if data.y_train is not None else {}
     result = PretrainResult(
         config=config,
@@ -130,6 +141,24 @@ def stack_and_evaluate(
     return result
 
 
+def stack_and_evaluate(
+    config: PipelineConfig,
+    data: LoadedData,
+    layers: list[LayerResult],
+    *,
+    hooks: PipelineHooks | None = None,
+    started: float | None = None,
+) -> PretrainResult:
+    """Stack the trained layers, fine-tune when labelled, evaluate and register: the steps after the layers."""
+    hooks = hooks or PipelineHooks()
+    started = time.perf_counter() if started is None else started
+    encoder = stack(config, data, layers)
+    result = evaluate(config, data, layers, encoder, finetune(config, data, encoder, hooks), hooks=hooks,
+                      started=started)
+    hooks.on_register(result)
+    return result
+
+
 LayerStep = Callable[[ResolvedLayer, Splits, int], LayerResult]
 
 
@@ -141,7 +170,12 @@ class Steps:
     start: Callable[[PipelineConfig, LoadedData], None]
     layer: LayerStep  # (settings, inputs, seed) -> the trained (or cached) layer
     record: Callable[[LayerResult], None]
-    finish: Callable[[PipelineConfig, LoadedData, list[LayerResult], float], PretrainResult]
+    stack: Callable[[PipelineConfig, LoadedData, list[LayerResult]], StackedEncoder]
+    finetune: Callable[[PipelineConfig, LoadedData, StackedEncoder], FinetuneResult | None]
+    # (config, data, layers, encoder, finetuned, started) -> the evaluated result, handed to hooks.on_run_end
+    evaluate: Callable[[PipelineConfig, LoadedData, list[LayerResult], StackedEncoder, FinetuneResult | None, float],
+                       PretrainResult]
+    register: Callable[[PretrainResult], None]
 
 
 def plain_steps(hooks: PipelineHooks) -> Steps:
@@ -151,8 +185,11 @@ def plain_steps(hooks: PipelineHooks) -> Steps:
         start=hooks.on_run_start,
         layer=lambda settings, inputs, seed: train_layer(settings, inputs, seed=seed, hooks=hooks),
         record=hooks.on_layer_end,
-        finish=lambda config, data, layers, started: stack_and_evaluate(config, data, layers, hooks=hooks,
-                                                                          started=started),
+        stack=stack,
+        finetune=lambda config, data, encoder: finetune(config, data, encoder, hooks),
+        evaluate=lambda config, data, layers, encoder, finetuned, started: evaluate(
+            config, data, layers, encoder, finetuned, hooks=hooks, started=started),
+        register=hooks.on_register,
     )
 
 
@@ -171,10 +208,15 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
             steps.record(layer)
             layers.append(layer)
             inputs = layer.codes
-        return steps.finish(config, data, layers, started)
+        encoder = steps.stack(config, data, layers)
+        finetuned = steps.finetune(config, data, encoder)
+        result = steps.evaluate(config, data, layers, encoder, finetuned, started)
+        steps.register(result)
+        return result
     except BaseException as error:
         hooks.on_run_failed(error)
         raise
 
 
-__all__ = ["Steps", "encode_layer", "plain_steps", "pretrain_stack", "stack_and_evaluate", "train_layer"]
+__all__ = ["Steps", "encode_layer", "evaluate", "finetune", "plain_steps", "pretrain_stack", "stack",
+           "stack_and_evaluate", "train_layer"]

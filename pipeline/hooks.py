@@ -39,7 +39,10 @@ class PipelineHooks:
         """After fine-tuning."""
 
     def on_run_end(self, result: PretrainResult) -> None:
-        """After evaluation: the whole result is ready."""
+        """After evaluation: the whole result is ready (trackers log it here)."""
+
+    def on_register(self, result: PretrainResult) -> None:
+        """After ``on_run_end``: register the result's encoder (trackers close their run here)."""
 
     def on_run_failed(self, error: BaseException) -> None:
         """The run raised (or was interrupted); ``error`` is re-raised after this returns."""
@@ -77,6 +80,10 @@ class CompositeHooks(PipelineHooks):
     def on_run_end(self, result: PretrainResult) -> None:
         for h in self.hooks:
             h.on_run_end(result)
+
+    def on_register(self, result: PretrainResult) -> None:
+        for h in self.hooks:
+            h.on_register(result)
 
     def on_run_failed(self, error: BaseException) -> None:
         for h in self.hooks:

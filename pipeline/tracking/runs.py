@@ -81,6 +81,7 @@ class MlflowTracking(PipelineHooks):
         self.children: dict[str, str] = {}  # child name -> run id, while open
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
+        self._chosen: tuple[str, Any] | None = None  # (name, model info) of the logged model to register
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class MlflowTracking(PipelineHooks):
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             self.run_name = self.requested_name or default_run_name(config)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint),
-                    MLFLOW_RUN_NOTE: describe.start_description(config, str(data.source), self.overrides)}
+                    MLFLOW_RUN_NOTE: self._linked(describe.start_description(config, str(data.source), self.overrides))}
             tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.run_tags
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
             self.run_id, self.ended, self.children, self.lightning_logged = run.info.run_id, False, {}, set()
@@ -111,7 +112,7 @@ class MlflowTracking(PipelineHooks):
         log.info("MLflow run %s in experiment %s at %s", self.run_id, self.experiment_id, self.uri)
 
     def on_run_end(self, result: PretrainResult) -> None:
-        """Parent metrics, artifacts and models; register; close the parent FINISHED."""
+        """Parent metrics, artifacts and models (``on_register`` registers and closes the run)."""
         if self.run_id is None or self.config is None or self.ended:
             return
         self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
@@ -125,23 +126,30 @@ class MlflowTracking(PipelineHooks):
                 result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
                 input_example=example, tags={"kind": "finetuned"})
         chosen = "encoder-finetuned" if result.finetuned is not None else "encoder"
-        tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
-                             model_uri=infos[chosen].model_uri,
-                             logged_models={k: v.model_uri for k, v in infos.items()})
+        result.tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
+                                    model_uri=infos[chosen].model_uri,
+                                    logged_models={k: v.model_uri for k, v in infos.items()})
+        self._chosen = (chosen, infos[chosen])
+
+    def on_register(self, result: PretrainResult) -> None:
+        """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""
+        if self.run_id is None or self.config is None or self.ended or self._chosen is None:
+            return
+        (chosen, info), tracked = self._chosen, result.tracked
+        assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
             stack = result.finetuned.encoder if result.finetuned is not None else result.encoder
             reg = registry.register_model(
-                self.client, name=self.config.model_name, source=infos[chosen].model_uri, run_id=self.run_id,
+                self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
-                model_id=infos[chosen].model_id, extra_tags={"kind": chosen},
+                model_id=info.model_id, extra_tags={"kind": chosen},
                 weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url())
             tracked.registration, tracked.model_uri = reg, reg.model_uri
             outcome = f"version {reg.model_version} @{reg.alias}" if reg.new_version else "no new version"
             self.client.set_tag(self.run_id, "sae.registration", f"{outcome}: {reg.reason}")
         note = describe.end_description(result, self.overrides, tracked.registration)
-        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, note)
-        result.tracked = tracked
+        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self._linked(note))
         self.client.set_terminated(self.run_id, FINISHED)
         self.ended = True
         self._restore_uri()
@@ -159,7 +167,7 @@ class MlflowTracking(PipelineHooks):
             tags.append(RunTag("sae.interrupted", str(interrupted).lower()))
             if self.config is not None and self.data is not None:
                 note = describe.failed_description(self.config, str(self.data.source), self.overrides, error)
-                tags.append(RunTag(MLFLOW_RUN_NOTE, note))
+                tags.append(RunTag(MLFLOW_RUN_NOTE, self._linked(note)))
             self.client.log_batch(self.run_id, tags=tags)
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.client.log_text(self.run_id, trace, "error.txt")
@@ -188,6 +196,11 @@ class MlflowTracking(PipelineHooks):
         if base is None or self.experiment_id is None:
             return None
         return f"{base.rstrip('/')}/{describe.experiment_page(str(self.experiment_id))}"
+
+    def _linked(self, note: str) -> str:
+        """``note`` plus a link to the Prefect flow run that ran this (tags truncate URLs in the MLflow UI)."""
+        url = self.run_tags.get("sae.prefect.flow_run_url")
+        return note if url is None else f"{note}\n\nPrefect flow run: [{self.run_name}]({url})"
 
     def set_run_tags(self, tags: Mapping[str, str]) -> None:
         """Tag the parent run (now if it is open, and at creation if it is not yet): e.g. the flow run's URL."""

@@ -28,17 +28,17 @@ if TYPE_CHECKING:
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `sae-pipeline ui` (`make ui`) serves a local store
 DIGEST_CHARS = 16  # MLflow shows short digests; the full sha256 is the run tag sae.data.fingerprint
 
 
 def project_root() -> Path:
-    """The source checkout holding this package (it has a pyproject.toml), else the working directory."""
-    checkout = Path(__file__).resolve().parents[1]
-    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    """Where runs, artifacts and the layer cache go by default: the working directory, as for ``mlflow ui``."""
+    return Path.cwd()
 
 
 def default_tracking_uri() -> str:
-    """``sqlite:///<project root>/mlflow.db``: the store used when nothing is configured."""
+    """``sqlite:///<working directory>/mlflow.db`` (absolute): the store used when nothing is configured."""
     return f"sqlite:///{project_root() / DB_NAME}"
 
 
@@ -53,6 +53,31 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
             "or an http(s):// MLflow server"
         )
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """True for an http(s) MLflow server, which serves its own UI."""
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_base_url(uri: str) -> str:
+    """The MLflow UI showing store ``uri``: the server itself, else where ``sae-pipeline ui`` serves it."""
+    return uri.rstrip("/") if is_server(uri) else LOCAL_UI
+
+
+def run_page_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of run ``run_id``."""
+    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves a local store's UI on LOCAL_UI; None for a server (it has its own UI)."""
+    if is_server(uri):
+        return None
+    db = sqlite_path(uri)
+    if db is not None and db.resolve() == (project_root() / DB_NAME).resolve():
+        return "`sae-pipeline ui` (or `make ui` in the checkout)"
+    return f"`MLFLOW_TRACKING_URI={uri} sae-pipeline ui`"
 
 
 def registry_uri(tracking_uri: str) -> str:
@@ -121,9 +146,9 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of the project checkout, or None outside a git repository."""
+    """``git rev-parse HEAD`` of the checkout holding this code, or None when it is not a git checkout."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
                               timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None

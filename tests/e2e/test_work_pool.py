@@ -1,5 +1,6 @@
 """Team setup: Prefect server + process work pool + worker, MLflow server with its own artifact root."""
 
+import re
 import sys
 
 import pytest
@@ -38,13 +39,23 @@ def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_serv
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"]
         with background(command, worker_env, log, cwd=tmp_path) as worker:
             run = wait_for_completed_run(env, 150, log, worker)
-        assert run["deployment_id"] == deployment["id"] and run["name"].startswith("e2e-pool-digits-")
+        assert run["deployment_id"] == deployment["id"] and re.fullmatch(r"e2e-pool-\d{8}-\d{6}", run["name"])
 
         client = MlflowClient(server_env["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("e2e-pool")
         (parent,) = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
         assert parent.info.status == "FINISHED"
         assert parent.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied through the server
+        # Linked both ways under one name: the parent names the flow run and its deployment, the flow run links
+        # to the parent on the MLflow server (no local-store hint).
+        tags, prefect_ui = parent.data.tags, env["PREFECT_API_URL"].removesuffix("/api")
+        assert parent.info.run_name == run["name"] and tags["sae.prefect.flow_run_id"] == run["id"]
+        assert tags["sae.prefect.flow_run_url"] == f"{prefect_ui}/runs/flow-run/{run['id']}"
+        assert tags["sae.prefect.deployment"] == "nightly"
+        (link,) = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["e2e-pool-mlflow-run"]}}})
+        page = f"{server_env['MLFLOW_TRACKING_URI']}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+        assert link["flow_run_id"] == run["id"] and link["task_run_id"] is None
+        assert link["data"] == f"[MLflow run {run['name']}]({page})"
         (version,) = client.search_model_versions("name='e2e-pool-encoder'")
         assert version.run_id == parent.info.run_id
     stored = {p.name for p in (servers_dir / "mlflow" / "artifacts").rglob("*") if p.is_file()}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from flows import pretrain_flow
 from pipeline.config import PipelineConfig
@@ -91,6 +92,13 @@ def test_flow_parameters_are_the_config_schema_so_the_ui_shows_a_form():
     assert schema.properties["refresh_cache"]["default"] is False and schema.required == ["config"]
 
 
+def test_the_deployment_form_text_has_no_angle_bracket_placeholders_that_the_ui_would_strip():
+    text = json.dumps(pretrain_flow.parameters.model_dump())
+    assert re.findall(r"<[A-Za-z][^<>]*>", text) == []
+    register = pretrain_flow.parameters.definitions["RegisterConfig"]["properties"]["model"]["description"]
+    assert "digits-encoder" in register
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("flow")
@@ -98,8 +106,24 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first(workdir):
-    """The uninterrupted reference run on an empty cache."""
-    return run(tiny(workdir))
+    """The uninterrupted reference run on an empty cache, started in ``workdir`` with no tracking URI set."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return run(tiny(workdir) | {"tracking_uri": None})
+
+
+def task_runs(flow_run_id) -> dict[str, object]:
+    """Task run name -> task run, for one flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r for r in runs}
+
+
+def waits_on(runs: dict[str, object], name: str) -> set[str]:
+    """Names of the task runs that task run ``name`` was recorded as waiting on (what the UI draws as edges)."""
+    ids = {i.id for inputs in runs[name].task_inputs.values() for i in inputs}
+    return {other for other, r in runs.items() if r.id in ids}
 
 
 def test_first_run_trains_every_layer_tracks_registers_and_publishes_artifacts(first):
@@ -110,12 +134,52 @@ def test_first_run_trains_every_layer_tracks_registers_and_publishes_artifacts(f
     assert layer_tags(result) == {"layer-1": "false", "layer-2": "false", "layer-3": "false"}
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run_id}
-    assert "| layer | shape |" in artifacts["sae-results"].data and "64->16" in artifacts["sae-results"].data
-    assert result.tracked.run_id in artifacts["mlflow-run"].data
-    assert "tiny-encoder" in artifacts["sae-model-version"].data and "versions/1" in artifacts["sae-model-version"].data
-    # Flow run names say the config name and the data set.
+    assert "| layer | shape |" in artifacts["tiny-results"].data and "64->16" in artifacts["tiny-results"].data
+    assert "tiny-encoder" in artifacts["tiny-model-version"].data and "versions/1" in artifacts["tiny-model-version"].data
+
+
+def test_the_default_store_is_mlflow_db_in_the_working_directory(first, workdir):
+    result, _, _ = first
+    assert result.tracked.tracking_uri == f"sqlite:///{workdir / 'mlflow.db'}"
+    run = MlflowClient(result.tracked.tracking_uri).get_run(result.tracked.run_id)
+    assert run.info.artifact_uri.startswith((workdir / "mlruns").as_uri())
+
+
+def test_the_flow_run_and_the_mlflow_parent_run_share_one_name_and_link_each_other(first):
+    result, flow_run_id, _ = first
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run_id).name.startswith("tiny-digits-")
+        flow_run = client.read_flow_run(flow_run_id)
+        artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run_id}
+    parent = MlflowClient(result.tracked.tracking_uri).get_run(result.tracked.run_id)
+    assert re.fullmatch(r"tiny-\d{8}-\d{6}", flow_run.name) and parent.info.run_name == flow_run.name
+    tags = parent.data.tags
+    assert tags["sae.prefect.flow_run_id"] == str(flow_run_id)
+    assert tags["sae.prefect.flow_run_url"] == f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
+    assert "sae.prefect.deployment" not in tags  # called directly, not from a deployment
+    assert f"Prefect flow run: [{flow_run.name}]({tags['sae.prefect.flow_run_url']})" in tags["mlflow.note.content"]
+    # The link back: an artifact of the flow run itself (no task run), keyed by the config's name.
+    link = artifacts["tiny-mlflow-run"]
+    assert link.task_run_id is None and link.data.startswith(f"[MLflow run {flow_run.name}")
+    page = f"http://127.0.0.1:5000/#/experiments/{result.tracked.experiment_id}/runs/{result.tracked.run_id}"
+    assert page in link.data and "sae-pipeline ui" in link.data and flow_run.name in link.data
+    assert {a.task_run_id for a in artifacts.values()} == {None}
+    assert set(artifacts) == {"tiny-mlflow-run", "tiny-results", "tiny-model-version"}
+
+
+def test_tasks_are_named_without_suffixes_and_each_layer_waits_on_the_one_below(first):
+    _, flow_run_id, _ = first
+    runs = task_runs(flow_run_id)
+    layers = [f"{kind}-layer-{i}" for i in (1, 2, 3) for kind in ("train", "record")]
+    assert set(runs) == {"load-data", "start-tracking", *layers, "stack", "finetune", "evaluate", "register"}
+    assert waits_on(runs, "train-layer-2") == {"train-layer-1"}
+    assert waits_on(runs, "train-layer-3") == {"train-layer-2"}
+    assert waits_on(runs, "train-layer-1") == {"start-tracking"}
+    assert waits_on(runs, "record-layer-2") == {"train-layer-2"}
+    # After the layers: a chain, plus the data edges Prefect records itself (load-data's result as a parameter).
+    assert waits_on(runs, "stack") == {"train-layer-3", "record-layer-3", "load-data"}
+    assert waits_on(runs, "finetune") == {"stack", "load-data"}
+    assert waits_on(runs, "evaluate") == {"finetune", "stack", "load-data"}
+    assert waits_on(runs, "register") == {"evaluate", "load-data"}
 
 
 def test_the_plain_path_gives_the_flows_weights_for_the_same_config(first, tmp_path):

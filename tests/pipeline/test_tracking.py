@@ -23,7 +23,7 @@ from pipeline.greedy import pretrain_stack, stack_and_evaluate, train_layer
 from pipeline.hooks import CompositeHooks, PipelineHooks
 from pipeline.tracking.encoders import resolve_encoder
 from pipeline.tracking.runs import MlflowTracking
-from pipeline.tracking.store import artifact_location, project_root, resolve_tracking_uri
+from pipeline.tracking.store import artifact_location, resolve_tracking_uri
 from pipeline.tracking.versions import version_model_id, weights_digest
 
 EPOCHS = 3
@@ -365,12 +365,14 @@ def test_a_layer_reused_from_a_cache_is_tagged_and_replays_its_epoch_history(sto
     assert "epoch" not in layer1.data.metrics
 
 
-def test_the_tracking_uri_comes_from_config_then_environment_then_the_project_store(monkeypatch):
+def test_the_tracking_uri_comes_from_config_then_environment_then_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_tracking_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5999"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert resolve_tracking_uri(None) == f"sqlite:///{project_root() / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # like `mlflow ui`: the store follows the working directory, not the checkout
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert artifact_location(resolve_tracking_uri(None), "digits") == (tmp_path / "mlruns" / "digits").as_uri()
 
 
 @pytest.mark.parametrize("uri", ["./mlruns", "mlruns", "file:///tmp/mlruns"])
