@@ -262,7 +262,10 @@ class PipelineConfig(_Section):
             shipped = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
             raise InputError(f"config file {path}: not found; give an existing YAML file (examples: {shipped} in {CONFIG_DIR})")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise InputError(f"config file {path}: not UTF-8 text (byte {error.start}: {error.reason}); save it "
+                             "as UTF-8") from None
         except yaml.YAMLError as error:
             raise InputError(f"config file {path}: invalid YAML ({error}); fix the syntax") from None
         if not isinstance(data, dict):

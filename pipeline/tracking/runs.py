@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import tempfile
 import time
 import traceback
@@ -25,11 +26,13 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from safetensors.torch import save_file
 
+from pipeline import interrupts
 from pipeline.hooks import PipelineHooks
 from pipeline.results import TrackedRun
 from pipeline.tables import markdown_table
 from pipeline.tracking import registry, store
 from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
+KILLED = RunStatus.to_string(RunStatus.KILLED)
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 FLUSH_SECONDS = 2.0  # how stale the live epoch metrics in the MLflow UI may get
 
@@ -81,7 +85,9 @@ class MlflowTracking(PipelineHooks):
         commit = git_commit()
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
             self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
+            close_stale_runs(self.client, self.experiment_id)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
+            tags |= process_tags()
             tags |= {"mlflow.source.git.commit": commit} if commit else {}
             run = self.client.create_run(self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                          tags=resolve_tags(tags))
@@ -125,20 +131,23 @@ class MlflowTracking(PipelineHooks):
         self._restore_uri()
 
     def on_run_failed(self, error: BaseException) -> None:
-        """Mark open child runs and the parent FAILED with the error as a tag and ``error.txt``."""
+        """Mark open child runs and the parent FAILED (KILLED after Ctrl-C) with the error as a tag and ``error.txt``."""
         try:
             if self.run_id is None or self.ended:
                 return
-            tags = [RunTag("error", f"{type(error).__name__}: {error}"[:5000])]
+            signum = interrupts.received()
+            status = KILLED if signum == signal.SIGINT else FAILED
+            message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
+            tags = [RunTag("error", message[:5000])]
             for name, run_id in list(self.children.items()):
                 self.client.log_batch(run_id, tags=tags)
-                self._end(name, FAILED)
-            interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+                self._end(name, status)
+            interrupted = signum is not None or isinstance(error, KeyboardInterrupt | SystemExit)
             self.client.log_batch(self.run_id, tags=[*tags, RunTag("sae.interrupted", str(interrupted).lower())])
+            self.client.set_terminated(self.run_id, status)  # before the artifact: that needs a writable store
+            self.ended = True
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.client.log_text(self.run_id, trace, "error.txt")
-            self.client.set_terminated(self.run_id, FAILED)
-            self.ended = True
         except Exception as problem:  # noqa: BLE001 - never hide the pipeline's own error behind ours
             log.warning("could not record the failure in MLflow: %s", problem)
         finally:
