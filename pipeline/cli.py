@@ -206,21 +206,31 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, SystemExit) as error:
         # Lightning answers a KeyboardInterrupt inside fit with SystemExit(1): that is an interruption too.
-        if isinstance(error, SystemExit) and interrupts.received() is None and not _from_lightning(error):
+        if isinstance(error, SystemExit) and interrupts.signal_of(error) is None and not _from_lightning(error):
             raise
-        if args.debug:
-            traceback.print_exc()
-        signum = interrupts.received()
-        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-        status = "FAILED" if signum == signal.SIGTERM else "KILLED"
-        print(f"interrupted ({name}): the run stopped; its MLflow run is marked {status} and finished layers "
-              "stay cached, so the next run resumes", file=sys.stderr)
-        return interrupts.exit_status(signum or signal.SIGINT)
+        return _interrupted(error, args.debug)
     except Exception as error:  # noqa: BLE001 - the CLI boundary: one line, the traceback only with --debug
         if args.debug:
             traceback.print_exc()
         print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except BaseException as error:  # an orchestrator's own signal exception (Prefect's TerminationSignal)
+        if interrupts.signal_of(error) is None:
+            raise
+        return _interrupted(error, args.debug)
+
+
+def _interrupted(error: BaseException, debug: bool) -> int:
+    """One line for a run stopped by SIGINT/SIGTERM; the shell's exit status for that signal."""
+    from pipeline import interrupts
+
+    if debug:
+        traceback.print_exception(error)
+    signum = interrupts.signal_of(error) or signal.SIGINT
+    name, status = ("SIGTERM", "FAILED") if signum == signal.SIGTERM else ("SIGINT", "KILLED")
+    print(f"interrupted ({name}): the run stopped; its MLflow run is marked {status} and finished layers "
+          "stay cached, so the next run resumes", file=sys.stderr)
+    return interrupts.exit_status(signum)
 
 
 def _from_lightning(error: SystemExit) -> bool:

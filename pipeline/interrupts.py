@@ -31,6 +31,21 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def signal_of(error: BaseException | None) -> int | None:
+    """The signal that ended the run: ours, or the one an orchestrator's exception carries (Prefect's
+    TerminationSignal replaces our SIGTERM handler while a flow runs), looking through the exception chain."""
+    if received() is not None:
+        return received()
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        signum = getattr(error, "signal", None)
+        if isinstance(signum, int) and signum in (signal.SIGINT, signal.SIGTERM):
+            return signum
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def exit_status(signum: int) -> int:
     """The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + int(signum)

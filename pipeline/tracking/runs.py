@@ -135,7 +135,7 @@ class MlflowTracking(PipelineHooks):
         try:
             if self.run_id is None or self.ended:
                 return
-            signum = interrupts.received()
+            signum = interrupts.signal_of(error)
             status = KILLED if signum == signal.SIGINT else FAILED
             message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
             tags = [RunTag("error", message[:5000])]
