@@ -11,8 +11,6 @@ import fcntl
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -40,6 +38,9 @@ def check_tracking_server(uri: str | None, timeout: float = PROBE_SECONDS) -> No
     """InputError unless an http(s) tracking ``uri`` answers within ``timeout``; other stores pass."""
     if not uri or urlparse(uri).scheme not in ("http", "https"):
         return
+    import urllib.error  # here, not at the top: every command imports this module, few probe
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
             pass
