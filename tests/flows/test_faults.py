@@ -100,8 +100,9 @@ def test_planted_prefect_records_and_pickled_codes_execute_nothing(reference):
 
 def cli(args: list[str], tmp: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # Its own session: a signal meant for the run can never reach the test process.
     return subprocess.Popen([*CLI, *args], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+                            text=True, start_new_session=True, **kwargs)
 
 
 def write_config(tmp: Path, config: dict) -> str:
