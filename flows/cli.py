@@ -14,9 +14,20 @@ from pipeline.runtime import quiet_runtime
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from flows.pretrain import pretrain_flow
+    from pipeline.preflight import check_run
 
-    result = pretrain_flow(config, refresh_cache=args.fresh, overrides=list(args.overrides))
+    data = check_run(config)  # data, tracking server, accelerator, store: all before Prefect starts a server
+    from pipeline import interrupts
+
+    interrupts.install()
+    from flows.pretrain import preloaded, pretrain_flow
+    from flows.server_guard import guard_temporary_server, quiet_tracebacks
+
+    guard_temporary_server()
+    if not args.debug:
+        quiet_tracebacks()
+    with preloaded(config, data):
+        result = pretrain_flow(config, refresh_cache=args.fresh, overrides=list(args.overrides))
     tracked, reg = result.tracked, result.tracked and result.tracked.registration
     if args.json:
         print(json.dumps({

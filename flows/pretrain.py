@@ -1,12 +1,15 @@
-"""The pretraining flow: load data, one cached task per layer, then stack, fine-tune, evaluate and register.
+"""The pretraining flow: load data, one task per layer, finish (stack, fine-tune, evaluate, register).
 
-Each layer task is keyed by ``pipeline.layer_store.layer_cache_key`` (data, the layer's resolved settings,
-its seed, the key below) and persists a small JSON result under ``<cache_dir>/prefect``; the layer itself
-(weights as safetensors, codes as .npy) lives in ``<cache_dir>/layers/<key>``. So a re-run reuses every
-unchanged layer, a changed layer retrains it and everything above, and a killed run resumes at the layer
-it was killed in. Tasks run in the flow's process, one after another (no process pool: torch workers
-cost more to spawn than these layers take to train). Each task names the one it waits on (``wait_for``), so the
-Prefect UI draws the chain: layer k after layer k-1, each layer's record after its training.
+Layers are cached in ``pipeline.layer_store`` under ``<cache_dir>/layers/<key>`` (weights as safetensors,
+codes as .npy, sha256 checksums written last), keyed by ``layer_cache_key`` (data, the layer's resolved
+settings, its seed, the key below). The flow decides reuse from that store alone: a sound entry is reused,
+a missing or damaged one is retrained together with every layer above it. Prefect persists no task result
+and keeps no cache record (its result records name their own serializer, pickle included, so a planted one
+would run code). So a re-run reuses every unchanged layer, a changed layer retrains it and everything above,
+and a killed run resumes at the layer it was killed in. Tasks run in the flow's process, one after another
+(no process pool: torch workers cost more to spawn than these layers take to train). Each task names the
+one it waits on (``wait_for``), so the Prefect UI draws the chain: layer k after layer k-1, each layer's
+record after its training.
 """
 
 # No `from __future__ import annotations` here: deployments load this file by path and Prefect builds the
@@ -19,7 +22,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -35,7 +37,6 @@ from pipeline.results import LayerResult, PretrainResult
 from pipeline.tracking.runs import MlflowTracking
 from sae.stack import StackedEncoder
 
-PREFECT_RESULTS = "prefect"  # sub-directory of cache_dir holding Prefect's result and cache records
 _extra_hooks: list[PipelineHooks] = []
 
 
@@ -70,10 +71,27 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_con
                               "cache_policy": NO_CACHE, "persist_result": False}
 
 
+_preloaded: dict[str, LoadedData] = {}
+
+
+def _data_key(config: PipelineConfig) -> str:
+    return f"{config.seed}:{config.data.model_dump_json()}"
+
+
+@contextmanager
+def preloaded(config: PipelineConfig, data: LoadedData) -> Iterator[None]:
+    """Flows in the block use ``data`` (read and checked before the flow started) instead of reading again."""
+    _preloaded[_data_key(config)] = data
+    try:
+        yield
+    finally:
+        _preloaded.pop(_data_key(config), None)
+
+
 @task(name="load-data", task_run_name="load-data", **IO_RETRIES)
 def load_data_task(config: PipelineConfig) -> LoadedData:
-    """Read, validate, split and scale the data (retried: it is file I/O)."""
-    return load_data(config.data, config.seed)
+    """Read, validate, split and scale the data (retried: it is file I/O), unless the CLI already did."""
+    return _preloaded.get(_data_key(config)) or load_data(config.data, config.seed)
 
 
 @task(name="start-tracking", task_run_name="start-tracking", **IO_RETRIES)
@@ -82,11 +100,7 @@ def start_tracking_task(hooks: PipelineHooks, config: PipelineConfig, data: Load
     hooks.on_run_start(config, data)
 
 
-def _layer_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return parameters["key"]
-
-
-@task(name="train-layer", cache_key_fn=_layer_key, persist_result=True, result_serializer="json")
+@task(name="train-layer", cache_policy=NO_CACHE, persist_result=False)
 def train_layer_task(
     key: str,
     settings: ResolvedLayer,
@@ -96,13 +110,14 @@ def train_layer_task(
     cache_dir: str,
     parent_key: str | None,
     hooks: PipelineHooks,
-    reuse_files: bool,
+    reuse: bool,
 ) -> dict[str, Any]:
-    """Train layer ``settings.index`` into ``<cache_dir>/layers/<key>``; never retried (training is not I/O)."""
-    directory = layer_store.layer_dir(cache_dir, key)
-    if reuse_files and layer_store.is_complete(directory):  # trained, but killed before Prefect recorded it
+    """Train layer ``settings.index`` into ``<cache_dir>/layers/<key>`` unless ``reuse``; never retried."""
+    if reuse:
         return {"key": key, "trained": False}
-    layer_store.train_into(directory, settings, inputs, seed=seed, hooks=hooks, key=key, parent_key=parent_key)
+    directory = layer_store.layer_dir(cache_dir, key)
+    layer_store.train_into(directory, settings, inputs, seed=seed, hooks=hooks, key=key, parent_key=parent_key,
+                           replace=True)
     return {"key": key, "trained": True}
 
 
@@ -159,7 +174,7 @@ class Chain:
 
 
 class CachedLayers:
-    """The flow's layer step: a cached task per layer, keyed on the data, its settings, seed and the key below."""
+    """The flow's layer step: a task per layer, reusing sound layer-store entries (see the module docstring)."""
 
     def __init__(self, config: PipelineConfig, hooks: PipelineHooks, refresh_cache: bool, chain: Chain) -> None:
         self.chain = chain
@@ -167,30 +182,46 @@ class CachedLayers:
         self.hooks, self.refresh_cache = hooks, refresh_cache
         self.fingerprint: str | None = None
         self.parent_key: str | None = None
+        self.retrain = refresh_cache  # once a layer retrains, every layer above it does too
 
     def __call__(self, settings: ResolvedLayer, inputs: Splits, seed: int) -> LayerResult:
-        """Run (or reuse) one layer task and load its result from the layer store."""
+        """Run one layer task (training unless reusing) and load its result from the layer store."""
         assert self.fingerprint is not None, "set the input fingerprint before the first layer"
         logger = get_run_logger()
         key = layer_store.layer_cache_key(self.fingerprint, settings, seed, self.parent_key)
         directory = layer_store.layer_dir(self.cache_dir, key)
         number = settings.index + 1
-        state = train_layer_task.with_options(
-            task_run_name=f"train-layer-{number}",
-            refresh_cache=self.refresh_cache or not layer_store.is_complete(directory),  # files gone: retrain
-            result_storage=self.cache_dir / PREFECT_RESULTS,
-        )(key, settings, inputs, seed=seed, cache_dir=str(self.cache_dir), parent_key=self.parent_key,
-          hooks=self.hooks, reuse_files=not self.refresh_cache, return_state=True,
-          wait_for=self.chain.after(f"train-layer-{number - 1}" if number > 1 else "start-tracking"))
-        self.chain.states[f"train-layer-{number}"] = state
-        output = state.result()  # raises the layer's own error when it failed
-        reused = state.name == "Cached" or not output["trained"]
+        problem = None if self.retrain else layer_store.check_entry(directory)
+        if problem is not None and directory.exists():
+            logger.warning("layer %d cache entry %s is damaged (%s): retraining layer %d and the layers above",
+                           number, directory, problem, number)
+        reused = not self.retrain and problem is None
+        layer = self._run(key, settings, inputs, seed, reused) if reused else None
+        if layer is None:
+            reused, self.retrain = False, True
+            layer = self._run(key, settings, inputs, seed, False)
         if reused:
             logger.info("layer %d reused from cache %s (%s)", number, key, directory)
         else:
             logger.info("layer %d trained and stored as %s", number, key)
         self.parent_key = key
-        return layer_store.load_layer(directory, settings, reused=reused)
+        return layer
+
+    def _run(self, key: str, settings: ResolvedLayer, inputs: Splits, seed: int, reuse: bool) -> LayerResult | None:
+        """The task, then the stored layer; None when a reused entry cannot be loaded after all."""
+        number = settings.index + 1
+        self.chain.run(train_layer_task, f"train-layer-{number}", key, settings, inputs, seed=seed,
+                       cache_dir=str(self.cache_dir), parent_key=self.parent_key, hooks=self.hooks, reuse=reuse,
+                       after=(f"train-layer-{number - 1}" if number > 1 else "start-tracking",))
+        directory = layer_store.layer_dir(self.cache_dir, key)
+        try:
+            return layer_store.load_layer(directory, settings, reused=reuse)
+        except Exception as error:  # noqa: BLE001 - checksums passed, yet the files do not load: retrain
+            if not reuse:
+                raise
+            get_run_logger().warning("layer %d cache entry %s does not load (%s: %s): retraining",
+                                     settings.index + 1, directory, type(error).__name__, error)
+            return None
 
 
 def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: PipelineHooks, refresh_cache: bool

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -64,14 +65,43 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_output(out: Path, force: bool) -> None:
+    """InputError unless ``out`` can be written: absent (or ``force``) and in a writable folder."""
+    from pipeline.tracking.probe import unwritable
+
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists; pass --force to overwrite it, or choose another --out")
+    blocked = unwritable(out.parent)
+    if blocked is not None:
+        raise InputError(f"{blocked}: cannot be written, so {out} cannot be created; choose another --out")
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise InputError(f"{out}: exists and is read-only; make it writable or choose another --out")
+
+
+def _remote_model(model_uri: str) -> None:
+    """Probe the tracking server first for a models:/ or runs:/ URI; no download progress bars."""
+    from pipeline.tracking.probe import check_tracking_server, configured_uri
+
+    if model_uri.startswith(("models:/", "runs:/")):
+        check_tracking_server(configured_uri())
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
 def _export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_output(out, args.force)
+    _remote_model(args.model_uri)
+    import shutil
+
     import numpy as np
 
     from pipeline.export import check_export, export_encoder
     from pipeline.tracking.encoders import resolve_encoder
 
     encoder = resolve_encoder(args.model_uri)
-    out = export_encoder(encoder, args.format, Path(args.out))
+    if out.is_dir() and args.force:
+        shutil.rmtree(out)
+    out = export_encoder(encoder, args.format, out)
     sample = np.random.default_rng(0).normal(size=(16, encoder.d_in)).astype(np.float32)
     diff = check_export(encoder, out, args.format, sample)
     print(f"exported {args.model_uri} as {args.format} to {out} (max abs difference vs torch: {diff:.2e})")
@@ -79,6 +109,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    check_output(Path(args.out), args.force)
+    _remote_model(args.model_uri)
     from pipeline.tracking.encoders import encode_file
 
     out = encode_file(args.model_uri, Path(args.input), Path(args.out))
@@ -135,12 +167,14 @@ def build_parser(extend: Extend | None = None) -> argparse.ArgumentParser:
     p.add_argument("model_uri", help="models:/name@alias, models:/name/version, runs:/... or a local directory")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", required=True, help="output file (onnx, torchscript) or directory (safetensors)")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("encode", help="encode a data file with an encoder, writing .npy or .parquet")
     p.add_argument("model_uri", help="models:/name@alias, models:/name/version, runs:/... or a local directory")
     p.add_argument("input", help=".npy, .npz, .csv or .parquet with the training features")
     p.add_argument("--out", required=True, help="output .npy or .parquet")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     p.set_defaults(func=_encode)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the local store")
@@ -156,9 +190,13 @@ def build_parser(extend: Extend | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int:
-    """Parse, dispatch, and map errors to exit codes: 2 bad input, 1 failure during training."""
+    """Parse, dispatch, and map errors to exit codes: 2 bad input, 1 failure, 130/143 SIGINT/SIGTERM."""
+    from pipeline import interrupts
+    from pipeline.tracking.probe import bound_http_retries
+
     parser = build_parser(extend)
     args = parser.parse_args(argv)
+    bound_http_retries()
     try:
         return int(args.func(args))
     except InputError as error:
@@ -166,14 +204,39 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+    except (KeyboardInterrupt, SystemExit) as error:
+        # Lightning answers a KeyboardInterrupt inside fit with SystemExit(1): that is an interruption too.
+        if isinstance(error, SystemExit) and interrupts.signal_of(error) is None and not _from_lightning(error):
+            raise
+        return _interrupted(error, args.debug)
     except Exception as error:  # noqa: BLE001 - the CLI boundary: one line, the traceback only with --debug
         if args.debug:
             traceback.print_exc()
         print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except BaseException as error:  # an orchestrator's own signal exception (Prefect's TerminationSignal)
+        if interrupts.signal_of(error) is None:
+            raise
+        return _interrupted(error, args.debug)
+
+
+def _interrupted(error: BaseException, debug: bool) -> int:
+    """One line for a run stopped by SIGINT/SIGTERM; the shell's exit status for that signal."""
+    from pipeline import interrupts
+
+    if debug:
+        traceback.print_exception(error)
+    signum = interrupts.signal_of(error) or signal.SIGINT
+    name, status = ("SIGTERM", "FAILED") if signum == signal.SIGTERM else ("SIGINT", "KILLED")
+    print(f"interrupted ({name}): the run stopped; its MLflow run is marked {status} and finished layers "
+          "stay cached, so the next run resumes", file=sys.stderr)
+    return interrupts.exit_status(signum)
+
+
+def _from_lightning(error: SystemExit) -> bool:
+    """True for the SystemExit(1) Lightning raises after catching a KeyboardInterrupt."""
+    context = error.__context__
+    return error.code == 1 and isinstance(context, KeyboardInterrupt)
 
 
 if __name__ == "__main__":

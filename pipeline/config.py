@@ -262,9 +262,15 @@ class PipelineConfig(_Section):
             shipped = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
             raise InputError(f"config file {path}: not found; give an existing YAML file (examples: {shipped} in {CONFIG_DIR})")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise InputError(f"config file {path}: not UTF-8 text (byte {error.start}: {error.reason}); save it "
+                             "as UTF-8") from None
         except yaml.YAMLError as error:
-            raise InputError(f"config file {path}: invalid YAML ({error}); fix the syntax") from None
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(error, "problem", None) or " ".join(str(error).split())
+            raise InputError(f"config file {path}: invalid YAML{where} ({what}); fix the syntax") from None
         if not isinstance(data, dict):
             raise InputError(f"config file {path}: expected a mapping of sections (name, data, layers, ...), "
                              f"got {type(data).__name__}; see {CONFIG_DIR / 'digits.yaml'}")

@@ -4,11 +4,13 @@ A layer lives in ``<cache_dir>/layers/<key>/``: ``config.json`` (SAEConfig, reso
 test metrics), ``model.safetensors`` (weights, plus ``rho_hat`` when measured), ``history.json`` (per-epoch
 metrics) and ``train_codes.npy``/``val_codes.npy``/``test_codes.npy`` (its codes, the next layer's inputs). A layer is trained
 into a ``<key>.partial-<host>-<pid>`` sibling and renamed into place, so a run killed mid-layer leaves no directory
-that looks complete.
+that looks complete. ``checksums.json`` (sha256 and size of every other file) is written last, atomically:
+an entry without it, or whose files do not match it, is not used (``check_entry`` says why) and retrains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,7 +37,9 @@ CACHE_VERSION = 2  # bump when the on-disk layout or the training code changes w
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 CODE_FILES = tuple(f"{split}_codes.npy" for split in SPLITS)
 FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)
+CHECKSUMS_FILE = "checksums.json"  # written last: its presence and contents vouch for the files above
 PARTIAL = ".partial-"  # <key>.partial-<host>-<pid>: a layer being trained
+REPLACED = ".replaced-"  # <key>.replaced-<host>-<pid>: an entry being swapped out for a fresh one
 RHO_HAT = "rho_hat"  # extra tensor in model.safetensors, not part of the state dict
 
 
@@ -67,8 +71,50 @@ def layer_dir(cache_dir: str | Path, key: str) -> Path:
 
 
 def is_complete(directory: Path) -> bool:
-    """True when every file of a trained layer is present."""
-    return directory.is_dir() and all((directory / name).is_file() for name in FILES)
+    """True when every file of a trained layer is present and matches ``checksums.json``."""
+    return check_entry(directory) is None
+
+
+def check_entry(directory: Path) -> str | None:
+    """None for a sound entry, else what is wrong with it (missing, incomplete, truncated or altered file)."""
+    if not directory.is_dir():
+        return "no such entry"
+    try:
+        recorded = json.loads((directory / CHECKSUMS_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"{CHECKSUMS_FILE} missing (the entry was never finished)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{CHECKSUMS_FILE} unreadable ({type(error).__name__})"
+    for name in FILES:
+        path, expected = directory / name, recorded.get(name) if isinstance(recorded, dict) else None
+        if not isinstance(expected, dict) or not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != expected.get("bytes"):
+            return f"{name} has {path.stat().st_size} bytes, {expected.get('bytes')} recorded (truncated or replaced)"
+        if file_sha256(path) != expected.get("sha256"):
+            return f"{name} does not match its recorded sha256 (altered)"
+    return None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record sha256 and size of every file of the entry, atomically (temporary file, then rename)."""
+    files = {name: {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+             for name in FILES}
+    tmp = directory / f".{CHECKSUMS_FILE}.tmp"
+    with tmp.open("w") as f:
+        json.dump({"version": CACHE_VERSION, "files": files}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / CHECKSUMS_FILE)
 
 
 def train_into(
@@ -80,37 +126,57 @@ def train_into(
     hooks: PipelineHooks | None = None,
     key: str = "",
     parent_key: str | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Train one layer and write it to ``directory`` atomically (partial sibling, then rename)."""
+    """Train one layer and write it to ``directory`` atomically (partial sibling, then rename).
+
+    An existing sound entry (a concurrent run stored the same key first) is kept unless ``replace``; an
+    unsound one is always replaced.
+    """
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(directory)
-    partial = directory.with_name(f"{directory.name}{PARTIAL}{socket.gethostname()}-{os.getpid()}")
+    partial = _sibling(directory, PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)  # a dead run that had our pid
     partial.mkdir()
     try:
         result = train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=partial)
         save_layer(partial, result, key=key, parent_key=parent_key, seed=seed)
-        if directory.exists() and not is_complete(directory):  # a file deleted by hand: replace the rest
-            shutil.rmtree(directory)
-        try:
-            partial.rename(directory)
-        except OSError:
-            if not is_complete(directory):
-                raise
-            shutil.rmtree(partial)  # a concurrent run stored the same key first; same key, same weights
+        write_checksums(partial)
+        _install(partial, directory, replace)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return directory
 
 
+def _sibling(directory: Path, kind: str) -> Path:
+    return directory.with_name(f"{directory.name}{kind}{socket.gethostname()}-{os.getpid()}")
+
+
+def _install(partial: Path, directory: Path, replace: bool) -> None:
+    """Rename ``partial`` to ``directory``, moving an existing entry aside first when it must go."""
+    if directory.exists() and (replace or not is_complete(directory)):
+        old = _sibling(directory, REPLACED)
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # a concurrent run moved it first
+            directory.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        partial.rename(directory)
+    except OSError:
+        if not is_complete(directory):
+            raise
+        shutil.rmtree(partial)  # a concurrent run stored the same key first; same key, same weights
+
+
 def _remove_stale_partials(directory: Path) -> None:
     """Delete partial directories of ``directory`` left by killed runs on this host (not live ones)."""
-    prefix = f"{directory.name}{PARTIAL}{socket.gethostname()}-"
-    for stale in directory.parent.glob(f"{prefix}*"):
-        pid = stale.name.removeprefix(prefix)
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    for kind in (PARTIAL, REPLACED):
+        prefix = f"{directory.name}{kind}{socket.gethostname()}-"
+        for stale in directory.parent.glob(f"{prefix}*"):
+            pid = stale.name.removeprefix(prefix)
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -151,7 +217,8 @@ def save_layer(directory: Path, result: LayerResult, *, key: str = "", parent_ke
 
 def _load_codes(path: Path) -> np.ndarray:
     """Small code arrays in memory (as the plain pipeline keeps them), large ones memory-mapped."""
-    return np.load(path, mmap_mode="r") if path.stat().st_size > MEMMAP_BYTES else np.load(path)
+    large = path.stat().st_size > MEMMAP_BYTES
+    return np.load(path, mmap_mode="r" if large else None, allow_pickle=False)
 
 
 def load_layer(directory: Path, settings: ResolvedLayer, *, reused: bool = False) -> LayerResult:

@@ -44,5 +44,5 @@ def encode_in_chunks(
     if out_path is not None:
         out.flush()
         del out  # unmapped before the read-only view of the same file is opened
-        return np.load(out_path, mmap_mode="r")
+        return np.load(out_path, mmap_mode="r", allow_pickle=False)
     return out

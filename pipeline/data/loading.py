@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.data.builtin import BUILTIN_DATASETS, load_builtin
-from pipeline.data.readers import CHUNK_ROWS, SUPPORTED_SUFFIXES, Labels, read_array_file
+from pipeline.data.paths import source_path
+from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
 from pipeline.data.scaling import column_range, fit_scaling, transform_in_chunks
 from pipeline.errors import InputError
 from sae.batches import row_chunks
@@ -21,6 +21,7 @@ from sae.scaling import Scaling
 if TYPE_CHECKING:
     from pipeline.config import DataConfig
 
+MAX_SCALED = 1e18  # float32 squares of scaled values must stay finite (max ~3.4e38)
 LARGE_FILE_BYTES = 256 * 2**20  # a .npy file above this stays memory-mapped and is split contiguously
 
 
@@ -85,10 +86,8 @@ def _read_source(data: DataConfig, source: str, field_name: str, seed: int) -> t
         X, y = load_builtin(source, seed)
         names = [f"pixel_{i // 8}_{i % 8}" for i in range(X.shape[1])]
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise InputError(f"{field_name}={source!r}: no such file ({path.resolve()}); give a "
-                             f"{'/'.join(SUPPORTED_SUFFIXES)} file or a built-in data set: {', '.join(BUILTIN_DATASETS)}")
+        path = source_path(source, field_name)
+        assert path is not None
         X, y, names = read_array_file(path, data.features, data.labels)
         if isinstance(X, np.memmap) and path.stat().st_size <= LARGE_FILE_BYTES:
             X = np.asarray(X, dtype=np.float32)  # small enough to read; a cap below reads only the kept rows
@@ -161,6 +160,8 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         X, y, X_test, y_test = _split(data.source, X, y, data.test_fraction, "test_fraction", seed)
     # Validation comes out of the training part: nothing that chooses ever sees the test rows.
     X_train, y_train, X_val, y_val = _split(data.source, X, y, data.validation_fraction, "validation_fraction", seed)
+    scaling = fit_scaling(X_train, data.scale)
+    _check_scaled_range(data, scaling, [X_train, X_val, X_test], names)
     return LoadedData(
         X_train=X_train,
         y_train=y_train,
@@ -171,5 +172,22 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         feature_names=names,
         source=data.source,
         fingerprint=fingerprint(X_train, y_train, X_val, y_val, X_test, y_test),
-        scaling=fit_scaling(X_train, data.scale),
+        scaling=scaling,
     )
+
+
+def _check_scaled_range(data: DataConfig, scaling: Scaling, splits: list[np.ndarray], names: list[str]) -> None:
+    """InputError naming the first column whose scaled values overflow float32 arithmetic (their squares)."""
+    shift, factor = scaling.shift.astype(np.float64), scaling.factor.astype(np.float64)
+    for X in splits:
+        lo, hi = column_range(X)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = np.maximum(np.abs((lo - shift) * factor), np.abs((hi - shift) * factor)) + scaling.offset
+        bad = np.flatnonzero(~(scaled <= MAX_SCALED))
+        if bad.size:
+            j = int(bad[0])
+            raise InputError(
+                f"{data.source}: column {names[j]!r} reaches {max(abs(lo[j]), abs(hi[j])):.3g}, which is "
+                f"{scaled[j]:.3g} after data.scale={data.scale} and overflows float32 in training; "
+                "rescale or drop that column, or use data.scale: standard"
+            )

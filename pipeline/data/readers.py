@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.data.paths import SUPPORTED_SUFFIXES
 from pipeline.errors import InputError
 from sae.batches import row_chunks
 
-SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 CHUNK_ROWS = 65_536
 NPZ_FEATURE_KEYS = ("X", "x", "data")
 Labels = np.ndarray | None
@@ -24,6 +24,8 @@ def read_array_file(
 ) -> tuple[np.ndarray, Labels, list[str]]:
     """(X (n, d), labels or None, feature names) from .npy (memory-mapped), .npz, .csv or .parquet, validated."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give one {'/'.join(SUPPORTED_SUFFIXES)} file")
     if not path.is_file():
         raise InputError(f"{path}: file not found; check the path (relative paths start at {Path.cwd()})")
     suffix = path.suffix.lower()
@@ -32,7 +34,7 @@ def read_array_file(
             raise InputError(f"{path}: a .npy file holds one array, so features/labels do not apply; "
                              "remove them, or save an .npz with a labels key")
         try:
-            X = np.load(path, mmap_mode="r")
+            X = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as error:
             raise InputError(f"{path}: not a readable numeric .npy file ({error}); save it with np.save") from None
         y, names = None, None
@@ -56,7 +58,7 @@ def read_array_file(
 
 def _read_npz(path: Path, features: Any, labels: str | None) -> tuple[np.ndarray, Labels]:
     try:
-        archive = np.load(path)
+        archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise InputError(f"{path}: not a readable .npz archive ({error}); save it with np.savez") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import tempfile
 import time
 import traceback
@@ -28,10 +29,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from pipeline import interrupts
 from pipeline.hooks import PipelineHooks
 from pipeline.results import TrackedRun
 from pipeline.tracking import describe, registry, run_files, store, versions
 from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
+KILLED = RunStatus.to_string(RunStatus.KILLED)
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens "custom_model_development" experiments on their runs
 MODEL_TRAINING = "custom_model_development"
@@ -98,10 +102,12 @@ class MlflowTracking(PipelineHooks):
         commit = git_commit()
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
             self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
+            close_stale_runs(self.client, self.experiment_id)
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             self.run_name = self.requested_name or default_run_name(config)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint),
                     MLFLOW_RUN_NOTE: self._linked(describe.start_description(config, str(data.source), self.overrides))}
+            tags |= process_tags()
             tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.run_tags
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
             self.run_id, self.ended, self.children, self.lightning_logged = run.info.run_id, False, {}, set()
@@ -155,24 +161,27 @@ class MlflowTracking(PipelineHooks):
         self._restore_uri()
 
     def on_run_failed(self, error: BaseException) -> None:
-        """Mark open child runs and the parent FAILED with the error as a tag and ``error.txt``."""
+        """Mark open child runs and the parent FAILED (KILLED after Ctrl-C) with the error as a tag and ``error.txt``."""
         try:
             if self.run_id is None or self.ended:
                 return
-            tags = [RunTag("error", f"{type(error).__name__}: {error}"[:5000])]
+            signum = interrupts.signal_of(error)
+            status = KILLED if signum == signal.SIGINT else FAILED
+            message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
+            tags = [RunTag("error", message[:5000])]
             for name, run_id in list(self.children.items()):
                 self.client.log_batch(run_id, tags=tags)
-                self._end(name, FAILED)
-            interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+                self._end(name, status)
+            interrupted = signum is not None or isinstance(error, KeyboardInterrupt | SystemExit)
             tags.append(RunTag("sae.interrupted", str(interrupted).lower()))
             if self.config is not None and self.data is not None:
                 note = describe.failed_description(self.config, str(self.data.source), self.overrides, error)
                 tags.append(RunTag(MLFLOW_RUN_NOTE, self._linked(note)))
             self.client.log_batch(self.run_id, tags=tags)
+            self.client.set_terminated(self.run_id, status)  # before the artifact: that needs a writable store
+            self.ended = True
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.client.log_text(self.run_id, trace, "error.txt")
-            self.client.set_terminated(self.run_id, FAILED)
-            self.ended = True
         except Exception as problem:  # noqa: BLE001 - never hide the pipeline's own error behind ours
             log.warning("could not record the failure in MLflow: %s", problem)
         finally:

@@ -1,6 +1,7 @@
 """The layer store: cache keys that change with everything that changes weights, and a safe on-disk layout."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
@@ -74,7 +75,7 @@ def test_input_fingerprint_covers_the_scaling(setup):
 
 def test_a_stored_layer_loads_back_bit_for_bit_without_pickle(stored):
     directory, settings, data, key = stored
-    assert sorted(p.name for p in directory.iterdir()) == sorted(layer_store.FILES)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*layer_store.FILES, layer_store.CHECKSUMS_FILE])
     assert layer_store.is_complete(directory)
     layer = layer_store.load_layer(directory, settings, reused=True)
     assert layer.reused and layer.index == 0 and layer.model.config.d_hidden == 12
@@ -122,3 +123,70 @@ def test_a_failing_layer_leaves_nothing_and_dead_partials_are_cleared(setup, tmp
         layer_store.train_into(directory, settings, data.scaled(), seed=0, hooks=Probe())
     assert Probe.seen == [False]
     assert list(tmp_path.joinpath("layers").iterdir()) == []
+
+
+def _garbage_weights(directory):
+    """Valid safetensors with the right names and shapes, but other values."""
+    tensors = load_file(str(directory / "model.safetensors"))
+    save_file({k: torch.full_like(v, 0.5) for k, v in tensors.items()}, str(directory / "model.safetensors"))
+
+
+def _truncate(name):
+    def damage(directory):
+        path = directory / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return damage
+
+
+TAMPERING = {
+    "garbage weights": (_garbage_weights, "model.safetensors does not match its recorded sha256"),
+    "truncated weights": (_truncate("model.safetensors"), "model.safetensors has"),
+    "truncated codes": (_truncate("val_codes.npy"), "val_codes.npy has"),
+    "empty config": (lambda d: (d / "config.json").write_text(""), "config.json has 0 bytes"),
+    "missing file": (lambda d: (d / "history.json").unlink(), "history.json missing"),
+    "missing checksums": (lambda d: (d / "checksums.json").unlink(), "checksums.json missing"),
+    "garbage checksums": (lambda d: (d / "checksums.json").write_text("{"), "checksums.json unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_a_damaged_entry_is_reported_with_what_is_wrong(stored, tmp_path, case):
+    directory, *_ = stored
+    copy = tmp_path / directory.name
+    shutil.copytree(directory, copy)
+    assert layer_store.check_entry(copy) is None
+    damage, problem = TAMPERING[case]
+    damage(copy)
+    assert problem in layer_store.check_entry(copy)
+    assert not layer_store.is_complete(copy)
+
+
+def test_checksums_are_written_last_and_cover_every_file(stored):
+    directory, *_ = stored
+    recorded = json.loads((directory / "checksums.json").read_text())["files"]
+    assert set(recorded) == set(layer_store.FILES)
+    latest = max((directory / name).stat().st_mtime_ns for name in layer_store.FILES)
+    assert (directory / "checksums.json").stat().st_mtime_ns >= latest
+    assert recorded["model.safetensors"]["sha256"] == layer_store.file_sha256(directory / "model.safetensors")
+
+
+def test_replace_swaps_a_damaged_entry_for_the_fresh_one(stored, setup, tmp_path):
+    directory, settings, data, key = stored
+    copy = layer_store.layer_dir(tmp_path, directory.name)
+    shutil.copytree(directory, copy)
+    _garbage_weights(copy)
+    layer_store.train_into(copy, settings, data.scaled(), seed=0, key=key, replace=True)
+    assert layer_store.check_entry(copy) is None
+    fresh = load_file(str(copy / "model.safetensors"))
+    assert not torch.all(fresh["encoder.weight"] == 0.5)
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no partial or replaced sibling left
+
+
+def test_without_replace_a_sound_entry_stored_first_is_kept(stored, tmp_path):
+    directory, settings, data, key = stored
+    copy = layer_store.layer_dir(tmp_path, directory.name)
+    shutil.copytree(directory, copy)
+    before = (copy / "checksums.json").read_bytes()
+    layer_store.train_into(copy, settings, data.scaled(), seed=0, key=key)  # a concurrent run's twin
+    assert (copy / "checksums.json").read_bytes() == before
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]

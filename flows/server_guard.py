@@ -1,0 +1,82 @@
+"""Prefect's temporary API server, started so that it never outlives the run that started it.
+
+Prefect starts it as a child in our process group: Ctrl-C reaches it too (the run then hangs reporting to a
+dead server), and a SIGKILLed run leaves it listening forever. Here it gets its own session, and a small
+watchdog process ends that session as soon as the run's process is gone, however it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+WATCHDOG = """
+import os, signal, sys, time
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+while alive(server):
+    if not alive(parent):
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+            try:
+                os.killpg(server, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + wait
+            while time.monotonic() < end and alive(server):
+                time.sleep(0.1)
+        break
+    time.sleep(0.5)
+"""
+
+
+class _OwnSession:
+    """``subprocess`` for Prefect's server module, starting its children in a new session."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - stands in for subprocess.Popen
+        process = subprocess.Popen(*args, start_new_session=True, **kwargs)
+        watch(os.getpid(), process.pid)
+        return process
+
+
+def watch(parent: int, server: int) -> subprocess.Popen:
+    """Start a detached watchdog that ends ``server``'s session once ``parent`` has exited."""
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(parent), str(server)], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True)
+
+
+def guard_temporary_server() -> None:
+    """Make every temporary Prefect server this process starts watched and signal-isolated (idempotent)."""
+    from prefect.server.api import server as server_module
+
+    if not isinstance(server_module.subprocess, _OwnSession):
+        server_module.subprocess = _OwnSession()  # type: ignore[assignment]
+
+
+class _NoTraceback(logging.Filter):
+    """Drop the traceback from a record (the CLI prints the error in one line; --debug shows it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Prefect's console handlers print task and flow errors without their tracebacks (the API keeps them)."""
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("prefect").handlers]:
+        if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _NoTraceback) for f in handler.filters):
+            handler.addFilter(_NoTraceback())

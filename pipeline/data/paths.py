@@ -1,0 +1,27 @@
+"""Where a configured data source points, checked without reading it (no pandas, sklearn or torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.builtin import BUILTIN_DATASETS
+from pipeline.errors import InputError
+
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+
+
+def source_path(source: str, field_name: str) -> Path | None:
+    """The file ``source`` names (None for a built-in); InputError when it is missing, a folder or unsupported."""
+    if source in BUILTIN_DATASETS:
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise InputError(f"{field_name}={source!r} is a directory ({path.resolve()}); give one "
+                         f"{'/'.join(SUPPORTED_SUFFIXES)} file inside it")
+    if not path.is_file():
+        raise InputError(f"{field_name}={source!r}: no such file ({path.resolve()}); give a "
+                         f"{'/'.join(SUPPORTED_SUFFIXES)} file or a built-in data set: {', '.join(BUILTIN_DATASETS)}")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise InputError(f"{field_name}={source!r}: unsupported file type {path.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return path

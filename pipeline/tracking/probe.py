@@ -1,0 +1,110 @@
+"""Before any work starts: is the configured MLflow server there, and is the local store usable?
+
+Probing costs one HTTP request with a short timeout; without it an unreachable server surfaces minutes later
+from deep inside a run (MLflow retries each request with back-off). ``bound_http_retries`` caps those
+retries for the rest of the process too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pipeline.errors import InputError
+
+PROBE_SECONDS = 3.0
+# MLflow's defaults (7 retries, back-off factor 2, 120 s timeout) turn one dead server into a 13-minute wait.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+SCHEMA_TRIES = 5
+
+
+def bound_http_retries() -> None:
+    """Cap MLflow's HTTP retries and timeout for this process (values the user exported win)."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
+def configured_uri(configured: str | None = None) -> str | None:
+    """The tracking URI a run would use, as configured (None: the local default store)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def check_tracking_server(uri: str | None, timeout: float = PROBE_SECONDS) -> None:
+    """InputError unless an http(s) tracking ``uri`` answers within ``timeout``; other stores pass."""
+    if not uri or urlparse(uri).scheme not in ("http", "https"):
+        return
+    import urllib.error  # here, not at the top: every command imports this module, few probe
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered (an auth proxy, an older server without /health): MLflow will tell
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise InputError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it (`sae-pipeline servers start`) "
+            "or set tracking_uri / MLFLOW_TRACKING_URI to a running server (unset both for the local "
+            "sqlite store)"
+        ) from None
+
+
+def check_local_store(uri: str, artifact_dir: Path) -> None:
+    """InputError when a sqlite store's database or artifact folder cannot be written."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    for folder in (db.parent, artifact_dir):
+        blocked = unwritable(folder)
+        if blocked is not None:
+            raise InputError(f"{blocked}: cannot be written, so MLflow cannot record the run in {folder}; fix the "
+                             "permissions (or remove the file in the way) or set tracking_uri to another "
+                             "sqlite:/// file")
+
+
+def unwritable(folder: Path) -> Path | None:
+    """None when files can be created in ``folder`` (or in the nearest existing folder above it); else the culprit."""
+    path = folder.resolve()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return path  # a file where a folder must go
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return None
+    except OSError:
+        return path
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+        return None
+    return Path(unquote(parsed.path))
+
+
+def create_schema_once(uri: str) -> None:
+    """Create (or migrate) a sqlite store's tables under a file lock, so two first runs do not race on it."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+                return
+            except Exception:  # noqa: BLE001 - another process without our lock may be migrating: retry
+                if attempt == SCHEMA_TRIES - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
