@@ -7,19 +7,24 @@ are the same for both.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.codes import encode_in_chunks
 from pipeline.data.loading import LoadedData, Splits, load_data
+from pipeline.data.scaling import fit_scaling, transform_in_chunks
 from pipeline.evaluate import layer_test_metrics, probe_accuracies
-from pipeline.finetune import FinetuneResult, finetune_stack
+from pipeline.finetune import FinetuneResult, choose_encoder, finetune_stack
 from pipeline.hooks import PipelineHooks
 from pipeline.results import LayerResult, PretrainResult
 from sae import SAEConfig, SparseAutoencoder, train_autoencoder
+from sae.scaling import Scaling
 from sae.stack import StackedEncoder
 
 SPLITS = ("train", "val", "test")
@@ -33,6 +38,29 @@ def sae_config(settings: ResolvedLayer, d_in: int) -> SAEConfig:
 def layer_seed(config: PipelineConfig, settings: ResolvedLayer) -> int:
     """The seed layer ``settings.index`` trains with (init, shuffling, noise)."""
     return config.seed + settings.index
+
+
+def code_scaling(settings: ResolvedLayer, codes_below: Splits) -> Scaling:
+    """The scaling layer ``settings.index`` (> 0) applies to the codes below, fitted on their training split."""
+    return fit_scaling(codes_below.train, settings.code_scaling)
+
+
+def scale_codes(scaling: Scaling, codes: Splits) -> Splits:
+    """Every split through ``scaling``; memory-mapped codes go to new memory-mapped files."""
+    if scaling.kind == "none":
+        return codes
+    out_dir = Path(tempfile.mkdtemp(prefix="sae-codes-")) if isinstance(codes.train, np.memmap) else None
+    # The files may be unlinked once mapped (POSIX keeps the pages); the directory is left for the OS's tmp cleanup.
+    return Splits(*(transform_in_chunks(scaling, x, out_dir and out_dir / f"{split}.npy")
+                    for split, x in zip(SPLITS, codes, strict=True)))
+
+
+def layer_inputs(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> Splits:
+    """What the next layer trains on: the scaled data, or the codes of the top layer so far, rescaled."""
+    if not layers:
+        return data.scaled()
+    settings = config.layer_settings(len(layers))
+    return scale_codes(code_scaling(settings, layers[-1].codes), layers[-1].codes)
 
 
 def train_layer(
@@ -98,23 +126,12 @@ def stack_and_evaluate(
         [layer.model for layer in layers],
         meta={"name": config.name, "source": data.source, "fingerprint": data.fingerprint,
               "feature_names": list(data.feature_names)},
+        code_scalings=[code_scaling(above.settings, below.codes) for below, above in zip(layers, layers[1:], strict=False)],
     )
     finetuned: FinetuneResult | None = None
     if data.y_train is not None and config.finetune.epochs > 0:
-        finetuned = finetune_stack(
-            encoder,
-            data.X_train,
-            data.y_train,
-            data.X_test,
-            data.y_test,
-            epochs=config.finetune.epochs,
-            lr=config.finetune.lr,
-            batch_size=config.finetune.batch_size,
-            weight_decay=config.finetune.weight_decay,
-            softmax_iterations=config.finetune.softmax_iterations,
-            seed=config.seed,
-            logger=hooks.finetune_logger(),
-        )
+        finetuned = finetune_stack(encoder, data, config.finetune, seed=config.seed,
+                                   trainer_options=config.trainer.model_dump(), logger=hooks.finetune_logger())
         hooks.on_finetune_end(finetuned)
     probes = probe_accuracies(data, layers, seed=config.seed) if data.y_train is not None else {}
     result = PretrainResult(
@@ -125,6 +142,7 @@ def stack_and_evaluate(
         finetuned=finetuned,
         probes=probes,
         seconds=time.perf_counter() - started,
+        encoder_choice=choose_encoder(config.register.encoder, finetuned),
     )
     hooks.on_run_end(result)
     return result
@@ -165,12 +183,11 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
     try:
         data = steps.load(config)
         steps.start(config, data)
-        inputs, layers = data.scaled(), []
+        layers: list[LayerResult] = []
         for settings in config.resolved_layers():
-            layer = steps.layer(settings, inputs, layer_seed(config, settings))
+            layer = steps.layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings))
             steps.record(layer)
             layers.append(layer)
-            inputs = layer.codes
         return steps.finish(config, data, layers, started)
     except BaseException as error:
         hooks.on_run_failed(error)

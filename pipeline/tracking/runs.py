@@ -107,7 +107,9 @@ class MlflowTracking(PipelineHooks):
             infos["encoder-finetuned"] = log_encoder_model(
                 result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
                 input_example=example, tags={"kind": "finetuned"})
-        chosen = "encoder-finetuned" if result.finetuned is not None else "encoder"
+        kind, why = result.encoder_choice  # register.encoder, decided on validation accuracy
+        chosen = "encoder-finetuned" if kind == "finetuned" and "encoder-finetuned" in infos else "encoder"
+        self.client.set_tag(self.run_id, "sae.registered_encoder", f"{chosen}: {why}")
         tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
                              model_uri=infos[chosen].model_uri,
                              logged_models={k: v.model_uri for k, v in infos.items()})
@@ -116,7 +118,8 @@ class MlflowTracking(PipelineHooks):
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=infos[chosen].model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), metrics=metrics,
-                alias=self.config.register.alias, model_id=infos[chosen].model_id, extra_tags={"kind": chosen})
+                alias=self.config.register.alias, model_id=infos[chosen].model_id,
+                extra_tags={"kind": chosen, "encoder_choice": why})
             tracked.registration, tracked.model_uri = reg, reg.model_uri
             self.client.set_tag(self.run_id, "sae.registration", f"version {reg.model_version} @{reg.alias}: {reg.reason}")
         result.tracked = tracked
@@ -194,8 +197,10 @@ class MlflowTracking(PipelineHooks):
             return
         run_id = self._child("finetune", self.config.finetune)
         history = [] if "finetune" in self.lightning_logged else result.history
-        end = {"epoch": len(result.history), "accuracy_before": result.accuracy_before,
-               "accuracy_after": result.accuracy_after, "seconds": result.seconds}
+        end = {"epoch": len(result.history), "val_accuracy_before": result.val_accuracy_before,
+               "val_accuracy_after": result.val_accuracy_after, "test_accuracy_before": result.test_accuracy_before,
+               "test_accuracy_after": result.test_accuracy_after, "seconds": result.seconds,
+               "best_epoch": -1 if result.best_epoch is None else result.best_epoch}
         self._log_batch(run_id, _metrics([*history, end]))
         self._end("finetune", FINISHED)
 
