@@ -109,12 +109,14 @@ def finetune_stack(
     module = ClassifierModule(model, lr=settings.lr, weight_decay=settings.weight_decay,
                               validation=(X_val, torch.from_numpy(y_val).to(device)), start_accuracy=val_before)
     if settings.epochs > 0:
-        batches = ShuffledBatches(X, settings.batch_size, seed=seed, labels=labels)
+        # Slices of a shuffled index on the device, several optimizer steps per Lightning batch (as layers train).
+        loader = SizedLoader(ShuffledBatches(X, settings.batch_size, seed=seed, labels=labels),
+                             group=STEPS_PER_LIGHTNING_BATCH)
         trainer = quiet_trainer(
-            settings.epochs, n_batches=len(batches), logger=logger, accelerator="gpu" if device.type == "cuda" else "cpu",
+            settings.epochs, n_batches=len(loader), logger=logger, accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=1, precision=options.get("precision", "32-true"),
         )
-        trainer.fit(module, train_dataloaders=SizedLoader(batches, group=STEPS_PER_LIGHTNING_BATCH))
+        trainer.fit(module, train_dataloaders=loader)
     model.load_state_dict(module.best_state)  # the best epoch by validation, or the start
     test_after = accuracy(model, data.X_test, y_test) if module.best_epoch is not None else test_before
     model = model.cpu()

@@ -85,8 +85,9 @@ def test_fine_tuning_runs_on_the_trainers_accelerator_in_batched_multi_step_form
                             trainer_options={"accelerator": "cpu", "precision": "64-true"})
     assert seen["accelerator"] == "cpu" and seen["devices"] == 1 and seen["precision"] == "64-true"
     assert result.device == "cpu"
-    # 8 optimizer steps per Lightning batch, as in layer training: n_batches counts mini-batches.
-    assert seen["n_batches"] == int(np.ceil(data.X_train.shape[0] / 64))
+    # 8 optimizer steps per Lightning batch, as in layer training.
+    assert seen["n_batches"] == int(np.ceil(np.ceil(data.X_train.shape[0] / 64) / 8))
+    assert len(result.history) == 1
 
 
 def test_the_fine_tuning_device_follows_the_accelerator(monkeypatch):

@@ -101,14 +101,16 @@ def test_children_log_one_point_per_epoch_for_every_objective_term(run):
     assert "test_mse" in layer1.data.metrics
     finetune = children(client, parent)["finetune"]
     assert len(client.get_metric_history(finetune.info.run_id, "loss")) == 2
-    assert finetune.data.metrics["accuracy_after"] == result.finetuned.accuracy_after
+    assert finetune.data.metrics["test_accuracy_after"] == result.finetuned.test_accuracy_after
+    assert finetune.data.metrics["val_accuracy_after"] == result.finetuned.val_accuracy_after
 
 
 def test_parent_metrics_hold_probe_and_finetune_accuracies_and_wall_time(run):
     result, _, parent = run
     metrics = parent.data.metrics
     for key in ("probe_accuracy.raw", "probe_accuracy.layer_1", "probe_accuracy.layer_2",
-                "finetune.accuracy_before", "finetune.accuracy_after", "seconds"):
+                "finetune.test_accuracy_before", "finetune.test_accuracy_after", "finetune.val_accuracy_after",
+                "encoder.test_accuracy", "layer_1.val_loss", "layer_1.test_loss", "seconds"):
         assert metrics[key] == pytest.approx(result.metrics()[key]), key
 
 
@@ -144,22 +146,26 @@ def test_the_data_set_is_a_dataset_input_with_digest_and_schema(run):
     assert len({d.digest for d in inputs.values()}) == 3  # each split carries its own digest
 
 
-def test_the_finetuned_encoder_is_registered_as_champion_with_metric_and_run_tags(run):
+def test_the_chosen_encoder_is_registered_as_champion_with_metric_run_and_reason_tags(run):
     result, client, parent = run
     reg = result.tracked.registration
     assert reg.alias == "champion" and result.tracked.model_uri == "models:/tracked-encoder@champion"
     version = client.get_model_version_by_alias("tracked-encoder", "champion")
     assert str(version.version) == reg.model_version
-    assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
-    assert float(version.tags["metric.finetune.accuracy_after"]) == result.finetuned.accuracy_after
-    assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
+    kind, why = result.encoder_choice  # register.encoder=best, decided on validation accuracy
+    assert version.tags["run_id"] == parent.info.run_id
+    assert version.tags["kind"] == ("encoder-finetuned" if kind == "finetuned" else "encoder")
+    assert version.tags["encoder_choice"] == why and "register.encoder=best" in why
+    assert parent.data.tags["sae.registered_encoder"].endswith(why)
+    assert float(version.tags["metric.finetune.test_accuracy_after"]) == result.finetuned.test_accuracy_after
+    assert float(version.tags["headline.value"]) == result.headline()[1]
 
 
 def test_the_registered_model_loads_three_ways_and_agrees_with_the_encoder(run, store, tmp_path):
     result, _, _ = run
     uri, _ = store
     X = result.data.X_test[:50]
-    expected = result.finetuned.encoder.transform(X)
+    expected = result.registered_encoder.transform(X)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tracked-encoder@champion")
     np.testing.assert_allclose(model.predict(np.asarray(X, np.float64)), expected, atol=1e-6)
