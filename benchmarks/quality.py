@@ -91,8 +91,8 @@ def registered_probe(result: PretrainResult) -> float:
 
 
 def checks(name: str, result: PretrainResult, registered: float | None) -> list[tuple[str, float, float]]:
-    """(target, measured, bar) for this data set; measured >= bar passes."""
-    out = [(f"layer {layer.index + 1} test FVU < 1 (shown as 1 - FVU > 0)", 1 - layer.test_metrics["fvu"], 0.0)
+    """(target, measured, bar) for this data set; measured >= bar passes (FVU is negated: -FVU > -1)."""
+    out = [(f"layer {layer.index + 1} test FVU < 1 (negated)", -layer.test_metrics["fvu"], -1.0)
            for layer in result.layers]
     p, top = result.probes, f"layer_{len(result.layers)}"
     if not p:
@@ -136,7 +136,8 @@ def report(name: str, result: PretrainResult, seconds: float, baselines: list[tu
         print(f"\nregistered: {kind} ({why})")
     print()
     for target, measured, bar in checks(name, result, registered):
-        verdict = "PASS" if measured >= bar else f"FAIL by {bar - measured:.4f}"
+        passed = measured > bar if "FVU" in target else measured >= bar
+        verdict = "PASS" if passed else f"FAIL by {bar - measured:.4f}"
         print(f"{target}: {measured:.4f} vs {bar:.4f}: {verdict}")
 
 

@@ -139,7 +139,7 @@ def choose_encoder(policy: str, finetuned: FinetuneResult | None) -> tuple[Encod
             return policy, f"register.encoder={policy} ({numbers})"  # type: ignore[return-value]
         case "best":
             if finetuned.best_epoch is not None and after > before:
-                return "finetuned", f"register.encoder=best: fine-tuned wins ({numbers}; epoch {finetuned.best_epoch})"
+                return "finetuned", f"register.encoder=best: fine-tuned wins ({numbers}; epoch {finetuned.best_epoch + 1})"
             return "pretrained", f"register.encoder=best: no fine-tuning epoch beat the start ({numbers})"
         case _:
             raise ValueError(f"register.encoder={policy!r}: choose pretrained, finetuned or best")
