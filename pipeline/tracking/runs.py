@@ -3,8 +3,8 @@
 Only explicit run ids and an ``MlflowClient`` bound to the resolved tracking URI are used, so the hooks work
 from any thread. Lightning logs epoch metrics into each child run through ``MLFlowLogger(run_id=...)``.
 On success the pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the
-fine-tuned stack as ``encoder-finetuned``; the one the headline metric measures (fine-tuned when present)
-is registered (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
+fine-tuned stack as ``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is
+registered with the reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
 """
 
 from __future__ import annotations
