@@ -7,7 +7,6 @@ are the same for both.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,13 +45,10 @@ def code_scaling(settings: ResolvedLayer, codes_below: Splits) -> Scaling:
 
 
 def scale_codes(scaling: Scaling, codes: Splits) -> Splits:
-    """Every split through ``scaling``; memory-mapped codes go to new memory-mapped files."""
+    """Every split through ``scaling``; memory-mapped codes go to unnamed scratch memmaps."""
     if scaling.kind == "none":
         return codes
-    out_dir = Path(tempfile.mkdtemp(prefix="sae-codes-")) if isinstance(codes.train, np.memmap) else None
-    # The files may be unlinked once mapped (POSIX keeps the pages); the directory is left for the OS's tmp cleanup.
-    return Splits(*(transform_in_chunks(scaling, x, out_dir and out_dir / f"{split}.npy")
-                    for split, x in zip(SPLITS, codes, strict=True)))
+    return Splits(*(transform_in_chunks(scaling, x, on_disk=isinstance(x, np.memmap)) for x in codes))
 
 
 def layer_inputs(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> Splits:
