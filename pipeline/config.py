@@ -85,6 +85,13 @@ SAESettings = create_model(
 class LayerSettings(SAESettings):  # type: ignore[misc, valid-type]
     """How one layer is built and trained; ``defaults`` holds these and every layer inherits them."""
 
+    decoder_activation: Literal["auto", "sigmoid", "linear"] = "auto"
+    """Output nonlinearity: sigmoid needs inputs in [0, 1]; auto = sigmoid when this layer's inputs lie in
+    [0, 1] (data.scale unit on layer 1; code_scaling unit, or none after sigmoid codes, above), else linear."""
+    code_scaling: Literal["standard", "unit", "none"] = "standard"
+    """How the codes of the layer below are rescaled before this layer trains on them (fitted on the training
+    split, carried inside the encoder): standard = mean 0, std 1 per unit; unit = min-max to [0.1, 0.9]; none
+    = as they are. Layer 1 ignores it (data.scale applies)."""
     epochs: Annotated[int, Field(ge=1)] = 50
     """Training epochs for this layer."""
     batch_size: Annotated[int, Field(ge=1)] = 128
@@ -182,6 +189,9 @@ class RegisterConfig(_Section):
     """Registered model name; null = the config name followed by -encoder (digits-encoder for name digits)."""
     alias: Annotated[str, Field(min_length=1)] = "champion"
     """Alias moved to the new version only when its headline metric strictly beats the holder's."""
+    encoder: Literal["pretrained", "finetuned", "best"] = "best"
+    """Which encoder is registered when fine-tuning ran: best = the fine-tuned one only when it beats the
+    pretrained one (softmax on frozen codes) on validation accuracy; the reason is recorded on the version."""
 
 
 # The YAML section is called `register`, which shadows ABCMeta.register on the class (harmless on instances).
@@ -231,10 +241,20 @@ class PipelineConfig(_Section):
         layer = self.layers[i]
         values = {key: value for key, value in layer.model_dump().items() if key not in ("hidden", "trainer")}
         resolved = {key: self.defaults.model_dump()[key] if value is None else value for key, value in values.items()}
+        if resolved["decoder_activation"] == "auto":
+            resolved["decoder_activation"] = "sigmoid" if self._inputs_in_unit_range(i, resolved["code_scaling"]) \
+                else "linear"
         trainer = self.trainer.model_dump()
         if layer.trainer is not None:
             trainer |= {key: value for key, value in layer.trainer.model_dump().items() if value is not None}
         return ResolvedLayer(index=i, hidden=layer.hidden, trainer=TrainerSettings(**trainer), **resolved)
+
+    def _inputs_in_unit_range(self, i: int, code_scaling: str) -> bool:
+        """Whether layer ``i`` trains on values in [0, 1] (what a sigmoid decoder can reconstruct)."""
+        if i == 0:
+            return self.data.scale == "unit"
+        return code_scaling == "unit" or (code_scaling == "none"
+                                          and self.layer_settings(i - 1).encoder_activation == "sigmoid")
 
     def resolved_layers(self) -> list[ResolvedLayer]:
         """Every layer, resolved, bottom first."""
@@ -316,11 +336,14 @@ def _check_layer(config: PipelineConfig, layer: ResolvedLayer) -> None:
         key = re.match(r"SAEConfig\.(\w+)", str(error))
         name = key.group(1) if key else "settings"
         raise ValueError(f"{where}.{str(error).removeprefix('SAEConfig.')}{origin(name) if name in SAESettings.model_fields else ''}") from None
-    below = config.layer_settings(layer.index - 1).encoder_activation if layer.index else "sigmoid"
-    if layer.decoder_activation == "sigmoid" and below != "sigmoid":
+    if layer.index and layer.decoder_activation == "sigmoid" and not config._inputs_in_unit_range(
+            layer.index, layer.code_scaling):
+        below = config.layer_settings(layer.index - 1).encoder_activation
         raise ValueError(
             f"{where}.decoder_activation=sigmoid{origin('decoder_activation')}: it reconstructs layer "
-            f"{layer.index - 1}'s {below} codes, which are not confined to [0, 1]; set {where}.decoder_activation: linear"
+            f"{layer.index - 1}'s {below} codes after code_scaling={layer.code_scaling}{origin('code_scaling')}, "
+            f"which are not confined to [0, 1]; set {where}.decoder_activation: linear (or auto), or "
+            f"{where}.code_scaling: unit"
         )
 
 

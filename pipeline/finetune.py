@@ -1,11 +1,16 @@
-"""Fine-tuning: a softmax layer on frozen codes first, then the whole stack end to end."""
+"""Fine-tuning: a softmax layer on frozen codes first, then the whole stack end to end, keeping the best epoch.
+
+Validation chooses: the epoch kept is the one with the highest validation accuracy, and only when it strictly
+beats the softmax on frozen codes it started from; otherwise the pretrained encoder and that softmax are kept.
+The test split is only measured, before and after.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,70 +19,127 @@ import torch
 from sae.batches import ShuffledBatches, row_chunks
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
 from sae.stack import StackedEncoder
-from sae.train import SizedLoader, quiet_trainer
+from sae.train import STEPS_PER_LIGHTNING_BATCH, SizedLoader, quiet_trainer
+
+if TYPE_CHECKING:
+    from pipeline.config import FinetuneConfig
+    from pipeline.data.loading import LoadedData
+
+EncoderKind = Literal["pretrained", "finetuned"]
 
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned encoder (a copy: the pretrained one is kept) and accuracies before and after."""
+    """The kept encoder and softmax (copies: the pretrained stack is untouched) and accuracies before/after."""
 
-    encoder: StackedEncoder
+    encoder: StackedEncoder  # the best epoch's encoder, or a copy of the pretrained one when no epoch won
     head: torch.nn.Linear
     classes: np.ndarray
-    accuracy_before: float  # softmax trained on frozen pretrained codes
-    accuracy_after: float  # after end-to-end fine-tuning
+    val_accuracy_before: float  # softmax on frozen pretrained codes
+    val_accuracy_after: float  # the kept epoch (== before when best_epoch is None)
+    test_accuracy_before: float
+    test_accuracy_after: float
+    best_epoch: int | None  # 0-based epoch kept; None: no epoch beat the frozen-codes softmax on validation
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = "cpu"  # where the end-to-end epochs ran
+
+    @property
+    def accuracy_before(self) -> float:
+        """Test accuracy of the softmax on frozen pretrained codes (reported, never used to choose)."""
+        return self.test_accuracy_before
+
+    @property
+    def accuracy_after(self) -> float:
+        """Test accuracy of the kept classifier (reported, never used to choose)."""
+        return self.test_accuracy_after
 
 
-def _fit(module: ClassifierModule, batches: ShuffledBatches, epochs: int, logger: Any) -> None:
-    trainer = quiet_trainer(epochs, n_batches=len(batches), logger=logger, accelerator="cpu", devices=1)
-    trainer.fit(module, train_dataloaders=SizedLoader(batches))
+def finetune_device(trainer_options: dict[str, Any]) -> torch.device:
+    """The one device fine-tuning runs on: a GPU when the trainer's accelerator asks for one and there is one."""
+    wants_gpu = str(trainer_options.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
+    return torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
 def accuracy(model: StackClassifier, X: np.ndarray, y: np.ndarray, chunk_rows: int = 8192) -> float:
-    """Fraction of rows whose argmax logit equals the label index."""
+    """Fraction of rows whose argmax logit equals the label index (computed on the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
         for start, chunk in row_chunks(X, chunk_rows):
-            correct += int((model(torch.from_numpy(chunk)).argmax(1).numpy() == y[start : start + chunk_rows]).sum())
+            predicted = model(torch.from_numpy(chunk).to(device)).argmax(1).cpu().numpy()
+            correct += int((predicted == y[start : start + chunk_rows]).sum())
+    model.train()
     return correct / X.shape[0]
 
 
 def finetune_stack(
     encoder: StackedEncoder,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
+    data: LoadedData,
+    settings: FinetuneConfig,
     *,
-    epochs: int,
-    softmax_iterations: int = 400,
-    lr: float,
-    batch_size: int,
-    weight_decay: float,
     seed: int,
+    trainer_options: dict[str, Any] | None = None,
     logger: Any = None,
 ) -> FinetuneResult:
-    """Train a softmax head on the frozen stack, then everything end to end; raw features in, labels out."""
+    """Softmax on the frozen stack, then everything end to end; raw features in, labels out.
+
+    ``trainer_options`` are the run's Lightning settings: fine-tuning uses their accelerator and precision on
+    one device (data-parallel strategies apply to layer training only).
+    """
     start = time.perf_counter()
-    classes, y_idx = np.unique(y_train, return_inverse=True)
+    assert data.y_train is not None and data.y_val is not None and data.y_test is not None
+    classes, y_idx = np.unique(data.y_train, return_inverse=True)
     lookup = {c: i for i, c in enumerate(classes.tolist())}
-    y_test_idx = np.array([lookup.get(c, -1) for c in y_test.tolist()])
+    y_val, y_test = (np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()]) for y in (data.y_val, data.y_test))
+    options = dict(trainer_options or {})
+    device = finetune_device(options)
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = StackClassifier(copy.deepcopy(encoder).train(), encoder.d_out, len(classes))
-    X = np.ascontiguousarray(X_train, dtype=np.float32)
-    batches = ShuffledBatches(X, batch_size, seed=seed, labels=y_idx)
+    model = StackClassifier(copy.deepcopy(encoder).train(), encoder.d_out, len(classes)).to(device)
+    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32)).to(device)
+    X_val = torch.from_numpy(np.ascontiguousarray(data.X_val, dtype=np.float32)).to(device)
     # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).
-    codes = torch.from_numpy(encoder.transform(X))
-    fit_softmax(model.head, codes, torch.from_numpy(y_idx), weight_decay=weight_decay, max_iter=softmax_iterations)
-    before = accuracy(model, X_test, y_test_idx)
-    model.train()  # accuracy() left it in eval mode
-    end_to_end = ClassifierModule(model, lr=lr, weight_decay=weight_decay)
-    _fit(end_to_end, batches, epochs, logger)
-    after = accuracy(model, X_test, y_test_idx)
-    model.encoder.eval()
+    with torch.no_grad():
+        codes = torch.cat([model.encoder(X[i : i + 8192]) for i in range(0, X.shape[0], 8192)])
+    labels = torch.from_numpy(y_idx).to(device)
+    fit_softmax(model.head, codes, labels, weight_decay=settings.weight_decay, max_iter=settings.softmax_iterations)
+    del codes
+    val_before, test_before = accuracy(model, data.X_val, y_val), accuracy(model, data.X_test, y_test)
+    module = ClassifierModule(model, lr=settings.lr, weight_decay=settings.weight_decay,
+                              validation=(X_val, torch.from_numpy(y_val).to(device)), start_accuracy=val_before)
+    if settings.epochs > 0:
+        # Slices of a shuffled index on the device, several optimizer steps per Lightning batch (as layers train).
+        loader = SizedLoader(ShuffledBatches(X, settings.batch_size, seed=seed, labels=labels),
+                             group=STEPS_PER_LIGHTNING_BATCH)
+        trainer = quiet_trainer(
+            settings.epochs, n_batches=len(loader), logger=logger, accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1, precision=options.get("precision", "32-true"),
+        )
+        trainer.fit(module, train_dataloaders=loader)
+    model.load_state_dict(module.best_state)  # the best epoch by validation, or the start
+    test_after = accuracy(model, data.X_test, y_test) if module.best_epoch is not None else test_before
+    model = model.cpu()
     return FinetuneResult(
-        model.encoder, model.head, classes, before, after, end_to_end.history, time.perf_counter() - start
+        encoder=model.encoder.eval(), head=model.head, classes=classes, val_accuracy_before=val_before,
+        val_accuracy_after=max(module.best_accuracy, val_before), test_accuracy_before=test_before,
+        test_accuracy_after=test_after, best_epoch=module.best_epoch, history=module.history,
+        seconds=time.perf_counter() - start, device=device.type,
     )
+
+
+def choose_encoder(policy: str, finetuned: FinetuneResult | None) -> tuple[EncoderKind, str]:
+    """(which encoder takes the alias, why) under ``register.encoder``; looks at validation accuracy only."""
+    if finetuned is None:
+        return "pretrained", "no fine-tuning ran (no labels, or finetune.epochs is 0)"
+    before, after = finetuned.val_accuracy_before, finetuned.val_accuracy_after
+    numbers = f"validation accuracy: fine-tuned {after:.4f}, pretrained with a softmax on frozen codes {before:.4f}"
+    match policy:
+        case "pretrained" | "finetuned":
+            return policy, f"register.encoder={policy} ({numbers})"  # type: ignore[return-value]
+        case "best":
+            if finetuned.best_epoch is not None and after > before:
+                return "finetuned", f"register.encoder=best: fine-tuned wins ({numbers}; epoch {finetuned.best_epoch + 1})"
+            return "pretrained", f"register.encoder=best: no fine-tuning epoch beat the start ({numbers})"
+        case _:
+            raise ValueError(f"register.encoder={policy!r}: choose pretrained, finetuned or best")

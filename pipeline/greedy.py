@@ -13,14 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.codes import encode_in_chunks
 from pipeline.data.loading import LoadedData, Splits, load_data
+from pipeline.data.scaling import fit_scaling, transform_in_chunks
 from pipeline.evaluate import layer_test_metrics, probe_accuracies
-from pipeline.finetune import FinetuneResult, finetune_stack
+from pipeline.finetune import FinetuneResult, choose_encoder, finetune_stack
 from pipeline.hooks import PipelineHooks
 from pipeline.results import LayerResult, PretrainResult
 from sae import SAEConfig, SparseAutoencoder, train_autoencoder
+from sae.scaling import Scaling
 from sae.stack import StackedEncoder
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +38,26 @@ def sae_config(settings: ResolvedLayer, d_in: int) -> SAEConfig:
 def layer_seed(config: PipelineConfig, settings: ResolvedLayer) -> int:
     """The seed layer ``settings.index`` trains with (init, shuffling, noise)."""
     return config.seed + settings.index
+
+
+def code_scaling(settings: ResolvedLayer, codes_below: Splits) -> Scaling:
+    """The scaling layer ``settings.index`` (> 0) applies to the codes below, fitted on their training split."""
+    return fit_scaling(codes_below.train, settings.code_scaling)
+
+
+def scale_codes(scaling: Scaling, codes: Splits) -> Splits:
+    """Every split through ``scaling``; memory-mapped codes go to unnamed scratch memmaps."""
+    if scaling.kind == "none":
+        return codes
+    return Splits(*(transform_in_chunks(scaling, x, on_disk=isinstance(x, np.memmap)) for x in codes))
+
+
+def layer_inputs(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> Splits:
+    """What the next layer trains on: the scaled data, or the codes of the top layer so far, rescaled."""
+    if not layers:
+        return data.scaled()
+    settings = config.layer_settings(len(layers))
+    return scale_codes(code_scaling(settings, layers[-1].codes), layers[-1].codes)
 
 
 def train_layer(
@@ -90,6 +114,7 @@ def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -
         [layer.model for layer in layers],
         meta={"name": config.name, "source": data.source, "fingerprint": data.fingerprint,
               "feature_names": list(data.feature_names)},
+        code_scalings=[code_scaling(above.settings, below.codes) for below, above in zip(layers, layers[1:], strict=False)],
     )
 
 
@@ -98,20 +123,8 @@ def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, 
     """Fine-tune a copy of ``encoder`` with a softmax head when the data is labelled (None otherwise)."""
     if data.y_train is None or config.finetune.epochs <= 0:
         return None
-    finetuned = finetune_stack(
-        encoder,
-        data.X_train,
-        data.y_train,
-        data.X_test,
-        data.y_test,
-        epochs=config.finetune.epochs,
-        lr=config.finetune.lr,
-        batch_size=config.finetune.batch_size,
-        weight_decay=config.finetune.weight_decay,
-        softmax_iterations=config.finetune.softmax_iterations,
-        seed=config.seed,
-        logger=hooks.finetune_logger(),
-    )
+    finetuned = finetune_stack(encoder, data, config.finetune, seed=config.seed,
+                               trainer_options=config.trainer.model_dump(), logger=hooks.finetune_logger())
     hooks.on_finetune_end(finetuned)
     return finetuned
 
@@ -136,6 +149,7 @@ def evaluate(
         finetuned=finetuned,
         probes=probes,
         seconds=time.perf_counter() - started,
+        encoder_choice=choose_encoder(config.register.encoder, finetuned),
     )
     hooks.on_run_end(result)
     return result
@@ -202,12 +216,11 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
     try:
         data = steps.load(config)
         steps.start(config, data)
-        inputs, layers = data.scaled(), []
+        layers: list[LayerResult] = []
         for settings in config.resolved_layers():
-            layer = steps.layer(settings, inputs, layer_seed(config, settings))
+            layer = steps.layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings))
             steps.record(layer)
             layers.append(layer)
-            inputs = layer.codes
         encoder = steps.stack(config, data, layers)
         finetuned = steps.finetune(config, data, encoder)
         result = steps.evaluate(config, data, layers, encoder, finetuned, started)

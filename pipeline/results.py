@@ -74,6 +74,12 @@ class PretrainResult:
     probes: dict[str, float] = field(default_factory=dict)  # raw, layer_1, ... test accuracies
     seconds: float = 0.0
     tracked: TrackedRun | None = None  # filled by the tracking hooks
+    encoder_choice: tuple[str, str] = ("pretrained", "")  # (pretrained | finetuned, why): register.encoder
+
+    @property
+    def registered_encoder(self) -> StackedEncoder:
+        """The encoder ``encoder_choice`` names (what the registry gets)."""
+        return self.finetuned.encoder if self.encoder_choice[0] == "finetuned" and self.finetuned else self.encoder
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics: per-layer train/test numbers, probe and fine-tuning accuracies, wall time."""
@@ -84,21 +90,31 @@ class PretrainResult:
             for key in ("loss", "reconstruction", "sparsity", "mse", "fvu", "l0", "dead_fraction", "rho_hat_mean"):
                 if key in last:
                     out[f"{prefix}.train_{key}"] = float(last[key])
+            for key in ("loss", "mse", "fvu", "l0"):
+                if f"val_{key}" in last:  # the last epoch's, on the validation split
+                    out[f"{prefix}.val_{key}"] = float(last[f"val_{key}"])
             for key, value in layer.test_metrics.items():
                 out[f"{prefix}.test_{key}"] = float(value)
             out[f"{prefix}.seconds"] = layer.seconds
         for key, value in self.probes.items():
             out[f"probe_accuracy.{key}"] = value
         if self.finetuned is not None:
-            out["finetune.accuracy_before"] = self.finetuned.accuracy_before
-            out["finetune.accuracy_after"] = self.finetuned.accuracy_after
+            f = self.finetuned
+            for split in ("val", "test"):
+                out[f"finetune.{split}_accuracy_before"] = getattr(f, f"{split}_accuracy_before")
+                out[f"finetune.{split}_accuracy_after"] = getattr(f, f"{split}_accuracy_after")
+            out["finetune.best_epoch"] = float(-1 if f.best_epoch is None else f.best_epoch)
+            out["encoder.test_accuracy"] = self.headline()[1]
         out["seconds"] = self.seconds
         return out
 
     def headline(self) -> tuple[str, float, bool]:
-        """(metric name, value, greater is better): fine-tuned accuracy, else top probe, else test loss."""
+        """(metric name, value, greater is better): the registered encoder's softmax test accuracy when
+        fine-tuning ran (its fine-tuned head, or the frozen-codes softmax), else top probe, else test loss."""
         if self.finetuned is not None:
-            return "finetune.accuracy_after", self.finetuned.accuracy_after, True
+            f = self.finetuned
+            chosen = f.test_accuracy_after if self.encoder_choice[0] == "finetuned" else f.test_accuracy_before
+            return "encoder.test_accuracy", chosen, True
         top = f"layer_{len(self.layers)}"
         if top in self.probes:
             return f"probe_accuracy.{top}", self.probes[top], True
@@ -134,7 +150,8 @@ class PretrainResult:
             rows.append(["inputs", f"{self.encoder.d_in}", "", "", "", "", "", "", "", _num(self.probes["raw"], ".4f"), ""])
         if self.finetuned is not None:
             f = self.finetuned
-            rows.append(["fine-tuned", f"softmax {len(f.classes)}", "", "", "", "", "", "", "",
+            kept = "start kept" if f.best_epoch is None else f"epoch {f.best_epoch + 1}"
+            rows.append(["fine-tuned", f"softmax {len(f.classes)}", kept, "", "", "", "", "", "",
                          f"{f.accuracy_before:.4f} -> {f.accuracy_after:.4f}", f"{f.seconds:.1f}s"])
         return rows
 

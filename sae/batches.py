@@ -39,7 +39,10 @@ class ShuffledBatches:
         self.shuffle = shuffle
         self.block_rows = max(self.batch_size, block_rows or self.batch_size * 64)
         self.epoch = 0
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(np.asarray(labels))
+        # Labels live where the data lives, so a batch is sliced on the device without a copy.
+        self.labels = None if labels is None else labels.to(dtype=torch.long, device=self.data.device)
         if self.labels is not None and self.memmapped:
             raise ValueError("labelled batches need in-memory data; load the array before passing labels")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+VAL_CHUNK = 8192  # rows per forward pass when measuring validation accuracy
 
 
 class StackClassifier(nn.Module):
@@ -21,38 +25,94 @@ class StackClassifier(nn.Module):
 
 
 class ClassifierModule(pl.LightningModule):
-    """Fine-tunes a StackClassifier end to end: cross-entropy + weight_decay/2 * sum of squared weights."""
+    """Fine-tunes a StackClassifier end to end: cross-entropy + weight_decay/2 * sum of squared weights.
 
-    def __init__(self, model: StackClassifier, *, lr: float, weight_decay: float) -> None:
+    Batches are (x, y) pairs, or lists of them (one optimizer step each, as layer training does). With
+    ``validation`` each epoch reports ``val_accuracy``; ``best_state`` holds the starting weights until an
+    epoch strictly beats ``start_accuracy`` (and every best so far), then that epoch's; ``best_epoch`` says
+    which (None: the start).
+    """
+
+    def __init__(
+        self,
+        model: StackClassifier,
+        *,
+        lr: float,
+        weight_decay: float,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start_accuracy: float = -math.inf,
+    ) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
+        self.validation = validation
         self.history: list[dict[str, float]] = []
+        self.best_accuracy = start_accuracy
+        self.best_epoch: int | None = None
+        self.best_state = self._snapshot()
         self._weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-        self._sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        self._sums: torch.Tensor | None = None  # loss * n, correct; on the model's device
+        self._n = 0  # rows seen this epoch (on the host: no per-step copy to the device)
+        self.automatic_optimization = False  # several optimizer steps per Lightning batch
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
-    def on_train_epoch_start(self) -> None:
-        self._sums = torch.zeros(3, dtype=torch.float64)
+    def on_train_start(self) -> None:
+        # As in SAEModule: full precision steps the torch optimizer directly; mixed precision keeps the wrapper.
+        full = str(self.trainer.precision) in ("32-true", "64-true", "bf16-true", "16-true", "32", "64")
+        self._opt = self.optimizers(use_pl_optimizer=not full)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def on_train_epoch_start(self) -> None:
+        self._sums, self._n = None, 0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | list, batch_idx: int) -> torch.Tensor:
+        last = torch.zeros(())
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            last = self._step(x, y)
+        return last
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._opt.zero_grad()
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
+        self.manual_backward(loss + 0.5 * self.weight_decay * sum(w.pow(2).sum() for w in self._weights))
+        self._opt.step()
         with torch.no_grad():
-            b = float(y.shape[0])
-            self._sums += torch.stack([loss.double() * b, (logits.argmax(1) == y).sum().double(), loss.new_tensor(b).double()])
-        return loss + 0.5 * self.weight_decay * sum(w.pow(2).sum() for w in self._weights)
+            row = torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double()])
+            self._sums = row if self._sums is None else self._sums + row
+            self._n += int(y.shape[0])
+        return loss.detach()
 
     def on_train_epoch_end(self) -> None:
-        loss, correct, n = self._sums.tolist()
-        if n:
-            metrics = {"loss": loss / n, "accuracy": correct / n}
-            self.history.append({"epoch": float(self.current_epoch), **metrics})
-            self.log_dict(metrics, on_epoch=True)
+        if self._sums is None or not self._n:
+            return
+        loss, correct = self._sums.tolist()
+        metrics = {"loss": loss / self._n, "accuracy": correct / self._n}
+        if not math.isfinite(metrics["loss"]):
+            self.trainer.should_stop = True  # diverged: the kept best epoch (or the start) is the answer
+        if self.validation is not None:
+            metrics["val_accuracy"] = self.validation_accuracy()
+            if metrics["val_accuracy"] > self.best_accuracy:
+                self.best_accuracy, self.best_epoch = metrics["val_accuracy"], int(self.current_epoch)
+                self.best_state = self._snapshot()
+        self.history.append({"epoch": float(self.current_epoch), **metrics})
+        self.log_dict(metrics, on_epoch=True)
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def validation_accuracy(self) -> float:
+        """Accuracy on the validation pairs, in chunks, on the model's device."""
+        assert self.validation is not None
+        x, y = self.validation
+        self.model.eval()
+        correct = sum(int((self.model(x[i : i + VAL_CHUNK]).argmax(1) == y[i : i + VAL_CHUNK]).sum())
+                      for i in range(0, x.shape[0], VAL_CHUNK))
+        self.model.train()
+        return correct / max(int(x.shape[0]), 1)
 
 
 def fit_softmax(

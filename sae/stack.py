@@ -18,23 +18,30 @@ from sae.model import SparseAutoencoder, encode_with
 from sae.scaling import InputScaler, Scaling
 
 FORMAT = "sae-stacked-encoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the code scalings between layers; version 1 files load with identity ones
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
 class StackedEncoder(nn.Module):
-    """Raw features (batch, d_in) -> scaled -> layer 1 codes -> ... -> top codes (batch, d_out)."""
+    """Raw features (batch, d_in) -> scaled -> layer 1 codes -> rescaled -> layer 2 codes -> ... (batch, d_out).
+
+    ``code_scalings[k]`` is the affine map fitted on layer k+1's training codes that layer k+2 was trained on
+    (None = identity); carrying it here keeps exported and served encoders equal to the trained stack.
+    """
 
     def __init__(
         self,
         scaling: Scaling,
         layers: Sequence[tuple[SAEConfig, nn.Linear]] | None = None,
         meta: dict[str, Any] | None = None,
+        code_scalings: Sequence[Scaling | None] | None = None,
     ) -> None:
         super().__init__()
         self.scaler = InputScaler(scaling)
         self.encoders = nn.ModuleList()
+        self.code_scalers = nn.ModuleList()
         self.configs: list[SAEConfig] = []
         self.meta: dict[str, Any] = dict(meta or {})
         d_prev = scaling.d_in
@@ -57,6 +64,20 @@ class StackedEncoder(nn.Module):
             self.encoders.append(copy)
             self.configs.append(config)
             d_prev = config.d_hidden
+        between = list(code_scalings) if code_scalings is not None else [None] * max(len(self.configs) - 1, 0)
+        if len(between) != max(len(self.configs) - 1, 0):
+            raise ValueError(
+                f"{len(between)} code scalings for {len(self.configs)} layers: give one per pair of adjacent "
+                "layers (None for identity)"
+            )
+        for config, code_scaling in zip(self.configs, between, strict=False):
+            code_scaling = code_scaling or Scaling.identity(config.d_hidden)
+            if code_scaling.d_in != config.d_hidden:
+                raise ValueError(
+                    f"a code scaling over {code_scaling.d_in} features follows a layer of {config.d_hidden} "
+                    "units; fit it on that layer's codes"
+                )
+            self.code_scalers.append(InputScaler(code_scaling))
 
     @classmethod
     def from_autoencoders(
@@ -64,9 +85,10 @@ class StackedEncoder(nn.Module):
         scaling: Scaling,
         autoencoders: Sequence[SparseAutoencoder],
         meta: dict[str, Any] | None = None,
+        code_scalings: Sequence[Scaling | None] | None = None,
     ) -> StackedEncoder:
         """Stack the encoder halves of trained layers, bottom first (weights are copied)."""
-        return cls(scaling, [(ae.config, ae.encoder) for ae in autoencoders], meta)
+        return cls(scaling, [(ae.config, ae.encoder) for ae in autoencoders], meta, code_scalings)
 
     @property
     def depth(self) -> int:
@@ -88,19 +110,23 @@ class StackedEncoder(nn.Module):
         """The numpy description of the input scaling."""
         return self.scaler.to_scaling()
 
+    @property
+    def code_scalings(self) -> list[Scaling]:
+        """The numpy descriptions of the scalings between layers (one per pair of adjacent layers)."""
+        return [scaler.to_scaling() for scaler in self.code_scalers]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_in) raw features -> (batch, d_out) top-layer codes."""
-        h = self.scaler(x)
-        for config, encoder in zip(self.configs, self.encoders, strict=True):
-            h = encode_with(encoder, h, config)
-        return h
+        return self.encode(x)
 
     def encode(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
         """(batch, d_in) raw features -> (batch, d_hidden of layer ``depth``) codes; depth is 1-based."""
-        depth = self._check_depth(depth)
+        depth = self._check_depth(depth) if self.configs else 0
         h = self.scaler(x)
-        for config, encoder in zip(self.configs[:depth], self.encoders[:depth], strict=True):
-            h = encode_with(encoder, h, config)
+        for i in range(depth):
+            if i:
+                h = self.code_scalers[i - 1](h)
+            h = encode_with(self.encoders[i], h, self.configs[i])
         return h
 
     def transform(self, X: np.ndarray, batch_size: int = 8192, depth: int | None = None) -> np.ndarray:
@@ -143,6 +169,7 @@ class StackedEncoder(nn.Module):
             "format_version": FORMAT_VERSION,
             "scaling": {"kind": scaling.kind, "offset": scaling.offset, "clip": scaling.clip},
             "layers": [c.to_dict() for c in self.configs],
+            "code_scalings": [{"kind": c.kind, "offset": c.offset, "clip": c.clip} for c in self.code_scalings],
             "meta": self.meta,
         }
         try:
@@ -174,11 +201,11 @@ class StackedEncoder(nn.Module):
             config = json.loads((directory / CONFIG_FILE).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({err})") from err
-        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        if config.get("format") != FORMAT or config.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{directory / CONFIG_FILE}: format {config.get('format')!r} "
-                f"version {config.get('format_version')!r}; this code reads {FORMAT!r} version "
-                f"{FORMAT_VERSION}: re-export the encoder with this version"
+                f"version {config.get('format_version')!r}; this code reads {FORMAT!r} versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: re-export the encoder with this version"
             )
         tensors = load_file(str(directory / WEIGHTS_FILE))
         for key in ("scaler.shift", "scaler.factor"):
@@ -195,8 +222,18 @@ class StackedEncoder(nn.Module):
             bool(s["clip"]),
         )
         configs = [SAEConfig.from_dict(c) for c in config["layers"]]
+        entries = config.get("code_scalings")
+        if entries is None:  # version 1 predates code scalings: every one is the identity
+            entries = [_IDENTITY] * max(len(configs) - 1, 0)
+            tensors |= {f"code_scalers.{i}.{key}": fill(configs[i].d_hidden)
+                        for i in range(len(entries)) for key, fill in (("shift", torch.zeros), ("factor", torch.ones))}
+        code_scalings = [
+            Scaling(entry["kind"], _array(tensors, f"code_scalers.{i}.shift", directory),
+                    _array(tensors, f"code_scalers.{i}.factor", directory), float(entry["offset"]), bool(entry["clip"]))
+            for i, entry in enumerate(entries)
+        ]
         encoder = cls(
-            scaling, [(c, nn.Linear(c.d_in, c.d_hidden)) for c in configs], config.get("meta") or {}
+            scaling, [(c, nn.Linear(c.d_in, c.d_hidden)) for c in configs], config.get("meta") or {}, code_scalings
         )
         try:
             encoder.load_state_dict(tensors, strict=True)
@@ -205,6 +242,16 @@ class StackedEncoder(nn.Module):
                 f"{directory / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({err})"
             ) from err
         return encoder
+
+
+_IDENTITY = {"kind": "none", "offset": 0.0, "clip": False}
+
+
+def _array(tensors: dict[str, torch.Tensor], key: str, directory: Path) -> np.ndarray:
+    """Tensor ``key`` of a saved encoder as numpy, or a ValueError naming the file."""
+    if key not in tensors:
+        raise ValueError(f"{directory / WEIGHTS_FILE}: tensor {key!r} missing; the file is not a stacked encoder")
+    return tensors[key].numpy()
 
 
 __all__ = ["FORMAT_VERSION", "InputScaler", "Scaling", "StackedEncoder"]

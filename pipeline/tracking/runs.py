@@ -7,8 +7,8 @@ described in markdown (``mlflow.note.content``): headline, registry outcome, ``-
 Each layer's child run gets its settings, epoch series, test summary, weights, history and plots when the
 layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
 pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned stack as
-``encoder-finetuned``; the one the headline metric measures (fine-tuned when present) is registered (see
-``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
+``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is registered with the
+reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class MlflowTracking(PipelineHooks):
         self.children: dict[str, str] = {}  # child name -> run id, while open
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
-        self._chosen: tuple[str, Any] | None = None  # (name, model info) of the logged model to register
+        self._chosen: tuple[str, Any, str] | None = None  # (name, model info, why) of the logged model to register
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -131,25 +131,27 @@ class MlflowTracking(PipelineHooks):
             infos["encoder-finetuned"] = log_encoder_model(
                 result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
                 input_example=example, tags={"kind": "finetuned"})
-        chosen = "encoder-finetuned" if result.finetuned is not None else "encoder"
+        kind, why = result.encoder_choice  # register.encoder, decided on validation accuracy
+        chosen = "encoder-finetuned" if kind == "finetuned" and "encoder-finetuned" in infos else "encoder"
+        self.client.set_tag(self.run_id, "sae.registered_encoder", f"{chosen}: {why}")
         result.tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
                                     model_uri=infos[chosen].model_uri,
                                     logged_models={k: v.model_uri for k, v in infos.items()})
-        self._chosen = (chosen, infos[chosen])
+        self._chosen = (chosen, infos[chosen], why)
 
     def on_register(self, result: PretrainResult) -> None:
         """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""
         if self.run_id is None or self.config is None or self.ended or self._chosen is None:
             return
-        (chosen, info), tracked = self._chosen, result.tracked
+        (chosen, info, why), tracked = self._chosen, result.tracked
         assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
-            stack = result.finetuned.encoder if result.finetuned is not None else result.encoder
+            stack = result.registered_encoder
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
-                model_id=info.model_id, extra_tags={"kind": chosen},
+                model_id=info.model_id, extra_tags={"kind": chosen, "encoder_choice": why},
                 weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url())
             tracked.registration, tracked.model_uri = reg, reg.model_uri
             outcome = f"version {reg.model_version} @{reg.alias}" if reg.new_version else "no new version"
@@ -258,8 +260,10 @@ class MlflowTracking(PipelineHooks):
             return
         run_id = self._child("finetune", self.config.finetune)
         series = [] if "finetune" in self.lightning_logged else describe.epoch_points(result.history)
-        summary = {"accuracy_before": result.accuracy_before, "accuracy_after": result.accuracy_after,
-                   describe.SECONDS: result.seconds}
+        summary = {"val_accuracy_before": result.val_accuracy_before, "val_accuracy_after": result.val_accuracy_after,
+                   "test_accuracy_before": result.test_accuracy_before,
+                   "test_accuracy_after": result.test_accuracy_after, describe.SECONDS: result.seconds,
+                   "best_epoch": -1 if result.best_epoch is None else result.best_epoch}
         self._log_batch(run_id, series + describe.summary_points(summary))
         self._end("finetune", FINISHED)
 

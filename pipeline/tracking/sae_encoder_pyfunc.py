@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 ARTIFACT_KEY = "encoder"  # the key of the weights directory in the pyfunc model's artifacts
-FORMAT, FORMAT_VERSION = "sae-stacked-encoder", 1
+FORMAT, FORMAT_VERSIONS = "sae-stacked-encoder", (1, 2)  # 2 adds the code scalings between layers
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
 
@@ -31,10 +31,10 @@ class PortableEncoder(torch.nn.Module):
         super().__init__()
         directory = Path(directory)
         config = json.loads((directory / "config.json").read_text())
-        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        if config.get("format") != FORMAT or config.get("format_version") not in FORMAT_VERSIONS:
             raise ValueError(f"{directory}/config.json: format {config.get('format')!r} version "
-                             f"{config.get('format_version')!r}; this model code reads {FORMAT!r} version "
-                             f"{FORMAT_VERSION}")
+                             f"{config.get('format_version')!r}; this model code reads {FORMAT!r} versions "
+                             f"{', '.join(map(str, FORMAT_VERSIONS))}")
         tensors = load_file(str(directory / "model.safetensors"))
         scaling = config["scaling"]
         self.shift, self.factor = tensors["scaler.shift"].float(), tensors["scaler.factor"].float()
@@ -43,6 +43,10 @@ class PortableEncoder(torch.nn.Module):
         self.weights = [(tensors[f"encoders.{i}.weight"].float(), tensors[f"encoders.{i}.bias"].float())
                         for i in range(len(self.layers))]
         self.meta: dict[str, Any] = config.get("meta") or {}
+        # Between layer k and k+1: the affine map fitted on layer k's training codes (version 1: none).
+        self.between = [(tensors[f"code_scalers.{i}.shift"].float(), tensors[f"code_scalers.{i}.factor"].float(),
+                         float(entry["offset"]), bool(entry["clip"]))
+                        for i, entry in enumerate(config.get("code_scalings") or [])]
 
     @property
     def d_in(self) -> int:
@@ -54,7 +58,11 @@ class PortableEncoder(torch.nn.Module):
         h = (x - self.shift) * self.factor + self.offset
         if self.clip:
             h = h.clamp(0.0, 1.0)
-        for layer, (weight, bias) in zip(self.layers, self.weights, strict=True):
+        for i, (layer, (weight, bias)) in enumerate(zip(self.layers, self.weights, strict=True)):
+            if 0 < i <= len(self.between):
+                shift, factor, offset, clip = self.between[i - 1]
+                h = (h - shift) * factor + offset
+                h = h.clamp(0.0, 1.0) if clip else h
             pre = torch.nn.functional.linear(h, weight, bias)
             h = ACTIVATIONS[layer["encoder_activation"]](pre)
             if layer["sparsity"] == "topk":  # keep the k largest pre-activations per row

@@ -90,7 +90,7 @@ def test_parent_and_child_runs_with_epoch_metrics_are_on_the_server(run):
     by_name = {k.info.run_name: k for k in kids}
     assert set(by_name) == {"layer-1", "layer-2", "finetune"}
     assert [m.step for m in client.get_metric_history(by_name["layer-2"].info.run_id, "loss")] == [2]
-    headline = parent.data.metrics["headline/finetune.accuracy_after"]
+    headline = parent.data.metrics["headline/encoder.test_accuracy"]
     assert headline == pytest.approx(result.finetuned.accuracy_after)
     assert result.tracked.run_url.endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
 
@@ -119,4 +119,4 @@ def test_encode_works_against_the_champion_alias_from_the_server(run, server, tm
     X = np.asarray(result.data.X_test[:40])
     np.save(tmp_path / "x.npy", X)
     out = encode_file("models:/e2e-encoder@champion", tmp_path / "x.npy", tmp_path / "codes.parquet", tracking_uri=url)
-    np.testing.assert_allclose(pd.read_parquet(out).to_numpy(), result.finetuned.encoder.transform(X), atol=1e-6)
+    np.testing.assert_allclose(pd.read_parquet(out).to_numpy(), result.registered_encoder.transform(X), atol=1e-6)

@@ -47,8 +47,8 @@ def test_shipped_configs_match_their_purpose():
 
 
 def test_unknown_shipped_config_names_the_choices():
-    with pytest.raises(InputError, match="digits, nudged-digits, patches"):
-        default_config_path("mnist")
+    with pytest.raises(InputError, match="digits, mnist, nudged-digits, patches"):
+        default_config_path("mnist-60k")
 
 
 def test_defaults_fill_every_section():
@@ -170,13 +170,15 @@ def test_topk_needs_k_between_1_and_hidden():
 
 
 def test_standard_scaling_rejects_a_sigmoid_decoder_on_layer_0():
-    message = reject("data.scale=standard")
+    message = reject("data.scale=standard", "layers.0.decoder_activation=sigmoid")
     assert "decoder_activation: linear or scale: unit" in message
+    assert make("data.scale=standard").layer_settings(0).decoder_activation == "linear"  # auto
     assert make("data.scale=standard", "layers.0.decoder_activation=linear").data.scale == "standard"
 
 
 def test_sigmoid_decoder_above_unbounded_codes_is_rejected():
-    message = reject("layers.0.sparsity=l1", "layers.0.encoder_activation=relu")
+    message = reject("layers.0.sparsity=l1", "layers.0.encoder_activation=relu", "layers.1.code_scaling=none",
+                     "layers.1.decoder_activation=sigmoid")
     assert "layers.1.decoder_activation" in message and "linear" in message
 
 

@@ -15,7 +15,7 @@ TARGETS = {"onnx": "enc.onnx", "torchscript": "enc.pt", "safetensors": "enc"}
 
 @pytest.fixture(scope="module")
 def encoder() -> StackedEncoder:
-    """64 -> 16 (sigmoid, kl) -> 8 (relu, top-3), with standard scaling."""
+    """64 -> 16 (sigmoid, kl) -> standardised -> 8 (relu, top-3), with standard scaling."""
     torch.manual_seed(0)
     layers = [
         SparseAutoencoder(SAEConfig(64, 16)),
@@ -29,7 +29,9 @@ def encoder() -> StackedEncoder:
         0.0,
         False,
     )
-    return StackedEncoder.from_autoencoders(scaling, layers, meta={"name": "export-test"})
+    between = Scaling("standard", rng.uniform(0, 1, 16).astype(np.float32), rng.uniform(1, 4, 16).astype(np.float32),
+                      0.0, False)
+    return StackedEncoder.from_autoencoders(scaling, layers, meta={"name": "export-test"}, code_scalings=[between])
 
 
 def _sample(n: int) -> np.ndarray:
@@ -94,3 +96,12 @@ def test_unknown_format_and_wrong_feature_count_are_named(encoder, tmp_path):
         run(np.zeros((2, 5), np.float32))
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such file"):
         load_exported(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_graph_exports_carry_the_scaling_between_layers(encoder, fmt, tmp_path):
+    path = export_encoder(encoder, fmt, tmp_path / TARGETS[fmt])
+    unscaled = StackedEncoder(encoder.scaling, [(c, e) for c, e in zip(encoder.configs, encoder.encoders, strict=True)])
+    got = load_exported(path)(_sample(20))
+    np.testing.assert_allclose(got, encoder.transform(_sample(20)), atol=TOLERANCE)
+    assert np.abs(got - unscaled.transform(_sample(20))).max() > 0.1

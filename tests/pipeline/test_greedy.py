@@ -51,8 +51,9 @@ def test_layers_train_greedily_on_the_codes_below(run):
     assert first.model.config.d_in == 64 and first.model.config.d_hidden == 32
     assert second.model.config.d_in == first.model.config.d_hidden
     assert first.codes.train.shape == (result.data.X_train.shape[0], 32)
+    below = result.encoder.code_scalings[0].transform(np.asarray(first.codes.train[:50]))  # standardised codes
     with torch.no_grad():
-        expected = second.model.encode(torch.from_numpy(np.asarray(first.codes.train[:50])))
+        expected = second.model.encode(torch.from_numpy(below))
     assert torch.allclose(torch.from_numpy(np.asarray(second.codes.train[:50])), expected, atol=1e-6)
 
 
@@ -87,11 +88,12 @@ def test_evaluation_reports_probes_per_layer_and_a_table(run):
     assert set(result.probes) == {"raw", "layer_1", "layer_2"}
     assert all(0.5 < acc <= 1.0 for acc in result.probes.values())
     metrics = result.metrics()
-    assert metrics["finetune.accuracy_after"] == result.finetuned.accuracy_after
+    assert metrics["finetune.test_accuracy_after"] == result.finetuned.accuracy_after
     assert "layer_2.test_mse" in metrics and "layer_1.train_loss" in metrics
     table = result.table()
     assert "fine-tuned" in table and "64->32" in table and "32->16" in table
-    assert result.headline()[0] == "finetune.accuracy_after"
+    assert result.encoder_choice[0] == "finetuned"  # it gained on validation, so register.encoder=best takes it
+    assert result.headline() == ("encoder.test_accuracy", result.finetuned.test_accuracy_after, True)
 
 
 def test_hooks_see_every_stage_in_order_and_the_plain_path_trains_every_layer(run):

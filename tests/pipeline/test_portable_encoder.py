@@ -50,7 +50,9 @@ def stacked(scale: str = "standard") -> StackedEncoder:
     clip = scale == "unit"
     scaling = Scaling(scale, rng.normal(size=64).astype(np.float32), rng.uniform(0.05, 0.2, 64).astype(np.float32),
                       0.1 if clip else 0.0, clip)
-    return StackedEncoder.from_autoencoders(scaling, layers, meta={"name": "portable"})
+    between = Scaling("standard", rng.uniform(0.2, 0.8, 16).astype(np.float32),
+                      rng.uniform(2.0, 5.0, 16).astype(np.float32), 0.0, False)  # layer 2 reads standardised codes
+    return StackedEncoder.from_autoencoders(scaling, layers, meta={"name": "portable"}, code_scalings=[between])
 
 
 def sample(n: int = 20) -> np.ndarray:

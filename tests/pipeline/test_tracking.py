@@ -91,7 +91,7 @@ def test_the_experiment_is_tagged_for_model_training(run):
 def test_the_description_holds_headline_registry_outcome_overrides_and_results(run):
     result, _, parent = run
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(f"**finetune.accuracy_after = {result.finetuned.accuracy_after:.6g}** (higher is better)")
+    assert note.startswith(f"**encoder.test_accuracy = {result.headline()[1]:.6g}** (higher is better)")
     assert "Registry: `tracked-encoder` version 1 @champion: no version holds @champion yet" in note
     assert "`--set defaults.lr=0.01` `--set layers.1.target=0.2`" in note
     assert "| layer | shape |" in note and "| fine-tuned |" in note
@@ -148,16 +148,16 @@ def test_the_finetune_run_charts_its_epochs_and_holds_accuracies_as_summaries(ru
     finetune = children(client, parent)["finetune"]
     assert steps(client, finetune.info.run_id, "loss") == [2]
     assert "epoch" not in finetune.data.metrics
-    assert finetune.data.metrics["accuracy_after"] == result.finetuned.accuracy_after
-    assert steps(client, finetune.info.run_id, "accuracy_after") == [0]
+    assert finetune.data.metrics["test_accuracy_after"] == result.finetuned.test_accuracy_after
+    assert steps(client, finetune.info.run_id, "test_accuracy_after") == [0]
 
 
 def test_parent_metrics_are_the_headline_first_then_probes_and_wall_time_each_logged_once(run):
     result, client, parent = run
     metrics = parent.data.metrics
-    assert set(metrics) == {"headline/finetune.accuracy_after", "probe_accuracy.raw", "probe_accuracy.layer_1",
+    assert set(metrics) == {"headline/encoder.test_accuracy", "probe_accuracy.raw", "probe_accuracy.layer_1",
                             "probe_accuracy.layer_2", "seconds"}
-    assert metrics["headline/finetune.accuracy_after"] == result.finetuned.accuracy_after
+    assert metrics["headline/encoder.test_accuracy"] == result.finetuned.accuracy_after
     assert metrics["probe_accuracy.layer_2"] == pytest.approx(result.probes["layer_2"])
     for key in metrics:
         assert steps(client, parent.info.run_id, key) == [0], key
@@ -209,13 +209,13 @@ def test_the_finetuned_encoder_is_registered_as_champion_with_a_few_tags_and_a_d
     version = client.get_model_version_by_alias("tracked-encoder", "champion")
     assert str(version.version) == reg.model_version
     assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
-                                 "weights_sha256", "kind", "registration_reason"}  # a handful, not one per metric
+                                 "weights_sha256", "kind", "encoder_choice", "registration_reason"}  # a handful
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
     assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
     assert version.tags["weights_sha256"] == weights_digest(result.finetuned.encoder)
     link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
     assert version.description == (
-        f"**finetune.accuracy_after = {result.finetuned.accuracy_after:.6g}** (higher is better)\n\n"
+        f"**encoder.test_accuracy = {result.headline()[1]:.6g}** (higher is better)\n\n"
         f"@champion: no version holds @champion yet\n\nRun: [{parent.info.run_name}]({link})")
 
 
@@ -244,7 +244,7 @@ def test_the_registered_model_loads_three_ways_and_agrees_with_the_encoder(run, 
     result, _, _ = run
     uri, _ = store
     X = result.data.X_test[:50]
-    expected = result.finetuned.encoder.transform(X)
+    expected = result.registered_encoder.transform(X)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tracked-encoder@champion")
     with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):

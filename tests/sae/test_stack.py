@@ -143,7 +143,7 @@ def test_load_rejects_another_format_version(stack, tmp_path):
     config = json.loads(path.read_text())
     config["format_version"] = 99
     path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="version 99; this code reads 'sae-stacked-encoder' version 1"):
+    with pytest.raises(ValueError, match="version 99; this code reads 'sae-stacked-encoder' versions 1, 2"):
         StackedEncoder.load(tmp_path / "enc")
 
 
@@ -161,3 +161,46 @@ def test_save_rejects_meta_that_is_not_json(tmp_path):
     encoder = StackedEncoder(_scaling(3), meta={"when": object()})
     with pytest.raises(ValueError, match="meta is not JSON-serialisable"):
         encoder.save(tmp_path / "enc")
+
+
+def _between(d: int) -> Scaling:
+    rng = np.random.default_rng(3)
+    return Scaling("standard", rng.uniform(0, 1, d).astype(np.float32), rng.uniform(1, 3, d).astype(np.float32),
+                   0.0, False)
+
+
+def test_code_scalings_apply_between_layers_and_survive_save_and_load(tmp_path):
+    aes, scaling = _autoencoders(), _scaling(12)
+    encoder = StackedEncoder.from_autoencoders(scaling, aes, code_scalings=[_between(6)])
+    x = _x()
+    with torch.no_grad():
+        first = aes[0].encode(encoder.scaler(x))
+        expected = aes[1].encode(torch.from_numpy(_between(6).transform(first.numpy())))
+        assert torch.allclose(encoder(x), expected, atol=1e-6)
+        assert torch.allclose(encoder.encode(x, depth=1), first)
+    loaded = StackedEncoder.load(encoder.save(tmp_path / "enc"))
+    assert json.loads((tmp_path / "enc" / "config.json").read_text())["format_version"] == 2
+    assert loaded.code_scalings[0].kind == "standard"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), encoder(x))
+
+
+def test_version_1_files_load_with_identity_code_scalings(stack, tmp_path):
+    encoder, _, _ = stack
+    directory = encoder.save(tmp_path / "v1")
+    config = json.loads((directory / "config.json").read_text())
+    del config["code_scalings"]
+    config["format_version"] = 1
+    (directory / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(directory / "model.safetensors")).items() if not k.startswith("code_")}
+    save_file(tensors, str(directory / "model.safetensors"))
+    loaded = StackedEncoder.load(directory)
+    with torch.no_grad():
+        assert torch.equal(loaded(_x()), encoder(_x()))
+
+
+def test_a_code_scaling_of_the_wrong_width_is_named():
+    with pytest.raises(ValueError, match="code scaling over 5 features follows a layer of 6 units"):
+        StackedEncoder.from_autoencoders(_scaling(12), _autoencoders(), code_scalings=[_between(5)])
