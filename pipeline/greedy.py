@@ -116,7 +116,8 @@ def stack_and_evaluate(
             logger=hooks.finetune_logger(),
         )
         hooks.on_finetune_end(finetuned)
-    probes = probe_accuracies(data, layers, seed=config.seed) if data.y_train is not None else {}
+    probes = (probe_accuracies(data, layers, seed=config.seed, accelerator=config.trainer.accelerator)
+              if data.y_train is not None else {})
     result = PretrainResult(
         config=config,
         data=data,
