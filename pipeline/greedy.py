@@ -59,6 +59,7 @@ def train_layer(
         callbacks=hooks.layer_callbacks(settings.index, settings),
         patience=settings.early_stopping_patience,
         trainer_options=settings.trainer.model_dump(),
+        compile=settings.compile,
     )
     return encode_layer(settings, model, inputs, codes_dir=codes_dir, seconds=time.perf_counter() - start)
 
