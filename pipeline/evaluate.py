@@ -47,12 +47,19 @@ def probe_accuracies(
     return out
 
 
-def layer_test_metrics(model: SparseAutoencoder, inputs: np.ndarray, chunk_rows: int = 8192) -> dict[str, float]:
-    """A trained layer's objective terms, mse, fvu, rho_hat, L0 and dead fraction on held-out inputs."""
+def layer_test_metrics(
+    model: SparseAutoencoder, inputs: np.ndarray, codes: np.ndarray | None = None, chunk_rows: int = 8192
+) -> dict[str, float]:
+    """A trained layer's objective terms, mse, fvu, rho_hat, L0 and dead fraction on held-out inputs.
+
+    ``codes`` are the layer's codes of ``inputs`` when already computed: only the decoder then runs.
+    """
     stats = EpochStats(model.config)
     model.eval()
+    code_chunks = None if codes is None else row_chunks(codes, chunk_rows)
     with torch.no_grad():
         for _, chunk in row_chunks(inputs, chunk_rows):
             x = torch.from_numpy(chunk)
-            stats.update(model.objective(x, corrupt=False), x)
+            h = None if code_chunks is None else torch.from_numpy(next(code_chunks)[1])
+            stats.update(model.objective(x, corrupt=False, codes=h), x)
     return stats.compute()

@@ -80,7 +80,7 @@ def encode_layer(
                          out_path=None if codes_dir is None else codes_dir / f"{split}_codes.npy")
         for split, x in zip(SPLITS, inputs, strict=True)
     ))
-    return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test), seconds, reused)
+    return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test, codes.test), seconds, reused)
 
 
 def stack_and_evaluate(
