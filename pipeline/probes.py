@@ -80,8 +80,8 @@ def fit_probe(
 ) -> ProbeFit:
     """Fit probes along ``cs`` (sorted strong -> weak, warm-started) on ``train``; keep the best on ``val``.
 
-    The path stops each fit at scikit-learn's tolerance; the chosen C is then converged further (warm) and
-    that fit is the one scored on validation and test.
+    Each fit along the path stops at ``PROBE_TOLERANCE``, enough to rank the Cs; the chosen C is then
+    converged to ``PROBE_FINAL_TOLERANCE`` (warm) and that fit is the one scored on validation and test.
     Features are standardised with the training mean and standard deviation (constant columns left at 0).
     Labels may be any values; validation or test labels unseen in training count as errors. Ties on the
     validation split go to the stronger regularisation.

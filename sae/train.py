@@ -94,8 +94,7 @@ def train_autoencoder(
     on CPU: every random draw (init, shuffling, noise) comes from the seed and CPU kernels are deterministic
     for a fixed thread count. ``deterministic=True`` also forces torch's deterministic algorithms, which GPUs
     need for bit-identical runs and which cost ~10% speed on CPU (default: only on GPU).
-    ``compile=True`` runs the objective (and its backward) through ``torch.compile`` with the optimizer's fused
-    kernel; compiled graphs are shared by every layer of the same config and shapes in this process, and a
+    ``compile=True`` runs the objective (and its backward) through ``torch.compile``; compiled graphs are shared by every layer of the same config and shapes in this process, and a
     failed compile warns once and trains eagerly. Not with lbfgs, data parallelism or mixed precision (warns).
     """
     if epochs < 1:
