@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile and tests: read when torch loads OpenMP
 import subprocess
 import sys
 import tempfile
