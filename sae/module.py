@@ -142,6 +142,7 @@ class SAEModule(pl.LightningModule):
             return compiled_objective()
         warnings.warn(f"compile=True ignored: {reason}; training eagerly", stacklevel=2)
         return None
+
     def _step(self, batch: torch.Tensor) -> torch.Tensor:
         opt = self._opt
         if self.optimizer_name == "lbfgs":
