@@ -78,6 +78,7 @@ class PartTimers:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.by_function: dict[tuple[str, str], float] = defaultdict(float)  # (part, function) -> seconds
         self._stack: list[float] = []  # per open call: seconds spent in calls nested in it
         self._undo: list[tuple[Any, str, Any]] = []
 
@@ -93,7 +94,9 @@ class PartTimers:
                 return real(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
-                self.seconds[part] += elapsed - self._stack.pop()
+                own = elapsed - self._stack.pop()
+                self.seconds[part] += own
+                self.by_function[(part, name)] += own
                 if self._stack:
                     self._stack[-1] += elapsed
 
@@ -223,6 +226,11 @@ def real_size(overrides: list[str]) -> None:
         share = "" if part == SERVER else f"{seconds / base:.1%}"
         print(f"| {part} | {seconds:.1f} | {share} |")
     print(f"| **wall** | {wall:.1f} (CPU {cpu:.1f}) | |")
+    top = sorted(((seconds, part, name) for (part, name), seconds in timers.by_function.items()
+                  if part not in TRAINING_PARTS and seconds >= 1.0), reverse=True)
+    if top:
+        print("\nlargest functions outside training: " + "; ".join(f"{part}: {name} {seconds:.1f} s"
+                                                               for seconds, part, name in top[:8]))
     verdict = "PASS" if outside <= OUTSIDE_TRAINING_TARGET * base else "FAIL"
     print(f"\neverything but layer training and fine-tuning epochs: {outside:.1f} s = {outside / base:.1%} of "
           f"{base:.1f} s (wall without the server start); target <= {OUTSIDE_TRAINING_TARGET:.0%}: {verdict}")
