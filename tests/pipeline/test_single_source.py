@@ -42,7 +42,7 @@ def test_layer_settings_field_equals_the_sae_config_field(name):
 
 
 def test_layer_settings_hold_exactly_the_sae_fields_plus_the_training_ones():
-    assert set(LayerSettings.model_fields) - set(SAE_FIELDS) == {*TRAINING_FIELDS, "early_stopping_patience"}
+    assert set(LayerSettings.model_fields) - set(SAE_FIELDS) == {*TRAINING_FIELDS, "early_stopping_patience", "compile"}
     assert not set(SHAPE_FIELDS) & set(LayerSettings.model_fields)  # shapes are set by the stack
 
 
