@@ -102,6 +102,8 @@ class LayerSettings(SAESettings):  # type: ignore[misc, valid-type]
     """Optimizer."""
     early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
     """Epochs without validation improvement before stopping; null = off."""
+    compile: bool = False
+    """Run each training step's objective and backward through torch.compile (paid once per shape in a process)."""
 
 
 def _all_optional(model: type[BaseModel]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def train_layer(
         callbacks=hooks.layer_callbacks(settings.index, settings),
         patience=settings.early_stopping_patience,
         trainer_options=settings.trainer.model_dump(),
+        compile=settings.compile,
     )
     return encode_layer(settings, model, inputs, codes_dir=codes_dir, seconds=time.perf_counter() - start)
 
@@ -104,7 +105,7 @@ def encode_layer(
                          out_path=None if codes_dir is None else codes_dir / f"{split}_codes.npy")
         for split, x in zip(SPLITS, inputs, strict=True)
     ))
-    return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test), seconds, reused)
+    return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test, codes.test), seconds, reused)
 
 
 def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
@@ -140,7 +141,8 @@ def evaluate(
     started: float,
 ) -> PretrainResult:
     """Probe every layer's codes (when labelled), assemble the result and hand it to ``hooks.on_run_end``."""
-    probes = probe_accuracies(data, layers, seed=config.seed) if data.y_train is not None else {}
+    probes = (probe_accuracies(data, layers, seed=config.seed, accelerator=config.trainer.accelerator)
+              if data.y_train is not None else {})
     result = PretrainResult(
         config=config,
         data=data,

@@ -107,16 +107,18 @@ class SparseAutoencoder(nn.Module):
         *,
         corrupt: bool | None = None,
         batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        codes: torch.Tensor | None = None,
     ) -> Objective:
         """Loss terms for a batch (batch, d_in). Corrupts inputs when training with noise > 0 unless told otherwise.
 
         ``batch_mean`` turns codes (batch, d_hidden) into rho_hat (d_hidden,); by default the mean over this
         batch. Data-parallel training passes the mean over the global batch (all ranks), so the kl term is
-        the single-process one.
+        the single-process one. ``codes`` (batch, d_hidden) already computed from clean ``x`` skip the encoder.
         """
         cfg = self.config
         corrupt = self.training if corrupt is None else corrupt
-        codes = self.encode(self.corrupt(x) if corrupt else x)
+        if codes is None:
+            codes = self.encode(self.corrupt(x) if corrupt else x)
         recon = self.decode(codes)
         reconstruction = 0.5 * (recon - x).pow(2).sum(dim=1).mean()
         decay = weight_decay_penalty(self.weights(), cfg.weight_decay)

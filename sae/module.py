@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,28 @@ import torch.distributed as dist
 from torch.distributed.nn.functional import all_reduce
 
 from sae.metrics import EpochStats
-from sae.model import SparseAutoencoder
+from sae.model import Objective, SparseAutoencoder
 
 Optimizer = Literal["adam", "sgd", "lbfgs"]
+
+
+def _objective(model: SparseAutoencoder, x: torch.Tensor) -> Objective:
+    return model.objective(x)
+
+
+_COMPILED: dict[str, Callable[[SparseAutoencoder, torch.Tensor], Objective]] = {}
+
+
+def compiled_objective() -> Callable[[SparseAutoencoder, torch.Tensor], Objective]:
+    """``model.objective(x)`` through ``torch.compile``, one wrapper per process.
+
+    The model is an argument, not a closure: its parameters are graph inputs, so a new layer with the same
+    config, shapes, dtype and device reuses the compiled graphs (and their compiled backward) instead of
+    compiling again; a new config or shape adds one entry to torch's cache.
+    """
+    if "objective" not in _COMPILED:
+        _COMPILED["objective"] = torch.compile(_objective, dynamic=False)  # static kernels: one per batch size
+    return _COMPILED["objective"]
 
 
 class SAEModule(pl.LightningModule):
@@ -35,6 +55,7 @@ class SAEModule(pl.LightningModule):
         history_path: str | None = None,
         validation: Iterable[torch.Tensor] | None = None,
         patience: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -44,9 +65,12 @@ class SAEModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []
         self.history_path = history_path
         self._train_stats = EpochStats(model.config)
+        self._input_sums: tuple[torch.Tensor, float] | None = None
         self.validation = validation
         self.patience = patience
         self._best_val, self._stale = float("inf"), 0
+        self.compile = compile
+        self._objective: Callable[[SparseAutoencoder, torch.Tensor], Objective] | None = None
         # Manual optimization: one backward and one step per batch without Lightning's closure bookkeeping,
         # which costs ~0.5 ms a step, a tenth of a small layer's step on 2 CPU cores.
         self.automatic_optimization = False
@@ -67,12 +91,16 @@ class SAEModule(pl.LightningModule):
             Path(self.history_path).write_text(json.dumps(self.history))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = self.model.parameters()
+        params = list(self.model.parameters())
+        # The fused kernels update every parameter in one pass: Adam's step took 1.6-2.2 ms instead of 3.3-5 ms
+        # for a 784x200 layer on 2 CPU cores (~10% of a batch-256 step). They also serve compiled steps:
+        # compiling the optimizer step itself recompiled for every new optimizer object.
+        fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in params) else {}
         match self.optimizer_name:
             case "adam":
-                return torch.optim.Adam(params, lr=self.lr)
+                return torch.optim.Adam(params, lr=self.lr, **fused)
             case "sgd":
-                return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+                return torch.optim.SGD(params, lr=self.lr, momentum=0.9, **fused)
             case "lbfgs":
                 return torch.optim.LBFGS(
                     params, lr=self.lr, max_iter=self.lbfgs_max_iter, line_search_fn="strong_wolfe"
@@ -81,7 +109,8 @@ class SAEModule(pl.LightningModule):
                 raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose adam, sgd or lbfgs")
 
     def on_train_epoch_start(self) -> None:
-        self._train_stats = EpochStats(self.model.config)
+        # Every epoch visits the same rows: the input sums of the first serve the rest (two reductions a step).
+        self._train_stats = EpochStats(self.model.config, inputs=self._input_sums)
 
     def training_step(self, batch: torch.Tensor | list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         # A "batch" from train_autoencoder is a short list of mini-batches, one optimizer step each: Lightning's
@@ -96,6 +125,23 @@ class SAEModule(pl.LightningModule):
         # hook dispatch there (~0.4 ms a step). Mixed precision keeps the wrapper, which owns the grad scaler.
         full = str(self.trainer.precision) in ("32-true", "64-true", "bf16-true", "16-true", "32", "64")
         self._opt = self.optimizers(use_pl_optimizer=not full)
+        self._objective = self._choose_objective(full)
+
+    def _choose_objective(self, full_precision: bool) -> Callable[[SparseAutoencoder, torch.Tensor], Objective] | None:
+        """The compiled objective when ``compile`` applies here, else None (eager), with one warning if not."""
+        if not self.compile:
+            return None
+        reason = None
+        if self.optimizer_name == "lbfgs":
+            reason = "optimizer='lbfgs' re-evaluates the objective inside its line search"
+        elif self._batch_mean is not None:
+            reason = "data-parallel training all-reduces inside the objective"
+        elif not full_precision:
+            reason = f"precision={self.trainer.precision} runs under autocast"
+        if reason is None:
+            return compiled_objective()
+        warnings.warn(f"compile=True ignored: {reason}; training eagerly", stacklevel=2)
+        return None
 
     def _step(self, batch: torch.Tensor) -> torch.Tensor:
         opt = self._opt
@@ -114,16 +160,29 @@ class SAEModule(pl.LightningModule):
             opt.step(closure=closure)
             return first[0].detach()
         opt.zero_grad()
-        obj = self.model.objective(batch, batch_mean=self._batch_mean)
+        obj = self._compiled(batch) if self._objective is not None else None
+        if obj is None:
+            obj = self.model.objective(batch, batch_mean=self._batch_mean)
         self.manual_backward(obj.total)
         opt.step()
         self._train_stats.update(obj, batch)
         return obj.total.detach()
 
+    def _compiled(self, batch: torch.Tensor) -> Objective | None:
+        """The compiled objective, or None after warning once that compiling failed (eager from then on)."""
+        assert self._objective is not None
+        try:
+            return self._objective(self.model, batch)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: training goes on eagerly
+            self._objective = None
+            warnings.warn(f"compile=True failed ({type(error).__name__}: {error}); training eagerly", stacklevel=2)
+            return None
+
     def on_train_epoch_end(self) -> None:
         metrics = self._train_stats.compute()
         if not metrics:
             return
+        self._input_sums = self._train_stats.inputs
         if not torch.isfinite(torch.tensor(metrics["loss"])):
             raise FloatingPointError(
                 f"training loss became {metrics['loss']} at epoch {self.current_epoch}; lower lr or check the data"

@@ -83,6 +83,7 @@ def train_autoencoder(
     patience: int | None = 5,
     trainer_options: dict[str, Any] | None = None,
     deterministic: bool | None = None,
+    compile: bool = False,
 ) -> SparseAutoencoder:
     """Train one layer on ``X`` (n, d_in) and return it, with ``.history`` holding one dict of metrics per epoch.
 
@@ -93,6 +94,8 @@ def train_autoencoder(
     on CPU: every random draw (init, shuffling, noise) comes from the seed and CPU kernels are deterministic
     for a fixed thread count. ``deterministic=True`` also forces torch's deterministic algorithms, which GPUs
     need for bit-identical runs and which cost ~10% speed on CPU (default: only on GPU).
+    ``compile=True`` runs the objective (and its backward) through ``torch.compile``; compiled graphs are shared by every layer of the same config and shapes in this process, and a
+    failed compile warns once and trains eagerly. Not with lbfgs, data parallelism or mixed precision (warns).
     """
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: must be at least 1")
@@ -118,6 +121,7 @@ def train_autoencoder(
         history_path=history_path and str(history_path),
         validation=val,
         patience=patience,
+        compile=compile,
     )
     full_batch = optimizer == "lbfgs"
     train = ShuffledBatches(X, X.shape[0] if full_batch else batch_size, seed=seed, shuffle=not full_batch)

@@ -32,17 +32,17 @@ def runs(tmp_path_factory):
     noisy = np.clip(X[1300:1650][::-1] + rng.normal(0, 4, (350, 64)), 0, 16).astype(np.float32)
     np.savez(tmp_path / "test_b.npz", X=noisy, y=rng.permutation(y[1300:1650]))
     out = []
-    real_score = evaluate.LogisticRegression.score
-    for name, n_test in (("test_a.npz", len(y) - 1300), ("test_b.npz", 350)):
-        probes_on_test: list[float] = []  # C of every probe scored on the test rows
+    real_fit = evaluate.fit_probe
+    for name in ("test_a.npz", "test_b.npz"):
+        probes_on_test: list[float] = []  # the C each probe chose (then scored on the test rows)
 
-        def score(self, X, y, _seen=probes_on_test, _n=n_test):
-            if X.shape[0] == _n:
-                _seen.append(self.C)
-            return real_score(self, X, y)
+        def fit(*args, _seen=probes_on_test, **kwargs):
+            chosen = real_fit(*args, **kwargs)
+            _seen.append(chosen.c)
+            return chosen
 
         mp = pytest.MonkeyPatch()
-        mp.setattr(evaluate.LogisticRegression, "score", score)
+        mp.setattr(evaluate, "fit_probe", fit)
         try:
             out.append((pretrain_stack(_config(tmp_path, name)), probes_on_test))
         finally:
@@ -73,7 +73,7 @@ def test_fine_tuning_and_the_registered_choice_do_not_depend_on_the_test_split(r
 
 def test_probes_choose_their_regularisation_without_the_test_split(runs):
     (a, seen_a), (b, seen_b) = runs
-    assert len(seen_a) == len(a.probes) == 3  # raw, layer 1, layer 2: each scored on the test rows once
+    assert len(seen_a) == len(a.probes) == 3  # raw, layer 1, layer 2: one probe each
     assert seen_a == seen_b
     assert a.probes != b.probes
 

@@ -51,7 +51,7 @@ def test_the_decoder_field_adds_auto_to_the_sae_choices():
 
 
 def test_layer_settings_hold_exactly_the_sae_fields_plus_the_training_ones():
-    extra = {*TRAINING_FIELDS, "early_stopping_patience", "code_scaling"}  # code_scaling: how the stack feeds it
+    extra = {*TRAINING_FIELDS, "early_stopping_patience", "compile", "code_scaling"}  # code_scaling: how the stack feeds it
     assert set(LayerSettings.model_fields) - set(SAE_FIELDS) == extra
     assert not set(SHAPE_FIELDS) & set(LayerSettings.model_fields)  # shapes are set by the stack
 

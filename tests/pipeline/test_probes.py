@@ -1,0 +1,74 @@
+"""The torch probe: same answer as scikit-learn's logistic regression, warm-started path, device choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from pipeline.probes import PROBE_CS, fit_probe, probe_device
+
+
+@pytest.fixture(scope="module")
+def codes() -> tuple[np.ndarray, ...]:
+    """Sigmoid codes (1,797 x 96) of the digits through a fixed random layer, split 1,000 / 400 / 397."""
+    X, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = X[order] / 16.0, y[order]
+    weights = np.random.default_rng(1).normal(0, 0.3, (64, 96))
+    h = (1 / (1 + np.exp(-(X @ weights - 1.0)))).astype(np.float32)
+    return h[:1000], y[:1000], h[1000:1400], y[1000:1400], h[1400:], y[1400:]
+
+
+def test_probe_accuracy_matches_scikit_learn_at_the_chosen_c(codes: tuple[np.ndarray, ...]) -> None:
+    train, y_train, val, y_val, test, y_test = codes
+    fit = fit_probe(train, y_train, val, y_val, test, y_test)
+    scaler = StandardScaler().fit(train)
+    reference = LogisticRegression(C=fit.c, max_iter=1000, tol=1e-6).fit(scaler.transform(train), y_train)
+    assert fit.c in PROBE_CS
+    assert fit.val_accuracy == pytest.approx(reference.score(scaler.transform(val), y_val), abs=0.003)
+    assert fit.test_accuracy == pytest.approx(reference.score(scaler.transform(test), y_test), abs=0.003)
+    assert 0.8 < fit.test_accuracy < 1.0  # a real probe on real digits, not a degenerate fit
+
+
+def test_regularisation_path_is_warm_started(codes: tuple[np.ndarray, ...]) -> None:
+    path = fit_probe(*codes)
+    assert [c for c, _, _ in path.path] == sorted(PROBE_CS)
+    for c, _, warm in path.path[1:]:
+        (_, _, cold), = fit_probe(*codes, cs=(c,)).path
+        assert warm < cold, f"C={c}: {warm} iterations from the previous C, {cold} from zero"
+
+
+def test_validation_split_chooses_c_and_test_is_only_scored(codes: tuple[np.ndarray, ...]) -> None:
+    train, y_train, val, y_val, test, y_test = codes
+    path = fit_probe(train, y_train, val, y_val, test, y_test)
+    assert path.val_accuracy == pytest.approx(max(score for _, score, _ in path.path), abs=0.006)
+    # Validating on the training rows rewards the weakest regularisation: the choice follows validation...
+    assert fit_probe(train, y_train, train, y_train, test, y_test, cs=(1e-3, 100.0)).c == 100.0
+    # ...and never the test labels.
+    scrambled = fit_probe(train, y_train, val, y_val, test, np.roll(y_test, 1))
+    assert scrambled.c == path.c and scrambled.val_accuracy == path.val_accuracy
+
+
+def test_labels_unseen_in_training_count_as_errors(codes: tuple[np.ndarray, ...]) -> None:
+    train, y_train, val, y_val, test, y_test = codes
+    fit = fit_probe(train, y_train, val, y_val, test, np.full_like(y_test, 99))
+    assert fit.test_accuracy == 0.0
+
+
+def test_probe_device_follows_the_trainer_accelerator() -> None:
+    assert probe_device("cpu") == torch.device("cpu")
+    assert probe_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown accelerator 'tpu'"):
+        probe_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            probe_device("gpu")
+
+
+def test_empty_c_path_is_refused(codes: tuple[np.ndarray, ...]) -> None:
+    with pytest.raises(ValueError, match="cs is empty"):
+        fit_probe(*codes, cs=())
