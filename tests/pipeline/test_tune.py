@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
@@ -57,6 +56,19 @@ def test_layer_two_trials_train_on_the_best_layer_one_codes(tmp_path):
         assert job.inputs.train.shape[1] == first.best.params["hidden"]
     assert result.best_config.layers[0].hidden == first.best.params["hidden"]
     assert result.best_config.layers[1].hidden == second.best.params["hidden"]
+
+
+def test_parallel_runs_trials_of_a_layer_in_batches_and_keeps_the_budget(tmp_path):
+    config = tiny(tmp_path, {"trials": 3, "defaults": {"hidden": [4, 8, 12]}})
+    batches = []
+
+    def runner(jobs):
+        batches.append([(job.settings.index, job.number) for job in jobs])
+        return plain_runner(2)(jobs)
+
+    result = tune_stack(config, f"sqlite:///{tmp_path / 'optuna.db'}", parallel=2, runner=runner)
+    assert batches == [[(0, 0), (0, 1)], [(0, 2)], [(1, 0), (1, 1)], [(1, 2)]]
+    assert all(t.state.name == "COMPLETE" for layer in result.layers for t in layer.trials)
 
 
 def test_a_second_identical_search_runs_no_trial_and_keeps_the_same_best(tmp_path):
