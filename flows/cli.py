@@ -41,6 +41,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    if config.search is None or (args.trials is not None and args.trials < 1) or args.parallel < 1:
+        from pipeline.errors import InputError
+
+        raise InputError("tune needs a config with a search section (see examples/tune-digits.yaml), "
+                         "--trials >= 1 and --parallel >= 1")
     from flows.tune import tune_flow
     from pipeline.tune.table import trial_rows
 
