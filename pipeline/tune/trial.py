@@ -18,7 +18,7 @@ from pipeline.hooks import PipelineHooks
 from pipeline.tune.objective import EpochReporter, final_value
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
-REPORTS_PER_LAYER = 8  # pruning checkpoints per layer: each costs a probe fit under the probe objective
+REPORTS_PER_LAYER = 8  # probe objective: pruning checkpoints per layer (each costs a probe fit); reconstruction: every epoch
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _reporter(job: TrialJob) -> EpochReporter | None:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (objective {value:.4g})")
 
-    every = max(1, job.settings.epochs // REPORTS_PER_LAYER)
+    every = 1 if job.objective == "reconstruction" else max(1, job.settings.epochs // REPORTS_PER_LAYER)
     return EpochReporter(job.objective, job.inputs, job.labels, report, every=every, seed=job.seed)
 
 
