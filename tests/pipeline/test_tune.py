@@ -181,3 +181,15 @@ def test_a_search_killed_mid_trial_in_layer_two_resumes_without_rerunning_finish
     assert killed.state.name == "FAIL" and killed.user_attrs["interrupted"] is True
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
     assert not list(Path(config.cache_dir, "layers").glob("*.partial-*"))  # the killed trial's partial is gone
+
+
+def test_the_reconstruction_objective_is_minimised_and_reported_every_epoch(tmp_path):
+    config = tiny(tmp_path, {"trials": 3, "objective": "reconstruction", "defaults": {"hidden": [2, 12]}})
+    recorder = Recorder()
+    result = tune_stack(config, f"sqlite:///{tmp_path / 'optuna.db'}", hooks=[recorder])
+    assert result.objective == "reconstruction" and result.layers[0].direction == "minimize"
+    first = [o for index, o in recorder.trials if index == 0 and not o.recalled]
+    for outcome in first:
+        assert outcome.value == outcome.history[-1]["val_mse"]
+        assert [epoch for epoch, _ in outcome.reports] == [0, 1]  # epochs 1 and 2 reported; the last is the value
+    assert result.layers[0].best.value == min(t.value for t in result.layers[0].trials)
