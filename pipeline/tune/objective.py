@@ -21,9 +21,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from pipeline.data.loading import Splits
+from pipeline.evaluate import PROBE_CS
 from sae.batches import row_chunks
 
-PROBE_C = 1.0
+EPOCH_PROBE_C = 1.0  # the per-epoch probe fits one C; the final one picks the best of evaluate's PROBE_CS
 PROBE_MAX_TRAIN = 20_000  # rows the final probe fits on (seeded subsample beyond this)
 EPOCH_PROBE_ROWS = 1_500  # rows the per-epoch probe fits on: a cheap pruning signal, not the final score
 EPOCH_PROBE_ITER = 100
@@ -41,18 +42,23 @@ def direction(objective: str) -> str:
 
 
 def probe_val_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, *,
-                       seed: int = 0, max_rows: int = PROBE_MAX_TRAIN, max_iter: int = 300) -> float:
-    """Validation accuracy of a logistic-regression probe (C=1, standardised codes) fitted on ``train``."""
+                       seed: int = 0, max_rows: int = PROBE_MAX_TRAIN, max_iter: int = 300,
+                       cs: tuple[float, ...] = PROBE_CS) -> float:
+    """Validation accuracy of a logistic-regression probe on standardised codes fitted on ``train``: the best
+    over ``cs``, as ``pipeline.evaluate`` chooses C, so the objective ranks layers the way the report does."""
     rows = np.arange(train.shape[0])
     if rows.size > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows.size, max_rows, replace=False))
     x, y = np.asarray(train[rows], np.float32), np.asarray(y_train)[rows]
     scaler = StandardScaler().fit(x)
-    clf = LogisticRegression(C=PROBE_C, max_iter=max_iter, random_state=seed)
+    x, val = scaler.transform(x), scaler.transform(np.asarray(val, np.float32))
+    scores = []
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(scaler.transform(x), y)
-        return float(clf.score(scaler.transform(np.asarray(val, np.float32)), np.asarray(y_val)))
+        for c in cs:
+            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
+            scores.append(float(clf.score(val, np.asarray(y_val))))
+    return max(scores)
 
 
 def final_value(objective: str, codes: Splits, history: list[dict[str, float]], labels: tuple[Any, Any] | None,
@@ -108,7 +114,8 @@ class EpochReporter(Callback):
             was_training = pl_module.training
             pl_module.eval()
             value = probe_val_accuracy(_encode(pl_module, self.train), self.y_train, _encode(pl_module, self.val),
-                                       self.labels[1], seed=self.seed, max_iter=EPOCH_PROBE_ITER)
+                                       self.labels[1], seed=self.seed, max_iter=EPOCH_PROBE_ITER,
+                                       cs=(EPOCH_PROBE_C,))
             pl_module.train(was_training)
         else:
             value = float(history[-1][RECONSTRUCTION])
