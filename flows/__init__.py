@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.pretrain import extra_hooks, pretrain_flow
+    from flows.tune import tune_flow
 
 # Resolved on first use: the console entry (flows.cli) must run its setup before Prefect and torch load.
-_EXPORTS = {"extra_hooks": "flows.pretrain", "pretrain_flow": "flows.pretrain"}
-__all__ = ["extra_hooks", "pretrain_flow"]
+_EXPORTS = {"extra_hooks": "flows.pretrain", "pretrain_flow": "flows.pretrain", "tune_flow": "flows.tune"}
+__all__ = ["extra_hooks", "pretrain_flow", "tune_flow"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.cli import EXIT_OK, add_config_arguments, load_config
 from pipeline.cli import main as pipeline_main
@@ -57,6 +58,35 @@ def _next_line(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"MLflow run: {page}" if command is None else f"Next: {command}, then open the MLflow run: {page}"
 
 
+def _tune(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if config.search is None or (args.trials is not None and args.trials < 1) or args.parallel < 1:
+        from pipeline.errors import InputError
+
+        raise InputError("tune needs a config with a search section (see examples/tune-digits.yaml), "
+                         "--trials >= 1 and --parallel >= 1")
+    from flows.tune import tune_flow
+    from pipeline.tune.table import trial_rows
+
+    result = tune_flow(config, trials=args.trials, parallel=args.parallel)
+    out = Path(args.out).resolve()
+    out.write_text(result.best_yaml())
+    tracked = result.pretrain and result.pretrain.tracked
+    reg = tracked and tracked.registration
+    if args.json:
+        print(json.dumps({"best_config": str(out), "objective": result.objective, "seconds": result.seconds,
+                          "trials": trial_rows(result), "run_id": tracked and tracked.run_id,
+                          "model_version": reg and reg.model_version}))
+        return EXIT_OK
+    print(result.table())
+    print(f"\nobjective: {result.objective} (validation); searched in {result.seconds:.1f} s")
+    print(f"best config: {out} (`sae-pipeline run {out}` reuses the cached layers)")
+    if result.pretrain is not None:
+        name, value, _ = result.pretrain.headline()
+        print(f"best stack {name}: {value:.4f}" + (f"; registered version {reg.model_version} @{reg.alias}" if reg else ""))
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     from flows.deploy import serve
 
@@ -86,6 +116,14 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore cached layers and retrain everything")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("tune", help="greedy per-layer hyperparameter search (the config's search section)")
+    add_config_arguments(p)
+    p.add_argument("--trials", type=int, help="trials per layer (default: search.trials)")
+    p.add_argument("--parallel", type=int, default=1, help="trials of one layer run at once (default 1)")
+    p.add_argument("--out", default="best.yaml", help="where the best config is written (default ./best.yaml)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.set_defaults(func=_tune)
 
     for name, func, helptext in (
         ("serve", _serve, "serve a scheduled deployment of the flow (needs a Prefect server: make servers)"),

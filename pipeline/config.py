@@ -26,6 +26,7 @@ from pydantic import (
 
 from pipeline.errors import InputError
 from pipeline.overrides import apply_overrides
+from pipeline.search_config import SearchConfig
 from sae.config import SAEConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -226,11 +227,16 @@ class PipelineConfig(_Section):
     """The fine-tuning section."""
     register: RegisterConfig = Field(default_factory=RegisterConfig)
     """The model-registry section."""
+    search: SearchConfig | None = None
+    """What `sae-pipeline tune` searches (ignored by `run`); null = nothing to tune."""
 
     @model_validator(mode="after")
     def _check_layers(self) -> PipelineConfig:
         for layer in self.resolved_layers():
             _check_layer(self, layer)
+        if self.search is not None and (extra := [i for i in self.search.layers if i >= len(self.layers)]):
+            raise ValueError(f"search.layers.{extra[0]}: the stack has {len(self.layers)} layers (0-based); "
+                             f"use an index below {len(self.layers)}")
         if self.data.scale == "standard" and self.layer_settings(0).decoder_activation == "sigmoid":
             raise ValueError(
                 "data.scale=standard with layers.0.decoder_activation=sigmoid: standardised inputs leave [0, 1], "

@@ -1,0 +1,103 @@
+"""The tuning flow: a Prefect task per trial (keyed like the layer cache), then the best stack via the pretrain flow.
+
+``pipeline.tune.search`` owns the greedy loop and the Optuna studies; this module only decides how a batch
+of trials runs: as ``tune-trial`` tasks, ``parallel`` at a time on the thread pool. A trial's task is keyed
+by its layer's cache key, so the same settings on the same codes are never trained twice, and a trial that
+was pruned ends Cancelled and one that failed ends Failed, each with the reason. The best stack is then run by
+``pretrain_flow`` as a sub-flow, exactly as ``sae-pipeline run best.yaml`` would (layers from the cache,
+fine-tuning, evaluation, registration with the champion rules).
+"""
+
+# No `from __future__ import annotations`: Prefect builds the flow's parameter model from real annotations.
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Failed
+
+from flows.pretrain import PREFECT_RESULTS, _as_config, pretrain_flow
+from pipeline import layer_store
+from pipeline.config import PipelineConfig
+from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
+from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
+from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_trial
+
+_extra_hooks: list[TuneHooks] = []  # test probes and progress printers added by the caller of the flow
+
+
+def _trial_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    job: TrialJob = parameters["job"]
+    return f"trial-{job.key}-{job.objective}"
+
+
+@task(name="tune-trial", cache_key_fn=_trial_key, persist_result=True, result_serializer="json")
+def trial_task(job: TrialJob, outcomes: dict[int, TrialOutcome]) -> Any:
+    """Train (or recall) one trial's layer and score it; a pruned trial ends Cancelled, a failed one Failed."""
+    outcome = run_trial(job)
+    outcomes[job.number] = outcome
+    reason = (outcome.error or "").splitlines()[0] if outcome.error else ""
+    if outcome.state == PRUNED:  # a returned state: no traceback in the log, and only Completed is cached
+        return Cancelled(message=f"pruned: {reason}")
+    if outcome.state != COMPLETE:
+        return Failed(message=f"failed: {reason}")
+    return {"key": outcome.key, "value": outcome.value, "epochs": outcome.epochs}
+
+
+def prefect_runner(cache_dir: str) -> Runner:
+    """Each trial a ``tune-trial-<layer>.<n>`` task, all of one batch submitted together (the batch is --parallel)."""
+    results = Path(cache_dir).expanduser().resolve() / PREFECT_RESULTS
+
+    def run(jobs: list[TrialJob]) -> list[TrialOutcome]:
+        outcomes: dict[int, TrialOutcome] = {}
+        futures = []
+        for job in jobs:
+            complete = layer_store.is_complete(layer_store.layer_dir(job.cache_dir, job.key))
+            futures.append(trial_task.with_options(
+                task_run_name=f"tune-trial-{job.settings.index + 1}.{job.number + 1}",
+                refresh_cache=not complete, result_storage=results,
+            ).submit(job, outcomes))
+        for job, future in zip(jobs, futures, strict=True):
+            future.wait()
+            if job.number not in outcomes:  # Prefect recalled the task: the layer is in the cache
+                cached = future.result()
+                outcomes[job.number] = TrialOutcome(job.number, job.params, cached["key"], COMPLETE, cached["value"],
+                                                    recalled=True, epochs=cached["epochs"])
+        return [outcomes[job.number] for job in jobs]
+
+    return run
+
+
+def tune_run_name() -> str:
+    """Flow run name: ``tune-<config name>-<time>``."""
+    config = flow_run.parameters.get("config")
+    name = config.name if isinstance(config, PipelineConfig) else (config or {}).get("name", "?")
+    return f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="sae-tune", flow_run_name=tune_run_name, persist_result=False, validate_parameters=True)
+def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int = 1, finish: bool = True) -> TuneResult:
+    """Greedy per-layer search of ``config.search``; then train/assemble, evaluate and register the best stack."""
+    config = _as_config(config)
+    hooks = [TuneTracking(), *_extra_hooks]
+    return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel, hooks=hooks,
+                      runner=prefect_runner(config.cache_dir), finish=pretrain_flow if finish else None)
+
+
+def serve_tune(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
+               name: str | None = None, trials: int | None = None, parallel: int = 1) -> None:
+    """Serve a deployment that runs the search on a schedule (needs a Prefect server); blocks until stopped."""
+    from flows.deploy import _require_server, _schedule, one_at_a_time  # server-only imports, on demand
+
+    schedule = _schedule(cron, interval)
+    _require_server("serving a tuning schedule")
+    tune_flow.serve(
+        name=name or f"tune-{config.name}",
+        parameters={"config": config.model_dump(mode="json"), "trials": trials, "parallel": parallel},
+        description=f"Greedy per-layer hyperparameter search of {config.name} on {config.data.source}",
+        tags=["sae-pipeline", "tune"],
+        global_limit=one_at_a_time(),
+        **schedule,
+    )

@@ -1,0 +1,144 @@
+"""MLflow records of a search: a parent run, a child run per layer, a nested run per trial.
+
+The parent carries each layer's objective-vs-trial and parameter-importance plots, the trial table and the
+best config (``best.yaml``). Trial runs end FINISHED (complete), KILLED (pruned) or FAILED, with the state
+also as the tag ``sae.trial.state``. The best stack itself is recorded by the pretrain run (``run``'s own
+tracking and registration); the two point at each other through tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from pipeline.tracking import store
+from pipeline.tune.search import TuneHooks
+
+if TYPE_CHECKING:
+    import optuna
+
+    from pipeline.config import PipelineConfig
+    from pipeline.data.loading import LoadedData
+    from pipeline.tune.search import LayerSearch, TuneResult
+    from pipeline.tune.trial import TrialOutcome
+
+log = logging.getLogger(__name__)
+OPTUNA_DB = "optuna.db"
+RUN_STATUS = {"complete": RunStatus.FINISHED, "pruned": RunStatus.KILLED, "failed": RunStatus.FAILED}
+
+
+def optuna_storage(config: PipelineConfig) -> str:
+    """search.storage, else ``optuna.db`` beside the MLflow sqlite database, else in cache_dir."""
+    if config.search is not None and config.search.storage:
+        return config.search.storage
+    db = store.sqlite_path(store.resolve_tracking_uri(config.tracking_uri))
+    directory = db.parent if db is not None else Path(config.cache_dir).expanduser().resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / OPTUNA_DB}"
+
+
+class TuneTracking(TuneHooks):
+    """Records a search in MLflow with an explicit client and run ids (safe from any thread)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.configured_uri = tracking_uri
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.experiment_id = ""
+        self.layer_runs: dict[int, str] = {}
+
+    def on_search_start(self, config: PipelineConfig, data: LoadedData, objective: str) -> None:
+        """Open the parent run ``tune-<name>-<time>`` with the config and the search settings."""
+        uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
+        self.client = store.client(uri)
+        self.experiment_id = store.experiment_id(self.client, uri, config.name)
+        assert config.search is not None
+        tags = {MLFLOW_RUN_NAME: f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", "sae.kind": "tune",
+                "sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
+        run = self.client.create_run(self.experiment_id, run_name=tags[MLFLOW_RUN_NAME], tags=resolve_tags(tags))
+        self.run_id = run.info.run_id
+        search = {f"search.{k}": v for k, v in config.search.model_dump(mode="json", exclude={"defaults", "layers"}).items()}
+        self._params(self.run_id, {**search, "search.objective": objective, "layers": len(config.layers)})
+        self.client.log_text(self.run_id, config.to_yaml(), "config.yaml")
+
+    def on_layer_start(self, index: int, study_name: str) -> None:
+        """Open child run ``tune-layer-N``, tagged with its Optuna study."""
+        assert self.run_id is not None
+        self.layer_runs[index] = self._run(f"tune-layer-{index + 1}", self.run_id, {"sae.study": study_name})
+
+    def on_trial_end(self, index: int, outcome: TrialOutcome) -> None:
+        """A nested run per trial: params, per-epoch metrics and objective reports, final objective, state."""
+        parent = self.layer_runs[index]
+        run_id = self._run(f"trial-{index + 1}.{outcome.number + 1}", parent, {
+            "sae.trial.state": outcome.state, "sae.trial.recalled": str(outcome.recalled).lower(),
+            "sae.layer.key": outcome.key, **({"error": outcome.error[:5000]} if outcome.error else {})})
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(row.get("epoch", i))) for i, row in enumerate(outcome.history)
+                   for k, v in row.items() if k != "epoch"]
+        metrics += [Metric("objective_epoch", value, now, epoch) for epoch, value in outcome.reports]
+        if outcome.value is not None:
+            metrics.append(Metric("objective", float(outcome.value), now, max(outcome.epochs - 1, 0)))
+        metrics += [Metric("seconds", outcome.seconds, now, 0), Metric("epochs", float(outcome.epochs), now, 0)]
+        params = [Param(k, str(v)) for k, v in outcome.params.items()]
+        for start in range(0, max(len(metrics), 1), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if not start else [])
+        self.client.set_terminated(run_id, RunStatus.to_string(RUN_STATUS[outcome.state]))
+
+    def on_layer_end(self, layer: LayerSearch, study: optuna.Study) -> None:
+        """Best trial on the layer run; the layer's plots on the parent; close the layer run."""
+        from pipeline.tune.plots import objective_vs_trial, param_importance
+
+        assert self.run_id is not None
+        run_id, number = self.layer_runs.pop(layer.index), layer.index + 1
+        now = int(time.time() * 1000)
+        best = layer.best
+        self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best.value or 0), now, 0),
+                                               Metric("trials", float(len(layer.trials)), now, 0)],
+                              params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
+                              tags=[RunTag("sae.best_trial", str(best.number + 1)), RunTag("sae.layer.key", layer.best_key)])
+        with tempfile.TemporaryDirectory(prefix="sae-tune-") as tmp:
+            objective_vs_trial(study, Path(tmp) / f"layer-{number}-objective.png", title=f"layer {number}")
+            param_importance(study, Path(tmp) / f"layer-{number}-importance.png", title=f"layer {number}")
+            self.client.log_artifacts(self.run_id, tmp, "plots")
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.client.log_metric(self.run_id, f"layer_{number}.best_objective", float(best.value or 0))
+
+    def on_search_end(self, result: TuneResult) -> None:
+        """best.yaml, the trial table, the link to the best stack's run; close the parent FINISHED."""
+        assert self.run_id is not None
+        self.client.log_text(self.run_id, result.best_yaml(), "best.yaml")
+        self.client.log_text(self.run_id, result.table() + "\n", "trials.txt")
+        self.client.log_metric(self.run_id, "seconds", result.seconds)
+        tracked = getattr(result.pretrain, "tracked", None)
+        if tracked is not None:
+            self.client.set_tag(self.run_id, "sae.best_run", tracked.run_id)
+            self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.run_id = None
+
+    def on_search_failed(self, error: BaseException) -> None:
+        """Close open layer runs and the parent FAILED, the error as a tag."""
+        if self.run_id is None:
+            return
+        try:
+            tags = [RunTag("error", f"{type(error).__name__}: {error}"[:5000])]
+            for run_id in [*self.layer_runs.values(), self.run_id]:
+                self.client.log_batch(run_id, tags=tags)
+                self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        except Exception as problem:  # noqa: BLE001 - never hide the search's own error behind ours
+            log.warning("could not record the failure in MLflow: %s", problem)
+        self.layer_runs, self.run_id = {}, None
+
+    def _run(self, name: str, parent: str, tags: dict[str, str]) -> str:
+        tags = {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: name, **tags}
+        return self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags)).info.run_id
+
+    def _params(self, run_id: str, params: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()])
