@@ -10,16 +10,14 @@ fine-tuning, evaluation, registration with the champion rules).
 
 # No `from __future__ import annotations`: Prefect builds the flow's parameter model from real annotations.
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
-from flows.pretrain import PREFECT_RESULTS, _as_config, pretrain_flow
-from pipeline import layer_store
+from flows.pretrain import _as_config, pretrain_flow
 from pipeline.config import PipelineConfig
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
 from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
@@ -28,18 +26,15 @@ from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_tr
 _extra_hooks: list[TuneHooks] = []  # test probes and progress printers added by the caller of the flow
 
 
-def _trial_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    job: TrialJob = parameters["job"]
-    return f"trial-{job.key}-{job.objective}"
-
-
-@task(name="tune-trial", cache_key_fn=_trial_key, persist_result=True, result_serializer="json")
+# Prefect persists nothing here (its result records name their own serializer, pickle included): a trial whose
+# layer is already in the verified layer store is recalled from there by run_trial.
+@task(name="tune-trial", cache_policy=NO_CACHE, persist_result=False)
 def trial_task(job: TrialJob, outcomes: dict[int, TrialOutcome]) -> Any:
     """Train (or recall) one trial's layer and score it; a pruned trial ends Cancelled, a failed one Failed."""
     outcome = run_trial(job)
     outcomes[job.number] = outcome
     reason = (outcome.error or "").splitlines()[0] if outcome.error else ""
-    if outcome.state == PRUNED:  # a returned state: no traceback in the log, and only Completed is cached
+    if outcome.state == PRUNED:  # a returned state: no traceback in the log
         return Cancelled(message=f"pruned: {reason}")
     if outcome.state != COMPLETE:
         return Failed(message=f"failed: {reason}")
@@ -48,23 +43,14 @@ def trial_task(job: TrialJob, outcomes: dict[int, TrialOutcome]) -> Any:
 
 def prefect_runner(cache_dir: str) -> Runner:
     """Each trial a ``tune-trial-<layer>.<n>`` task, all of one batch submitted together (the batch is --parallel)."""
-    results = Path(cache_dir).expanduser().resolve() / PREFECT_RESULTS
-
     def run(jobs: list[TrialJob]) -> list[TrialOutcome]:
         outcomes: dict[int, TrialOutcome] = {}
         futures = []
         for job in jobs:
-            complete = layer_store.is_complete(layer_store.layer_dir(job.cache_dir, job.key))
             futures.append(trial_task.with_options(
-                task_run_name=f"tune-trial-{job.settings.index + 1}.{job.number + 1}",
-                refresh_cache=not complete, result_storage=results,
-            ).submit(job, outcomes))
-        for job, future in zip(jobs, futures, strict=True):
+                task_run_name=f"tune-trial-{job.settings.index + 1}.{job.number + 1}").submit(job, outcomes))
+        for future in futures:
             future.wait()
-            if job.number not in outcomes:  # Prefect recalled the task: the layer is in the cache
-                cached = future.result()
-                outcomes[job.number] = TrialOutcome(job.number, job.params, cached["key"], COMPLETE, cached["value"],
-                                                    recalled=True, epochs=cached["epochs"])
         return [outcomes[job.number] for job in jobs]
 
     return run
