@@ -27,6 +27,7 @@ from pipeline.config import ResolvedLayer
 from pipeline.data.codes import MEMMAP_BYTES
 from pipeline.data.loading import LoadedData, Splits
 from pipeline.greedy import SPLITS, train_layer
+from pipeline.processes import pid_alive
 from pipeline.results import LayerResult
 from sae import SAEConfig, SparseAutoencoder
 
@@ -175,17 +176,10 @@ def _remove_stale_partials(directory: Path) -> None:
         prefix = f"{directory.name}{kind}{socket.gethostname()}-"
         for stale in directory.parent.glob(f"{prefix}*"):
             pid = stale.name.removeprefix(prefix)
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

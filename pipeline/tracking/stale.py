@@ -9,6 +9,8 @@ from typing import Any
 
 from mlflow.entities import RunStatus, RunTag
 
+from pipeline.processes import pid_alive
+
 log = logging.getLogger(__name__)
 PID_TAG, HOST_TAG = "sae.pid", "sae.host"
 REASON = "process ended without closing the run (killed?)"
@@ -18,23 +20,6 @@ FAILED = RunStatus.to_string(RunStatus.FAILED)
 def process_tags() -> dict[str, str]:
     """Tags naming the process that owns a run: its pid and host."""
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists on this host and has not ended (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 def close_stale_runs(client: Any, experiment_id: str) -> list[str]:

@@ -27,6 +27,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
 from pipeline.greedy import layer_seed
+from pipeline.processes import pid_alive
 from pipeline.results import LayerResult
 from pipeline.search_config import Range
 from pipeline.tune.objective import direction
@@ -119,13 +120,6 @@ def _pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ValueError(f"pruner={kind!r}: use median, hyperband or none")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -135,7 +129,7 @@ def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, host, key = (trial.user_attrs.get(k) for k in ("pid", "host", "key"))
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
             if key:
                 partial = layer_store.layer_dir(cache_dir, key).with_name(f"{key}{layer_store.PARTIAL}{host}-{pid}")
                 shutil.rmtree(partial, ignore_errors=True)
