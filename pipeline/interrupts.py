@@ -10,13 +10,23 @@ import signal
 from types import FrameType
 
 _received: list[int] = []
+_previous: dict[int, object] = {}
 
 
 def install() -> None:
     """Route SIGINT and SIGTERM through ``_interrupt`` (main thread only)."""
     _received.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):
+        _previous.setdefault(signum, signal.getsignal(signum))
         signal.signal(signum, _interrupt)
+
+
+def uninstall() -> None:
+    """Restore the handlers ``install`` replaced and forget received signals (for in-process callers, tests)."""
+    for signum, handler in _previous.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]
+    _previous.clear()
+    _received.clear()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

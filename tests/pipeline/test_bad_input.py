@@ -99,7 +99,9 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "config unknown field": (lambda t: ["run", write_config(t), "--set", "defaults.hiden=3"], "hiden"),
     "config wrong type": (lambda t: ["run", write_config(t), "--set", "layers.0.hidden=abc"], "layers.0.hidden"),
     "config validate wrong type": (lambda t: ["config", "validate", write_config(t), "--set", "seed=x"], "seed"),
-    "standard scaling with sigmoid decoder": (lambda t: ["run", write_config(t), "--set", "data.scale=standard"],
+    # decoder_activation defaults to auto (linear unless the inputs lie in [0, 1]): these ask for sigmoid.
+    "standard scaling with sigmoid decoder": (lambda t: ["run", write_config(t), "--set", "data.scale=standard",
+                                                         "--set", "layers.0.decoder_activation=sigmoid"],
                                               "decoder_activation"),
     "data file missing": (lambda t: ["run", write_config(t), "--set", f"data.source={t / 'x.npy'}"], "no such file"),
     "data is a directory": (lambda t: ["run", write_config(t), "--set", f"data.source={t}"], "is a directory"),
@@ -121,7 +123,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         t, data={"source": overflow_column(t), "scale": "none"}, defaults={"decoder_activation": "linear"})],
         "column 'x2' reaches 1e+30"),
     "unscaled data outside [0, 1] for a sigmoid decoder": (lambda t: ["run", write_config(
-        t, data={"source": save(t, "wide.npy", rng_data((100, 4), -2, 2)), "scale": "none"})], "sigmoid decoder"),
+        t, data={"source": save(t, "wide.npy", rng_data((100, 4), -2, 2)), "scale": "none"}),
+        "--set", "layers.0.decoder_activation=sigmoid"], "sigmoid decoder"),
     "accelerator gpu without a gpu": (lambda t: ["run", write_config(t), "--set", "trainer.accelerator=gpu"],
                                       "sees no GPU"),
     "tracking server unreachable": (lambda t: ["run", write_config(t), "--set", f"tracking_uri={UNREACHABLE}"],

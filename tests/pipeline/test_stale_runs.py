@@ -93,9 +93,10 @@ def test_ctrl_c_closes_the_run_killed(client, store):
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
         tracking.on_run_failed(SystemExit(1))  # what Lightning raises after catching the KeyboardInterrupt
+        assert interrupts.exit_status(interrupts.received()) == 130
     finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        interrupts.uninstall()  # a remembered SIGINT would mark every later failure in this process KILLED
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == old
+    assert interrupts.received() is None
     run = client.get_run(tracking.run_id)
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted by SIGINT"
-    assert interrupts.exit_status(interrupts.received()) == 130
