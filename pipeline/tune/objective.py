@@ -7,7 +7,6 @@ Only the validation split is used: the test split is never seen while choosing.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from pipeline.data.loading import Splits
-from pipeline.probes import PROBE_CS
+from pipeline.probes import PROBE_CS, PROBE_MAX_ITER, fit_probe
 from sae.batches import row_chunks
 
 EPOCH_PROBE_C = 1.0  # the per-epoch probe fits one C; the final one picks the best of evaluate's PROBE_CS
@@ -42,23 +37,16 @@ def direction(objective: str) -> str:
 
 
 def probe_val_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, *,
-                       seed: int = 0, max_rows: int = PROBE_MAX_TRAIN, max_iter: int = 300,
+                       seed: int = 0, max_rows: int = PROBE_MAX_TRAIN, max_iter: int = PROBE_MAX_ITER,
                        cs: tuple[float, ...] = PROBE_CS) -> float:
-    """Validation accuracy of a logistic-regression probe on standardised codes fitted on ``train``: the best
-    over ``cs``, as ``pipeline.evaluate`` chooses C, so the objective ranks layers the way the report does."""
+    """Validation accuracy of ``pipeline.probes.fit_probe`` on codes fitted on ``train`` (at most ``max_rows``
+    seeded rows): C chosen as ``pipeline.evaluate`` chooses it, so the objective ranks layers as the report does."""
     rows = np.arange(train.shape[0])
     if rows.size > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows.size, max_rows, replace=False))
-    x, y = np.asarray(train[rows], np.float32), np.asarray(y_train)[rows]
-    scaler = StandardScaler().fit(x)
-    x, val = scaler.transform(x), scaler.transform(np.asarray(val, np.float32))
-    scores = []
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for c in cs:
-            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
-            scores.append(float(clf.score(val, np.asarray(y_val))))
-    return max(scores)
+    fit = fit_probe(np.asarray(train[rows], np.float32), np.asarray(y_train)[rows], np.asarray(val, np.float32),
+                    np.asarray(y_val), cs=cs, max_iter=max_iter)
+    return fit.val_accuracy
 
 
 def final_value(objective: str, codes: Splits, history: list[dict[str, float]], labels: tuple[Any, Any] | None,

@@ -13,9 +13,6 @@ def digits():
     return pretrain_stack(load_default_config("digits", ["finetune.epochs=0"]))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue 9): since the torch probes replaced scikit-learn's, the digits probes read layer 1 0.978, "
-    "top 0.964 (scikit-learn on the same codes: 0.972, 0.975); the C choice on 144 validation rows decides it"))
 def test_the_shipped_digits_stack_keeps_what_layer_one_found(digits):
     probes = digits.probes
     assert probes["layer_2"] >= probes["layer_1"] - 0.005
