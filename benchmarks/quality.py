@@ -34,8 +34,8 @@ from sklearn.svm import SVC
 
 from pipeline.config import PipelineConfig, default_config_path
 from pipeline.data.loading import LoadedData
-from pipeline.evaluate import probe_accuracy
 from pipeline.greedy import pretrain_stack
+from pipeline.probes import fit_probe
 from pipeline.results import PretrainResult
 from pipeline.tracking.plots import filter_grid
 
@@ -57,7 +57,7 @@ def anchors(data: LoadedData, seed: int) -> list[tuple[str, float, float]]:
     def rbm() -> float:
         model = BernoulliRBM(n_components=200, learning_rate=0.05, n_iter=20, random_state=seed).fit(train)
         codes = [model.transform(x) for x in (train, val, test)]
-        return probe_accuracy(codes[0], y_train, codes[1], y_val, codes[2], y_test, seed=seed)
+        return fit_probe(codes[0], y_train, codes[1], y_val, codes[2], y_test).test_accuracy
 
     def mlp(activation: str) -> Callable[[], float]:
         def fit() -> float:
@@ -86,8 +86,8 @@ def registered_probe(result: PretrainResult) -> float:
     """Probe test accuracy on the codes of the encoder that registration picks (register.encoder)."""
     data, encoder = result.data, result.registered_encoder
     codes = [encoder.transform(np.asarray(x, np.float32)) for x in (data.X_train, data.X_val, data.X_test)]
-    return probe_accuracy(codes[0], np.asarray(data.y_train), codes[1], np.asarray(data.y_val), codes[2],
-                          np.asarray(data.y_test), seed=result.config.seed)
+    return fit_probe(codes[0], np.asarray(data.y_train), codes[1], np.asarray(data.y_val), codes[2],
+                     np.asarray(data.y_test)).test_accuracy
 
 
 def checks(name: str, result: PretrainResult, registered: float | None) -> list[tuple[str, float, float]]:
