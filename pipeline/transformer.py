@@ -23,8 +23,10 @@ class SAETransformer(TransformerMixin, BaseEstimator):
     ``hidden`` lists the layer sizes, bottom first; every layer shares the other settings, which mean what
     ``sae.SAEConfig``'s fields and the config's layer settings (epochs, batch_size, lr, optimizer) mean, with
     the same defaults (tests/pipeline/test_single_source.py holds them equal). Inputs are scaled as ``scale``
-    says (fitted on X, carried inside the encoder). ``decoder_activation="auto"`` uses sigmoid for [0, 1]
-    inputs (scale unit, or layers above a sigmoid layer) and linear otherwise. With ``model_uri``
+    says, and each layer's codes as ``code_scaling`` says before the layer above trains on them (as the
+    pipeline's ``code_scaling``: standard by default); both are fitted on X and carried inside the encoder.
+    ``decoder_activation="auto"`` uses sigmoid where a layer's inputs lie in [0, 1] (``scale`` unit on layer 1;
+    ``code_scaling`` unit, or none after sigmoid codes, above) and linear otherwise. With ``model_uri``
     (``models:/name@alias``, ``runs:/...`` or a folder) ``fit`` loads that encoder and trains nothing.
     """
 
@@ -46,6 +48,7 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         lr: float = 0.003,
         optimizer: str = "adam",
         scale: str = "unit",
+        code_scaling: str = "standard",
         seed: int = 0,
         model_uri: str | None = None,
         tracking_uri: str | None = None,
@@ -65,6 +68,7 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         self.lr = lr
         self.optimizer = optimizer
         self.scale = scale
+        self.code_scaling = code_scaling
         self.seed = seed
         self.model_uri = model_uri
         self.tracking_uri = tracking_uri
@@ -92,8 +96,11 @@ class SAETransformer(TransformerMixin, BaseEstimator):
             raise InputError("SAETransformer.hidden is empty: give at least one layer size, e.g. hidden=(200,)")
         scaling = fit_scaling(X, self.scale)  # type: ignore[arg-type]
         inputs = scaling.transform(X)
-        layers = []
+        layers, code_scalings = [], []
         for i, d_hidden in enumerate(sizes):
+            if i > 0:
+                code_scalings.append(fit_scaling(inputs, self.code_scaling))  # type: ignore[arg-type]
+                inputs = code_scalings[-1].transform(inputs)
             layer = {name: getattr(self, name) for name in SAESettings.model_fields} | {"decoder_activation": self._decoder(i)}
             config = SAEConfig(d_in=int(inputs.shape[1]), d_hidden=int(d_hidden), **layer)
             model = train_autoencoder(inputs, config, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -101,13 +108,18 @@ class SAETransformer(TransformerMixin, BaseEstimator):
             layers.append(model)
             inputs = encode_in_chunks(model.encode, inputs, config.d_hidden)
         names = [str(n) for n in getattr(self, "feature_names_in_", [f"x{j}" for j in range(X.shape[1])])]
-        return StackedEncoder.from_autoencoders(scaling, layers, meta={"feature_names": names})
+        return StackedEncoder.from_autoencoders(scaling, layers, meta={"feature_names": names},
+                                                code_scalings=code_scalings)
 
     def _decoder(self, index: int) -> str:
         if self.decoder_activation != "auto":
             return self.decoder_activation
-        below_in_unit_range = self.scale == "unit" if index == 0 else self.encoder_activation == "sigmoid"
-        return "sigmoid" if below_in_unit_range else "linear"
+        if index == 0:
+            in_unit_range = self.scale == "unit"
+        else:
+            in_unit_range = self.code_scaling == "unit" or (self.code_scaling == "none"
+                                                            and self.encoder_activation == "sigmoid")
+        return "sigmoid" if in_unit_range else "linear"
 
     def transform(self, X: Any) -> np.ndarray:
         """(n, d_in) raw features -> (n, d_out) float32 top-layer codes."""

@@ -78,4 +78,5 @@ def test_sae_transformer_takes_every_layer_field_with_the_same_default():
     expected |= {name: LayerSettings.model_fields[name].default for name in TRAINING_FIELDS}
     expected["decoder_activation"] = "auto"  # the transformer's one extension: picked from the input range
     assert {name: params.get(name, "missing") for name in expected} == expected
-    assert set(params) - set(expected) == {"hidden", "scale", "seed", "model_uri", "tracking_uri"}
+    assert params["code_scaling"] == LayerSettings.model_fields["code_scaling"].default
+    assert set(params) - set(expected) == {"hidden", "scale", "code_scaling", "seed", "model_uri", "tracking_uri"}

@@ -88,3 +88,22 @@ def test_a_model_uri_wraps_an_existing_encoder_without_training(fitted, digits, 
     np.testing.assert_array_equal(wrapped.transform(X_test), fitted.transform(X_test))
     with pytest.raises(ValueError, match="expects 64"):
         SAETransformer(model_uri=str(tmp_path / "enc")).fit(X_train[:, :5])
+
+
+def test_upper_layers_train_on_standardised_codes_with_a_linear_decoder_as_the_pipeline_does(fitted, digits):
+    X_train, *_ = digits
+    encoder = fitted.encoder_
+    assert [c.decoder_activation for c in encoder.configs] == ["sigmoid", "linear"]
+    (between,) = encoder.code_scalings
+    assert between.kind == "standard"
+    first = encoder.transform(X_train.astype(np.float32), depth=1)
+    np.testing.assert_allclose(between.transform(first).mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(between.transform(first).std(axis=0), 1.0, atol=1e-3)
+
+
+def test_code_scaling_unit_keeps_a_sigmoid_decoder_above_and_none_adds_no_scaling(digits):
+    X_train, *_ = digits
+    unit = SAETransformer(hidden=(8, 4), code_scaling="unit", epochs=1).fit(X_train).encoder_
+    assert unit.configs[1].decoder_activation == "sigmoid" and unit.code_scalings[0].kind == "unit"
+    none = SAETransformer(hidden=(8, 4), code_scaling="none", epochs=1).fit(X_train).encoder_
+    assert none.configs[1].decoder_activation == "sigmoid" and none.code_scalings[0].kind == "none"
