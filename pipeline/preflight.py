@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from pipeline.data.headers import check_names
 from pipeline.data.paths import source_path
 from pipeline.errors import InputError
 from pipeline.tracking.probe import check_tracking_server, configured_uri
@@ -61,8 +62,10 @@ def check_store(config: PipelineConfig) -> None:
 def check_run(config: PipelineConfig) -> LoadedData:
     """Probe the tracking server, check the accelerator, read and check the data, check the store."""
     for source, field_name in ((config.data.source, "data.source"), (config.data.test_source, "data.test_source")):
-        if source is not None:
-            source_path(source, field_name)  # the common mistakes answer before torch is imported
+        if source is not None:  # the common mistakes answer before torch is imported
+            path = source_path(source, field_name)
+            if path is not None:
+                check_names(path, config.data.features, config.data.labels)
     check_tracking_server(configured_uri(config.tracking_uri))
     check_accelerator(config)
     from pipeline.data.loading import load_data

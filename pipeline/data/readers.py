@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.data.headers import NPZ_FEATURE_KEYS, missing_columns, missing_key
 from pipeline.data.paths import SUPPORTED_SUFFIXES
 from pipeline.errors import InputError
 from sae.batches import row_chunks
 
 CHUNK_ROWS = 65_536
-NPZ_FEATURE_KEYS = ("X", "x", "data")
 Labels = np.ndarray | None
 
 
@@ -67,7 +67,7 @@ def _read_npz(path: Path, features: Any, labels: str | None) -> tuple[np.ndarray
         keys = list(archive.files)
         for role, key in (("labels", labels), ("features", features)):
             if key is not None and (not isinstance(key, str) or key not in keys):
-                raise InputError(f"{path}: {role} key {key!r} not found; the archive's keys are: {', '.join(keys)}")
+                raise missing_key(path, role, key, keys)
         if features is None:
             rest = [k for k in keys if k != labels]
             candidates = rest if len(rest) == 1 else [k for k in NPZ_FEATURE_KEYS if k in rest]
@@ -91,8 +91,7 @@ def _read_table(path: Path, features: Any, labels: str | None) -> tuple[np.ndarr
     wanted = [features] if isinstance(features, str) else features
     missing = [c for c in [labels, *(wanted or [])] if c is not None and c not in columns]
     if missing:
-        raise InputError(f"{path}: column(s) {', '.join(map(repr, missing))} not found; "
-                         f"the columns are: {', '.join(columns)}")
+        raise missing_columns(path, missing, columns)
     names = list(wanted) if wanted else [c for c in columns if c != labels]
     text = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:

@@ -219,6 +219,21 @@ def test_help_and_config_errors_import_nothing_heavy(argv, tmp_path):
     assert done.stdout.strip().splitlines()[-1] in ("0 []", "2 []"), done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(("file", "setting", "message"), [
+    ("d.csv", "data.labels=label", "column(s) 'label' not found; the columns are: a, b, y"),
+    ("d.npz", "data.features=images", "features key 'images' not found; the archive's keys are: X, y"),
+])
+def test_a_wrong_column_or_key_is_named_before_anything_heavy_is_imported(file, setting, message, tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.arange(2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["run", "--set", f"data.source={file}", "--set", setting]
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "2 []", done.stdout + done.stderr
+    assert message in done.stderr
+
+
 def test_an_unreachable_tracking_server_fails_run_within_10_seconds(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": UNREACHABLE}
     started = time.perf_counter()

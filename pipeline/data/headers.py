@@ -1,0 +1,75 @@
+"""The names inside a data file (npz keys, csv/parquet columns), read without loading it: the common mistakes
+(a wrong data.features or data.labels) are answered before pandas, scikit-learn or torch are imported."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+NPZ_FEATURE_KEYS = ("X", "x", "data")  # tried in order when data.features is not set and the archive has several
+
+
+def missing_key(path: Path, role: str, key: Any, keys: Sequence[str]) -> InputError:
+    """The error for an npz ``key`` (of ``role`` features or labels) that is not among ``keys``."""
+    return InputError(f"{path}: {role} key {key!r} not found; the archive's keys are: {', '.join(keys)}")
+
+
+def missing_columns(path: Path, missing: Sequence[str], columns: Sequence[str]) -> InputError:
+    """The error for table columns that are not there."""
+    return InputError(f"{path}: column(s) {', '.join(map(repr, missing))} not found; "
+                      f"the columns are: {', '.join(columns)}")
+
+
+def check_names(path: Path, features: str | list[str] | None, labels: str | None) -> None:
+    """Raise the reader's InputError when ``features`` or ``labels`` name something ``path`` lacks.
+
+    Reads the npz directory or the first csv line (parquet: its schema); files it cannot read this way are
+    left to the full reader, which says what is wrong with them.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        keys = _npz_keys(path)
+        if keys is None:
+            return
+        for role, key in (("labels", labels), ("features", features)):
+            if key is not None and (not isinstance(key, str) or key not in keys):
+                raise missing_key(path, role, key, keys)
+    elif suffix in (".csv", ".parquet"):
+        columns = _csv_columns(path) if suffix == ".csv" else _parquet_columns(path)
+        if columns is None:
+            return
+        wanted = [features] if isinstance(features, str) else list(features or [])
+        missing = [c for c in [labels, *wanted] if c is not None and c not in columns]
+        if missing:
+            raise missing_columns(path, missing, columns)
+
+
+def _npz_keys(path: Path) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [name.removesuffix(".npy") for name in archive.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _csv_columns(path: Path) -> list[str] | None:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _parquet_columns(path: Path) -> list[str] | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(name) for name in pq.read_schema(path).names]
+    except (OSError, pa.ArrowException):
+        return None
