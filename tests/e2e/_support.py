@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,48 @@ from pipeline import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL_BAD = {"FAILED", "CRASHED"}  # CANCELLED: a scheduled run skipped while another one ran
+
+
+def answers(url: str) -> bool:
+    """Whether GET ``url`` returns 200 within 2 seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(command: list[str], *, ready_url: str, log: Path, env: dict[str, str], cwd: Path, seconds: float,
+            what: str) -> Iterator[subprocess.Popen]:
+    """Start a server in its own process group, wait until ``ready_url`` answers (else fail with its log), yield
+    its process; always SIGTERM the group, SIGKILL it if it lingers."""
+    import pytest
+
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + seconds
+            while not answers(ready_url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{what} did not answer {ready_url}:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield process
+        finally:
+            stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``process`` (a server and its workers); SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def free_port() -> int:

@@ -1,12 +1,7 @@
 """A real ``mlflow server`` on loopback: a pipeline run tracked over HTTP, registered, and encoded from its alias."""
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +13,10 @@ from pipeline.config import PipelineConfig
 from pipeline.greedy import pretrain_stack
 from pipeline.tracking.encoders import encode_file
 from pipeline.tracking.runs import MlflowTracking
+from tests.e2e._support import free_port, serving
 
 pytestmark = pytest.mark.e2e
 STARTUP_SECONDS = 90  # ~8 s on an idle machine; much more when the two cores are busy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +31,9 @@ def server(tmp_path_factory):
            "--workers", "1"]
     env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not become healthy:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(cmd, ready_url=f"{url}/health", log=root / "server.log", env=env, cwd=root,
+                 seconds=STARTUP_SECONDS, what="mlflow server"):
         yield url, root
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,7 @@
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,32 +18,14 @@ from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.scaling import Scaling
 from sae.stack import StackedEncoder
-from tests.e2e._support import free_port
+from tests.e2e._support import free_port, serving
+from tests.refuse_project import REFUSE_PROJECT
 
 pytestmark = pytest.mark.e2e
 STARTUP_SECONDS = 180  # importing mlflow + torch in the server takes 10-60 s on two busy cores
 NAMES = [f"pixel_{i}" for i in range(16)]
-# Put first on the server's PYTHONPATH: its processes refuse the project's packages (the venv has sae-pipeline
-# installed in editable mode), so the served model can only be using the code it bundles.
-REFUSE_PROJECT = """
-import importlib.abc, sys
-
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"pipeline", "sae", "flows"}:
-            raise ModuleNotFoundError(f"No module named {name!r} (refused: the project is not installed here)")
-        return None
-
-sys.meta_path.insert(0, Refuse())
-"""
-
-
-def answering(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+# sitecustomize on the server's PYTHONPATH refuses the project's packages: the served model can only be using
+# the code it bundles.
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +62,9 @@ def served(champion):
     bin_dir = str(Path(sys.executable).parent)  # serve execs `uvicorn` from PATH, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(refuse), "MLFLOW_ENABLE_TELEMETRY": "false",
            "DO_NOT_TRACK": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (root / "serve.log").open("w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=elsewhere,
-                               start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not answering(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer:\n{(root / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(cmd, ready_url=f"{url}/ping", log=root / "serve.log", env=env, cwd=elsewhere,
+                 seconds=STARTUP_SECONDS, what="mlflow models serve"):
         yield url
-    finally:
-        stop(process)
-        log.close()
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn and its worker), SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def invoke(url: str, payload: dict) -> tuple[int, dict]:

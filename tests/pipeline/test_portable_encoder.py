@@ -19,20 +19,12 @@ from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.scaling import Scaling
 from sae.stack import StackedEncoder
+from tests.refuse_project import REFUSE_PROJECT
 
 ROOT = Path(__file__).resolve().parents[2]
-# Run in a child process: refuse the project's packages (the venv has sae-pipeline installed in editable mode,
-# so taking the checkout off sys.path is not enough), load the registered model, print its codes as JSON.
-LOAD_WITHOUT_PROJECT = """
-import importlib.abc, json, sys
-
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"pipeline", "sae", "flows"}:
-            raise ModuleNotFoundError(f"No module named {name!r} (refused: the project is not installed here)")
-        return None
-
-sys.meta_path.insert(0, Refuse())
+# Run in a child process: refuse the project's packages, load the registered model, print its codes as JSON.
+LOAD_WITHOUT_PROJECT = REFUSE_PROJECT + """
+import json
 import mlflow, numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 X = np.asarray(json.loads(sys.argv[2]), dtype=np.float64)
