@@ -137,10 +137,10 @@ def stack_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResul
 
 
 @task(name="finetune", task_run_name="finetune", **ONCE)
-def finetune_task(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks
-                  ) -> FinetuneResult | None:
+def finetune_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
+                  hooks: PipelineHooks) -> FinetuneResult | None:
     """Fine-tune the stack with a softmax head (None when the data has no labels or finetune.epochs is 0)."""
-    return greedy.finetune(config, data, encoder, hooks)
+    return greedy.finetune(config, data, encoder, hooks, layers[-1].codes)
 
 
 @task(name="evaluate", task_run_name="evaluate", **ONCE)
@@ -250,8 +250,8 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
         record=record,
         stack=lambda config, data, done: chain.run(stack_task, "stack", config, data, done,
                                                    after=(last, f"record-layer-{len(config.layers)}")),
-        finetune=lambda config, data, encoder: chain.run(finetune_task, "finetune", config, data, encoder, hooks,
-                                                         after=("stack",)),
+        finetune=lambda config, data, done, encoder: chain.run(finetune_task, "finetune", config, data, done,
+                                                               encoder, hooks, after=("stack",)),
         evaluate=lambda config, data, done, encoder, finetuned, started: chain.run(
             evaluate_task, "evaluate", config, data, done, encoder, finetuned, hooks, started, after=("finetune",)),
         register=lambda result: chain.run(register_task, "register", hooks, result, after=("evaluate",)),

@@ -23,7 +23,7 @@ from sae.train import STEPS_PER_LIGHTNING_BATCH, SizedLoader, quiet_trainer
 
 if TYPE_CHECKING:
     from pipeline.config import FinetuneConfig
-    from pipeline.data.loading import LoadedData
+    from pipeline.data.loading import LoadedData, Splits
 
 EncoderKind = Literal["pretrained", "finetuned"]
 
@@ -61,7 +61,7 @@ def finetune_device(trainer_options: dict[str, Any]) -> torch.device:
     return torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def accuracy(model: StackClassifier, X: np.ndarray, y: np.ndarray, chunk_rows: int = 8192) -> float:
+def accuracy(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, chunk_rows: int = 8192) -> float:
     """Fraction of rows whose argmax logit equals the label index (computed on the model's device)."""
     model.eval()
     device = next(model.parameters()).device
@@ -82,8 +82,13 @@ def finetune_stack(
     seed: int,
     trainer_options: dict[str, Any] | None = None,
     logger: Any = None,
+    codes: Splits | None = None,
 ) -> FinetuneResult:
     """Softmax on the frozen stack, then everything end to end; raw features in, labels out.
+
+    ``codes`` are the stack's top-layer codes of the data's splits when the layers already computed them
+    (``LayerResult.codes``: exactly what ``encoder`` gives on them): the softmax is fitted and scored on them
+    instead of encoding every split again.
 
     ``trainer_options`` are the run's Lightning settings: fine-tuning uses their accelerator and precision on
     one device (data-parallel strategies apply to layer training only).
@@ -100,12 +105,19 @@ def finetune_stack(
     X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32)).to(device)
     X_val = torch.from_numpy(np.ascontiguousarray(data.X_val, dtype=np.float32)).to(device)
     # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).
-    with torch.no_grad():
-        codes = torch.cat([model.encoder(X[i : i + 8192]) for i in range(0, X.shape[0], 8192)])
+    if codes is None:
+        with torch.no_grad():
+            train_codes = torch.cat([model.encoder(X[i : i + 8192]) for i in range(0, X.shape[0], 8192)])
+    else:
+        train_codes = torch.from_numpy(np.ascontiguousarray(codes.train, dtype=np.float32)).to(device)
     labels = torch.from_numpy(y_idx).to(device)
-    fit_softmax(model.head, codes, labels, weight_decay=settings.weight_decay, max_iter=settings.softmax_iterations)
-    del codes
-    val_before, test_before = accuracy(model, data.X_val, y_val), accuracy(model, data.X_test, y_test)
+    fit_softmax(model.head, train_codes, labels, weight_decay=settings.weight_decay,
+                max_iter=settings.softmax_iterations)
+    del train_codes
+    if codes is None:
+        val_before, test_before = accuracy(model, data.X_val, y_val), accuracy(model, data.X_test, y_test)
+    else:
+        val_before, test_before = accuracy(model.head, codes.val, y_val), accuracy(model.head, codes.test, y_test)
     module = ClassifierModule(model, lr=settings.lr, weight_decay=settings.weight_decay,
                               validation=(X_val, torch.from_numpy(y_val).to(device)), start_accuracy=val_before)
     if settings.epochs > 0:

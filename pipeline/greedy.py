@@ -119,13 +119,15 @@ def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -
     )
 
 
-def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks
-             ) -> FinetuneResult | None:
-    """Fine-tune a copy of ``encoder`` with a softmax head when the data is labelled (None otherwise)."""
+def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks,
+             top_codes: Splits | None = None) -> FinetuneResult | None:
+    """Fine-tune a copy of ``encoder`` with a softmax head when the data is labelled (None otherwise); the top
+    layer's ``top_codes`` (when given) start it without encoding the splits again."""
     if data.y_train is None or config.finetune.epochs <= 0:
         return None
     finetuned = finetune_stack(encoder, data, config.finetune, seed=config.seed,
-                               trainer_options=config.trainer.model_dump(), logger=hooks.finetune_logger())
+                               trainer_options=config.trainer.model_dump(), logger=hooks.finetune_logger(),
+                               codes=top_codes)
     hooks.on_finetune_end(finetuned)
     return finetuned
 
@@ -169,8 +171,8 @@ def stack_and_evaluate(
     hooks = hooks or PipelineHooks()
     started = time.perf_counter() if started is None else started
     encoder = stack(config, data, layers)
-    result = evaluate(config, data, layers, encoder, finetune(config, data, encoder, hooks), hooks=hooks,
-                      started=started)
+    finetuned = finetune(config, data, encoder, hooks, layers[-1].codes)
+    result = evaluate(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
     hooks.on_register(result)
     return result
 
@@ -187,7 +189,7 @@ class Steps:
     layer: LayerStep  # (settings, inputs, seed) -> the trained (or cached) layer
     record: Callable[[LayerResult], None]
     stack: Callable[[PipelineConfig, LoadedData, list[LayerResult]], StackedEncoder]
-    finetune: Callable[[PipelineConfig, LoadedData, StackedEncoder], FinetuneResult | None]
+    finetune: Callable[[PipelineConfig, LoadedData, list[LayerResult], StackedEncoder], FinetuneResult | None]
     # (config, data, layers, encoder, finetuned, started) -> the evaluated result, handed to hooks.on_run_end
     evaluate: Callable[[PipelineConfig, LoadedData, list[LayerResult], StackedEncoder, FinetuneResult | None, float],
                        PretrainResult]
@@ -202,7 +204,7 @@ def plain_steps(hooks: PipelineHooks) -> Steps:
         layer=lambda settings, inputs, seed: train_layer(settings, inputs, seed=seed, hooks=hooks),
         record=hooks.on_layer_end,
         stack=stack,
-        finetune=lambda config, data, encoder: finetune(config, data, encoder, hooks),
+        finetune=lambda config, data, layers, encoder: finetune(config, data, encoder, hooks, layers[-1].codes),
         evaluate=lambda config, data, layers, encoder, finetuned, started: evaluate(
             config, data, layers, encoder, finetuned, hooks=hooks, started=started),
         register=hooks.on_register,
@@ -224,7 +226,7 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
             steps.record(layer)
             layers.append(layer)
         encoder = steps.stack(config, data, layers)
-        finetuned = steps.finetune(config, data, encoder)
+        finetuned = steps.finetune(config, data, layers, encoder)
         result = steps.evaluate(config, data, layers, encoder, finetuned, started)
         steps.register(result)
         return result

@@ -97,3 +97,19 @@ def test_the_fine_tuning_device_follows_the_accelerator(monkeypatch):
     assert finetune_device({"accelerator": "cpu"}).type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert finetune_device({"accelerator": "auto"}).type == "cpu"
+
+
+def test_the_layers_codes_start_fine_tuning_without_encoding_the_splits_again(encoder, data, monkeypatch):
+    from pipeline.data.loading import Splits
+
+    splits = Splits(*(encoder.transform(np.asarray(x, np.float32)) for x in (data.X_train, data.X_val, data.X_test)))
+    plain = run(encoder, data, epochs=0)
+    calls = []
+    real = StackedEncoder.forward
+    monkeypatch.setattr(StackedEncoder, "forward", lambda self, x: calls.append(x.shape[0]) or real(self, x))
+    reused = finetune_stack(encoder, data, FinetuneConfig(epochs=0, softmax_iterations=100), seed=0,
+                            trainer_options={"accelerator": "cpu"}, codes=splits)
+    assert calls == []  # the softmax was fitted and scored on the given codes
+    assert reused.val_accuracy_before == pytest.approx(plain.val_accuracy_before, abs=1 / len(data.y_val))
+    assert reused.test_accuracy_before == pytest.approx(plain.test_accuracy_before, abs=1 / len(data.y_test))
+    torch.testing.assert_close(reused.head.weight, plain.head.weight, atol=1e-3, rtol=1e-3)
