@@ -53,22 +53,25 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist-5k.npz"
 OUTSIDE_TRAINING_TARGET = 0.15
 TRAINING_PARTS = ("layer training", "fine-tuning epochs")
 SERVER = "temporary Prefect server start"
+# (module, factory, method, part): a method of the objects a factory returns (the fine-tuning Trainer's fit).
+TIMED_RESULTS = (("pipeline.finetune", "quiet_trainer", "fit", "fine-tuning epochs"),)
 # (module, attribute, part): the functions each part of the wall time is spent in.
 TIMED = (
     ("pipeline.greedy", "train_autoencoder", "layer training"),
     ("pipeline.greedy", "encode_layer", "codes"),
     ("pipeline.greedy", "finetune_stack", "fine-tuning, other"),
-    ("pipeline.finetune", "_fit", "fine-tuning epochs"),
     ("pipeline.greedy", "probe_accuracies", "probes"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
     ("pipeline.tracking.runs.BufferedMLFlowLogger", "*", "tracking"),
+    ("pipeline.tracking.store", "create_sqlite_store", "MLflow database creation"),
     ("pipeline.tracking.runs", "log_encoder_model", "model logging"),
     ("pipeline.tracking.registry", "register_model", "registry"),
     ("pipeline.layer_store", "save_layer", "layer cache"),
     ("pipeline.layer_store", "load_layer", "layer cache"),
     ("flows.pretrain", "load_data", "data loading"),
-    ("flows.pretrain", "publish_artifacts", "Prefect"),
+    ("flows.pretrain", "publish_results", "Prefect"),
+    ("flows.pretrain", "publish_run_link", "Prefect"),
     ("prefect.server.api.server.SubprocessASGIServer", "start", SERVER),
 )
 
@@ -102,6 +105,18 @@ class PartTimers:
 
         self._undo.append((owner, name, real))
         setattr(owner, name, timed)
+
+    def wrap_results(self, owner: Any, name: str, method: str, part: str) -> None:
+        """Time ``method`` of every object ``owner.name(...)`` returns."""
+        factory = getattr(owner, name)
+
+        def made(*args: Any, **kwargs: Any) -> Any:
+            obj = factory(*args, **kwargs)
+            self.wrap(obj, method, part)
+            return obj
+
+        self._undo.append((owner, name, factory))
+        setattr(owner, name, made)
 
     def install(self, timed: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Wrap every (module or class, attribute, part); returns the ones not found (code moved)."""
@@ -201,6 +216,12 @@ def real_size(overrides: list[str]) -> None:
 
         timers = PartTimers()
         missing = timers.install(TIMED)
+        for where, name, method, part in TIMED_RESULTS:
+            owner = _resolve(where)
+            if owner is None or not hasattr(owner, name):
+                missing.append(f"{where}.{name}")
+            else:
+                timers.wrap_results(owner, name, method, part)
         load = os.getloadavg()
         start, cpu = time.perf_counter(), time.process_time()
         try:

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from pytorch_lightning.callbacks import Callback
 from safetensors.numpy import load_file
@@ -23,7 +24,7 @@ from pipeline.greedy import pretrain_stack, stack_and_evaluate, train_layer
 from pipeline.hooks import CompositeHooks, PipelineHooks
 from pipeline.tracking.encoders import resolve_encoder
 from pipeline.tracking.runs import MlflowTracking
-from pipeline.tracking.store import artifact_location, resolve_tracking_uri
+from pipeline.tracking.store import artifact_location, create_sqlite_store, resolve_tracking_uri
 from pipeline.tracking.versions import version_model_id, weights_digest
 
 EPOCHS = 3
@@ -423,3 +424,24 @@ def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui
     assert tracking.experiment_url("http://127.0.0.1:5000") == (
         f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning")
     tracking.on_run_failed(RuntimeError("stop"))
+
+
+def test_a_new_sqlite_store_gets_mlflows_full_schema_and_default_experiment_without_a_side_file(tmp_path):
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    db = tmp_path / "fresh.db"
+    create_sqlite_store(f"sqlite:///{db}")
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    assert _get_schema_version(engine) == _get_latest_schema_revision()  # MLflow opens it without migrating
+    engine.dispose()
+    assert [p.name for p in tmp_path.iterdir()] == ["fresh.db"]
+    default = MlflowClient(f"sqlite:///{db}").get_experiment("0")  # MLflow adds it on first open, as always
+    assert default.name == "Default"
+
+
+def test_an_existing_store_is_left_untouched(tmp_path):
+    db = tmp_path / "old.db"
+    db.write_bytes(b"")
+    create_sqlite_store(f"sqlite:///{db}")
+    create_sqlite_store(f"sqlite:///{tmp_path}/missing-dir/x.db")  # MLflow reports a missing folder itself
+    assert db.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]
