@@ -5,8 +5,7 @@ from any thread. Lightning logs epoch metrics into each child run through ``MLFl
 The parent is named ``<config name>-<time>`` (or the ``run_name`` given, e.g. the Prefect flow run's) and
 described in markdown (``mlflow.note.content``): headline, registry outcome, ``--set`` overrides, results.
 Each layer's child run gets its settings, epoch series, test summary, weights, history and plots when the
-layer is recorded, on one background thread (the next layer trains meanwhile); ``on_run_end`` and
-``on_run_failed`` wait for it first (``wait``). What is logged under which key is ``pipeline.tracking.describe``. On success the
+layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
 pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned stack as
 ``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is registered with the
 reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
@@ -20,8 +19,7 @@ import signal
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +86,6 @@ class MlflowTracking(PipelineHooks):
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
         self._chosen: tuple[str, Any, str] | None = None  # (name, model info, why) of the logged model to register
-        self._recorder: ThreadPoolExecutor | None = None  # writes layer records off the training thread
-        self._recording: list[Future[None]] = []
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -123,7 +119,6 @@ class MlflowTracking(PipelineHooks):
 
     def on_run_end(self, result: PretrainResult) -> None:
         """Parent metrics, artifacts and models (``on_register`` registers and closes the run)."""
-        self.wait()
         if self.run_id is None or self.config is None or self.ended:
             return
         self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
@@ -170,7 +165,6 @@ class MlflowTracking(PipelineHooks):
     def on_run_failed(self, error: BaseException) -> None:
         """Mark open child runs and the parent FAILED (KILLED after Ctrl-C) with the error as a tag and ``error.txt``."""
         try:
-            self._wait_quietly()
             if self.run_id is None or self.ended:
                 return
             signum = interrupts.signal_of(error)
@@ -231,7 +225,6 @@ class MlflowTracking(PipelineHooks):
         """Open child run ``layer-<index+1>`` and hand Lightning a logger bound to it."""
         if self.run_id is None:
             return None
-        self._raise_failed_records()
         name = f"layer-{index + 1}"
         self.lightning_logged.add(name)
         return BufferedMLFlowLogger(self._child(name, settings), self.uri)
@@ -244,59 +237,20 @@ class MlflowTracking(PipelineHooks):
         run_id = self._child(name, result.settings)
         series = [] if name in self.lightning_logged else describe.epoch_points(result.history)  # cached: replay
         summary = describe.summary_points(describe.layer_summary(result.test_metrics, result.seconds))
-        self.children.pop(name)  # closed by the recorder: FINISHED, or FAILED if recording fails
-        self._in_background(self._record_layer, name, run_id, series + summary, result)
-
-    def _record_layer(self, name: str, run_id: str, metrics: list[Metric], result: LayerResult) -> None:
-        """Metrics, weights, history and plots of one layer, then its child run FINISHED (a background job)."""
-        try:
-            self._log_batch(run_id, metrics, [Param("d_in", str(result.model.config.d_in))],
-                            [RunTag("sae.reused", str(result.reused).lower())])
-            with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:
-                path = run_files.write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
-                self.client.log_artifact(run_id, str(path), "weights")
-                (Path(tmp) / "history.json").write_text(json.dumps(result.history, indent=1))
-                self.client.log_artifact(run_id, str(Path(tmp) / "history.json"))
-                plots = run_files.write_layer_plots(result, Path(tmp) / "plots")
-                self.client.log_artifacts(run_id, str(plots), "plots")
-        except BaseException:
-            self.client.set_terminated(run_id, FAILED)
-            raise
-        self.client.set_terminated(run_id, FINISHED)
-
-    def _raise_failed_records(self) -> None:
-        """Re-raise the error of a background record that already failed (the run stops at the next step)."""
-        for job in self._recording:
-            if job.done() and job.exception() is not None:
-                self.wait()
-
-    def _in_background(self, job: Callable[..., None], *args: Any) -> None:
-        # One worker, so jobs run in the order given; it lives until wait() (a run's end or failure).
-        if self._recorder is None:
-            self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sae-mlflow-recorder")
-        self._recording.append(self._recorder.submit(job, *args))
-
-    def wait(self) -> None:
-        """Block until every layer record handed to the background thread is written; re-raise the first error."""
-        pending, self._recording = self._recording, []
-        errors = [error for job in pending if (error := job.exception()) is not None]
-        if self._recorder is not None and not self._recording:
-            self._recorder.shutdown(wait=True)
-            self._recorder = None
-        if errors:
-            raise errors[0]
-
-    def _wait_quietly(self) -> None:
-        try:
-            self.wait()
-        except Exception as problem:  # noqa: BLE001 - the run is failing already: its own error comes first
-            log.warning("could not record a layer in MLflow: %s", problem)
+        self._log_batch(run_id, series + summary, [Param("d_in", str(result.model.config.d_in))],
+                        [RunTag("sae.reused", str(result.reused).lower())])
+        with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:
+            path = run_files.write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
+            self.client.log_artifact(run_id, str(path), "weights")
+            (Path(tmp) / "history.json").write_text(json.dumps(result.history, indent=1))
+            self.client.log_artifact(run_id, str(Path(tmp) / "history.json"))
+            self.client.log_artifacts(run_id, str(run_files.write_layer_plots(result, Path(tmp) / "plots")), "plots")
+        self._end(name, FINISHED)
 
     def finetune_logger(self) -> BufferedMLFlowLogger | None:
         """Open child run ``finetune`` and hand Lightning a logger bound to it."""
         if self.run_id is None or self.config is None:
             return None
-        self._raise_failed_records()
         self.lightning_logged.add("finetune")
         return BufferedMLFlowLogger(self._child("finetune", self.config.finetune), self.uri)
 
