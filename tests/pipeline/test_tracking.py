@@ -433,6 +433,8 @@ def test_a_new_sqlite_store_gets_mlflows_full_schema_and_default_experiment_with
     create_sqlite_store(f"sqlite:///{db}")
     engine = sqlalchemy.create_engine(f"sqlite:///{db}")
     assert _get_schema_version(engine) == _get_latest_schema_revision()  # MLflow opens it without migrating
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"  # one sync per commit
     engine.dispose()
     assert [p.name for p in tmp_path.iterdir()] == ["fresh.db"]
     default = MlflowClient(f"sqlite:///{db}").get_experiment("0")  # MLflow adds it on first open, as always
