@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -88,8 +89,46 @@ def registry_uri(tracking_uri: str) -> str:
 
 def client(tracking_uri: str) -> MlflowClient:
     """A client bound to ``tracking_uri`` and its registry (no process-global state involved)."""
+    wait_for_store(tracking_uri)
     create_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri(tracking_uri))
+
+
+_CREATING: dict[str, tuple[threading.Thread, list[BaseException]]] = {}  # uri -> creation under way, its error
+
+
+def create_sqlite_store_soon(uri: str, create: Callable[[str], None] | None = None) -> None:
+    """Run ``create(uri)`` (default: ``create_sqlite_store``) on a thread; this process's next ``client(uri)``
+    waits for it. The CLI starts it before the flow, so a new store is built while Prefect starts its server."""
+    # Imported on the calling thread first: importing these configures every SQLAlchemy mapper in the process,
+    # Prefect's included, which failed ("expression 'Deployment' failed to locate a name") when it ran on the
+    # thread while the main thread was half-way through importing Prefect's server models.
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from mlflow.store.db import utils  # noqa: F401
+
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            (create or create_sqlite_store)(uri)
+        except BaseException as error:  # noqa: BLE001 - handed to whoever waits for the store
+            errors.append(error)
+
+    thread = threading.Thread(target=job, name="sae-create-store")
+    _CREATING[uri] = (thread, errors)
+    thread.start()
+
+
+def wait_for_store(uri: str) -> None:
+    """Wait for a ``create_sqlite_store_soon(uri)`` still running; re-raise its error."""
+    pending = _CREATING.get(uri)
+    if pending is None or pending[0] is threading.current_thread():
+        return
+    pending[0].join()
+    _CREATING.pop(uri, None)
+    if pending[1]:
+        raise pending[1][0]
 
 
 def create_sqlite_store(uri: str) -> None:

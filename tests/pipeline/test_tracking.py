@@ -447,3 +447,30 @@ def test_an_existing_store_is_left_untouched(tmp_path):
     create_sqlite_store(f"sqlite:///{db}")
     create_sqlite_store(f"sqlite:///{tmp_path}/missing-dir/x.db")  # MLflow reports a missing folder itself
     assert db.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]
+
+
+def test_the_first_client_waits_for_a_store_being_created_on_a_thread_and_gets_its_error(tmp_path):
+    import threading
+    import time
+
+    from pipeline.tracking import store as store_module
+
+    started = threading.Event()
+
+    def slow(uri):
+        started.set()
+        time.sleep(0.3)
+        create_sqlite_store(uri)
+
+    uri = f"sqlite:///{tmp_path}/soon.db"
+    store_module.create_sqlite_store_soon(uri, slow)
+    started.wait()
+    assert not (tmp_path / "soon.db").exists()  # still being built
+    assert store_module.client(uri).get_experiment("0").name == "Default"
+
+    def broken(uri):
+        raise PermissionError("cannot write the store")
+
+    store_module.create_sqlite_store_soon(f"sqlite:///{tmp_path}/broken.db", broken)
+    with pytest.raises(PermissionError, match="cannot write the store"):
+        store_module.client(f"sqlite:///{tmp_path}/broken.db")
