@@ -150,11 +150,21 @@ def create_sqlite_store(uri: str) -> None:
         from mlflow.store.db.utils import _initialize_tables  # private, pinned mlflow: fall back if it moves
     except ImportError:
         return
+    with _BUILDING:  # alembic's migration context is process-global: one build at a time in a process
+        if not db.exists():
+            _build(db, _initialize_tables)
+
+
+_BUILDING = threading.Lock()
+
+
+def _build(db: Path, initialize_tables: Callable[[Any], None]) -> None:
+    """Run MLflow's migrations on a side file without per-statement syncs, sync it once, link it in as ``db``."""
     side = db.with_name(f".{db.name}.{os.getpid()}.creating")
     engine = sqlalchemy.create_engine(f"sqlite:///{side}", poolclass=sqlalchemy.pool.NullPool)
     sqlalchemy.event.listen(engine, "connect", _unsynced)
     try:
-        _initialize_tables(engine)
+        initialize_tables(engine)
         with engine.connect() as connection:  # persistent: stored in the file, every later connection uses it
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         engine.dispose()

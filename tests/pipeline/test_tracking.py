@@ -474,3 +474,20 @@ def test_the_first_client_waits_for_a_store_being_created_on_a_thread_and_gets_i
     store_module.create_sqlite_store_soon(f"sqlite:///{tmp_path}/broken.db", broken)
     with pytest.raises(PermissionError, match="cannot write the store"):
         store_module.client(f"sqlite:///{tmp_path}/broken.db")
+
+
+def test_two_threads_building_the_same_new_store_leave_one_sound_database(tmp_path):
+    import threading
+
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    uri = f"sqlite:///{tmp_path}/raced.db"
+    builders = [threading.Thread(target=create_sqlite_store, args=(uri,)) for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert [p.name for p in tmp_path.iterdir()] == ["raced.db"]  # the loser's side file is gone
+    engine = sqlalchemy.create_engine(uri)
+    assert _get_schema_version(engine) == _get_latest_schema_revision()
+    engine.dispose()
