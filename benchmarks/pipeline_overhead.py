@@ -6,9 +6,10 @@ end to end on an empty cache (temporary Prefect server, MLflow tracking and regi
 sqlite store); (3) the flow again on the same config, reusing every layer from the cache.
 Targets: (2) <= 1.25 x (1) + 15 s of fixed start-up; (3) < 20% of (2).
 
-Real-size case (after the digits one; ``--only real`` runs it alone): the flow on ../shared/data/mnist-5k.npz
+Real-size case (after the digits one; ``--only real`` runs it alone): what ``sae-pipeline run`` does (the
+preflight, whose new MLflow store is built on a thread, then the flow) on ../shared/data/mnist-5k.npz
 (5,000 handwritten digits, 784 pixels; skipped with a message when the file is absent), layers 784-200-200
-with the default epochs and fine-tuning, empty cache. Its wall time is split, by timers wrapped around the
+with the default epochs and fine-tuning, empty cache and a new tracking store. Its wall time is split, by timers wrapped around the
 functions that do each part (exclusive: a part nested in another counts once, in the inner one), into layer
 training, fine-tuning epochs, other fine-tuning work, codes, probes, plots, tracking, model logging,
 registry, the layer cache, data loading, the temporary Prefect server start and the rest (Prefect's task and
@@ -28,8 +29,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the Makefile and tests
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +56,27 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist-5k.npz"
 OUTSIDE_TRAINING_TARGET = 0.15
 TRAINING_PARTS = ("layer training", "fine-tuning epochs")
 SERVER = "temporary Prefect server start"
+# (module, factory, method, part): a method of the objects a factory returns (the fine-tuning Trainer's fit).
+TIMED_RESULTS = (("pipeline.finetune", "quiet_trainer", "fit", "fine-tuning epochs"),)
 # (module, attribute, part): the functions each part of the wall time is spent in.
 TIMED = (
     ("pipeline.greedy", "train_autoencoder", "layer training"),
     ("pipeline.greedy", "encode_layer", "codes"),
     ("pipeline.greedy", "finetune_stack", "fine-tuning, other"),
-    ("pipeline.finetune", "_fit", "fine-tuning epochs"),
     ("pipeline.greedy", "probe_accuracies", "probes"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
     ("pipeline.tracking.runs.BufferedMLFlowLogger", "*", "tracking"),
+    ("pipeline.tracking.store", "create_sqlite_store", "MLflow database creation"),
     ("pipeline.tracking.runs", "log_encoder_model", "model logging"),
     ("pipeline.tracking.registry", "register_model", "registry"),
     ("pipeline.layer_store", "save_layer", "layer cache"),
     ("pipeline.layer_store", "load_layer", "layer cache"),
     ("flows.pretrain", "load_data", "data loading"),
-    ("flows.pretrain", "publish_artifacts", "Prefect"),
+    ("pipeline.preflight", "check_run", "preflight (data loading and checks)"),
+    ("pipeline.tracking.store", "wait_for_store", "MLflow database creation"),
+    ("flows.pretrain", "publish_results", "Prefect"),
+    ("flows.pretrain", "publish_run_link", "Prefect"),
     ("prefect.server.api.server.SubprocessASGIServer", "start", SERVER),
 )
 
@@ -80,6 +88,7 @@ class PartTimers:
         self.seconds: dict[str, float] = defaultdict(float)
         self.by_function: dict[tuple[str, str], float] = defaultdict(float)  # (part, function) -> seconds
         self._stack: list[float] = []  # per open call: seconds spent in calls nested in it
+        self.background: dict[str, float] = defaultdict(float)  # part -> seconds on other threads (inclusive)
         self._undo: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, part: str) -> None:
@@ -88,6 +97,12 @@ class PartTimers:
             return
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread():  # off the critical path: shown apart
+                start = time.perf_counter()
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    self.background[part] += time.perf_counter() - start
             self._stack.append(0.0)
             start = time.perf_counter()
             try:
@@ -102,6 +117,26 @@ class PartTimers:
 
         self._undo.append((owner, name, real))
         setattr(owner, name, timed)
+
+    def call(self, part: str, function: Callable[[], Any]) -> Any:
+        """Run ``function()`` timed as ``part`` (on the main thread, outside any wrapped call)."""
+        start = time.perf_counter()
+        try:
+            return function()
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+    def wrap_results(self, owner: Any, name: str, method: str, part: str) -> None:
+        """Time ``method`` of every object ``owner.name(...)`` returns."""
+        factory = getattr(owner, name)
+
+        def made(*args: Any, **kwargs: Any) -> Any:
+            obj = factory(*args, **kwargs)
+            self.wrap(obj, method, part)
+            return obj
+
+        self._undo.append((owner, name, factory))
+        setattr(owner, name, made)
 
     def install(self, timed: tuple[tuple[str, str, str], ...]) -> list[str]:
         """Wrap every (module or class, attribute, part); returns the ones not found (code moved)."""
@@ -198,13 +233,28 @@ def real_size(overrides: list[str]) -> None:
             f"data.source={MNIST}", "data.features=images", "data.labels=labels",
             "layers.0.hidden=200", "layers.1.hidden=200", *overrides])
         from flows import pretrain_flow  # imported here: after PREFECT_HOME is set
+        from flows.pretrain import preloaded
+        from pipeline import preflight
 
         timers = PartTimers()
         missing = timers.install(TIMED)
+        for where, name, method, part in TIMED_RESULTS:
+            owner = _resolve(where)
+            if owner is None or not hasattr(owner, name):
+                missing.append(f"{where}.{name}")
+            else:
+                timers.wrap_results(owner, name, method, part)
         load = os.getloadavg()
         start, cpu = time.perf_counter(), time.process_time()
         try:
-            result = pretrain_flow(config)
+            # As `sae-pipeline run` does: the preflight reads the data and starts building the MLflow store on a
+            # thread, then the flow (whose temporary Prefect server starts meanwhile) uses both.
+            # Prefect imports its server's code (~1.5-3 s here) only to start the temporary server: that import
+            # belongs to the server start, so it is timed as part of it (it would otherwise read as glue).
+            timers.call(SERVER, lambda: importlib.import_module("prefect.server.api.server"))
+            data = preflight.check_run(config)
+            with preloaded(config, data):
+                result = pretrain_flow(config)
         finally:
             timers.uninstall()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -227,10 +277,14 @@ def real_size(overrides: list[str]) -> None:
         print(f"| {part} | {seconds:.1f} | {share} |")
     print(f"| **wall** | {wall:.1f} (CPU {cpu:.1f}) | |")
     top = sorted(((seconds, part, name) for (part, name), seconds in timers.by_function.items()
-                  if part not in TRAINING_PARTS and seconds >= 1.0), reverse=True)
+                  if part not in TRAINING_PARTS and seconds >= 0.2), reverse=True)
     if top:
         print("\nlargest functions outside training: " + "; ".join(f"{part}: {name} {seconds:.1f} s"
-                                                               for seconds, part, name in top[:8]))
+                                                               for seconds, part, name in top[:12]))
+    timers.background = {part: seconds for part, seconds in timers.background.items() if seconds >= 0.05}
+    if timers.background:
+        print("\non a background thread, overlapping the above (not in the wall split): " + "; ".join(
+            f"{part} {seconds:.1f} s" for part, seconds in sorted(timers.background.items(), key=lambda kv: -kv[1])))
     verdict = "PASS" if outside <= OUTSIDE_TRAINING_TARGET * base else "FAIL"
     print(f"\neverything but layer training and fine-tuning epochs: {outside:.1f} s = {outside / base:.1%} of "
           f"{base:.1f} s (wall without the server start); target <= {OUTSIDE_TRAINING_TARGET:.0%}: {verdict}")

@@ -46,9 +46,15 @@ def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
 
 
 def check_store(config: PipelineConfig) -> None:
-    """A local sqlite store must be writable; its schema is created now, under a lock (runs may race)."""
+    """A local sqlite store must be writable; its schema is created under a lock (runs may race), on a thread
+    while Prefect starts (the first MLflow client of this process waits for it)."""
     from pipeline.tracking.probe import check_local_store, create_schema_once
-    from pipeline.tracking.store import artifact_location, resolve_tracking_uri, sqlite_path
+    from pipeline.tracking.store import (
+        artifact_location,
+        create_sqlite_store_soon,
+        resolve_tracking_uri,
+        sqlite_path,
+    )
 
     uri = resolve_tracking_uri(config.tracking_uri)
     db = sqlite_path(uri)
@@ -56,7 +62,7 @@ def check_store(config: PipelineConfig) -> None:
         return
     location = artifact_location(uri, config.name)
     check_local_store(uri, db.parent / "mlruns" if location is None else _path(location))
-    create_schema_once(uri)
+    create_sqlite_store_soon(uri, create_schema_once)
 
 
 def check_run(config: PipelineConfig) -> LoadedData:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sae.module import log_epoch_metrics
+
 VAL_CHUNK = 8192  # rows per forward pass when measuring validation accuracy
 
 
@@ -98,7 +100,7 @@ class ClassifierModule(pl.LightningModule):
                 self.best_accuracy, self.best_epoch = metrics["val_accuracy"], int(self.current_epoch)
                 self.best_state = self._snapshot()
         self.history.append({"epoch": float(self.current_epoch), **metrics})
-        self.log_dict(metrics, on_epoch=True)
+        log_epoch_metrics(self, metrics)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -192,7 +192,7 @@ class SAEModule(pl.LightningModule):
             self._early_stop(metrics["val_loss"])
         self.model.rho_hat = self._train_stats.rho_hat
         self.history.append({"epoch": float(self.current_epoch), **metrics})
-        self.log_dict(metrics, on_epoch=True)
+        log_epoch_metrics(self, metrics)
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
@@ -214,6 +214,23 @@ class SAEModule(pl.LightningModule):
             self._stale += 1
         if self.patience is not None and self._stale >= self.patience:
             self.trainer.should_stop = True
+
+
+def log_epoch_metrics(module: pl.LightningModule, metrics: dict[str, float]) -> None:
+    """Hand one epoch's metrics to the Trainer's loggers as ``log_dict(on_epoch=True)`` would, minus its cost.
+
+    Same keys plus ``epoch``, same step (Lightning batches stepped so far, minus one), then ``save()``; the values stay the float64
+    numbers of ``history`` instead of float32 tensors. Lightning's result collection cost ~13 ms an epoch
+    (tensors, reductions, device moves), more than a whole epoch of a small layer.
+    """
+    trainer = module.trainer
+    if not trainer.loggers:
+        return
+    row = {**metrics, "epoch": trainer.current_epoch}
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # what Lightning's epoch-end logging passes
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics=row, step=step)
+        logger.save()
 
 
 def global_batch_mean(codes: torch.Tensor) -> torch.Tensor:

@@ -97,9 +97,12 @@ def create_schema_once(uri: str) -> None:
         return
     from mlflow import MlflowClient
 
+    from pipeline.tracking.store import create_sqlite_store
+
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        create_sqlite_store(uri)  # ~1 s instead of MLflow's 5-7 s for a new store
         for attempt in range(SCHEMA_TRIES):
             try:
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

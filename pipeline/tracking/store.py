@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
+import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -87,7 +89,102 @@ def registry_uri(tracking_uri: str) -> str:
 
 def client(tracking_uri: str) -> MlflowClient:
     """A client bound to ``tracking_uri`` and its registry (no process-global state involved)."""
+    wait_for_store(tracking_uri)
+    create_sqlite_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri(tracking_uri))
+
+
+_CREATING: dict[str, tuple[threading.Thread, list[BaseException]]] = {}  # uri -> creation under way, its error
+
+
+def create_sqlite_store_soon(uri: str, create: Callable[[str], None] | None = None) -> None:
+    """Run ``create(uri)`` (default: ``create_sqlite_store``) on a thread; this process's next ``client(uri)``
+    waits for it. The CLI starts it before the flow, so a new store is built while Prefect starts its server."""
+    # Imported on the calling thread first: importing these configures every SQLAlchemy mapper in the process,
+    # Prefect's included, which failed ("expression 'Deployment' failed to locate a name") when it ran on the
+    # thread while the main thread was half-way through importing Prefect's server models.
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from mlflow.store.db import utils  # noqa: F401
+
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            (create or create_sqlite_store)(uri)
+        except BaseException as error:  # noqa: BLE001 - handed to whoever waits for the store
+            errors.append(error)
+
+    thread = threading.Thread(target=job, name="sae-create-store")
+    _CREATING[uri] = (thread, errors)
+    thread.start()
+
+
+def wait_for_store(uri: str) -> None:
+    """Wait for a ``create_sqlite_store_soon(uri)`` still running; re-raise its error."""
+    pending = _CREATING.get(uri)
+    if pending is None or pending[0] is threading.current_thread():
+        return
+    pending[0].join()
+    _CREATING.pop(uri, None)
+    if pending[1]:
+        raise pending[1][0]
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Give a ``sqlite:///`` store that does not exist yet MLflow's tables, fast; any other store is left alone.
+
+    MLflow builds a new database by running its ~60 schema migrations, each committed and synced to disk: 5-6 s
+    here, the largest single cost of a first run. The same migrations run here on a side file without a sync
+    per statement (~1 s), which is synced once and then linked into place; a store another process created
+    meanwhile stands. MLflow then only adds its default experiment, exactly as on a database it made itself.
+    The new database is in write-ahead-log mode: a commit then syncs one file once instead of a rollback
+    journal and the database (log_batch 8 ms instead of 18, set_tag 4 ms instead of 21, measured here), and
+    the MLflow UI can read while a run writes. SQLite keeps ``mlflow.db-wal`` and ``-shm`` beside it while a
+    connection is open; WAL needs a local disk (not a network file system) for the database file.
+    """
+    db = sqlite_path(uri)
+    if db is None or db.exists() or not db.parent.is_dir():
+        return
+    try:
+        from mlflow.store.db.utils import _initialize_tables  # private, pinned mlflow: fall back if it moves
+    except ImportError:
+        return
+    with _BUILDING:  # alembic's migration context is process-global: one build at a time in a process
+        if not db.exists():
+            _build(db, _initialize_tables)
+
+
+_BUILDING = threading.Lock()
+
+
+def _build(db: Path, initialize_tables: Callable[[Any], None]) -> None:
+    """Run MLflow's migrations on a side file without per-statement syncs, sync it once, link it in as ``db``."""
+    side = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    engine = sqlalchemy.create_engine(f"sqlite:///{side}", poolclass=sqlalchemy.pool.NullPool)
+    sqlalchemy.event.listen(engine, "connect", _unsynced)
+    try:
+        initialize_tables(engine)
+        with engine.connect() as connection:  # persistent: stored in the file, every later connection uses it
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        engine.dispose()
+        descriptor = os.open(side, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.link(side, db)  # atomic, and never over a store that appeared meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        engine.dispose()
+        side.unlink(missing_ok=True)
+
+
+def _unsynced(connection: Any, _record: Any) -> None:
+    # Only for the side file being built: nothing reads it before the one fsync that ends its creation.
+    connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("PRAGMA journal_mode=MEMORY")
 
 
 def sqlite_path(uri: str) -> Path | None:

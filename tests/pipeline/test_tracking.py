@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from pytorch_lightning.callbacks import Callback
 from safetensors.numpy import load_file
@@ -23,7 +24,7 @@ from pipeline.greedy import pretrain_stack, stack_and_evaluate, train_layer
 from pipeline.hooks import CompositeHooks, PipelineHooks
 from pipeline.tracking.encoders import resolve_encoder
 from pipeline.tracking.runs import MlflowTracking
-from pipeline.tracking.store import artifact_location, resolve_tracking_uri
+from pipeline.tracking.store import artifact_location, create_sqlite_store, resolve_tracking_uri
 from pipeline.tracking.versions import version_model_id, weights_digest
 
 EPOCHS = 3
@@ -423,3 +424,70 @@ def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui
     assert tracking.experiment_url("http://127.0.0.1:5000") == (
         f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning")
     tracking.on_run_failed(RuntimeError("stop"))
+
+
+def test_a_new_sqlite_store_gets_mlflows_full_schema_and_default_experiment_without_a_side_file(tmp_path):
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    db = tmp_path / "fresh.db"
+    create_sqlite_store(f"sqlite:///{db}")
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    assert _get_schema_version(engine) == _get_latest_schema_revision()  # MLflow opens it without migrating
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"  # one sync per commit
+    engine.dispose()
+    assert [p.name for p in tmp_path.iterdir()] == ["fresh.db"]
+    default = MlflowClient(f"sqlite:///{db}").get_experiment("0")  # MLflow adds it on first open, as always
+    assert default.name == "Default"
+
+
+def test_an_existing_store_is_left_untouched(tmp_path):
+    db = tmp_path / "old.db"
+    db.write_bytes(b"")
+    create_sqlite_store(f"sqlite:///{db}")
+    create_sqlite_store(f"sqlite:///{tmp_path}/missing-dir/x.db")  # MLflow reports a missing folder itself
+    assert db.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]
+
+
+def test_the_first_client_waits_for_a_store_being_created_on_a_thread_and_gets_its_error(tmp_path):
+    import threading
+    import time
+
+    from pipeline.tracking import store as store_module
+
+    started = threading.Event()
+
+    def slow(uri):
+        started.set()
+        time.sleep(0.3)
+        create_sqlite_store(uri)
+
+    uri = f"sqlite:///{tmp_path}/soon.db"
+    store_module.create_sqlite_store_soon(uri, slow)
+    started.wait()
+    assert not (tmp_path / "soon.db").exists()  # still being built
+    assert store_module.client(uri).get_experiment("0").name == "Default"
+
+    def broken(uri):
+        raise PermissionError("cannot write the store")
+
+    store_module.create_sqlite_store_soon(f"sqlite:///{tmp_path}/broken.db", broken)
+    with pytest.raises(PermissionError, match="cannot write the store"):
+        store_module.client(f"sqlite:///{tmp_path}/broken.db")
+
+
+def test_two_threads_building_the_same_new_store_leave_one_sound_database(tmp_path):
+    import threading
+
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    uri = f"sqlite:///{tmp_path}/raced.db"
+    builders = [threading.Thread(target=create_sqlite_store, args=(uri,)) for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert [p.name for p in tmp_path.iterdir()] == ["raced.db"]  # the loser's side file is gone
+    engine = sqlalchemy.create_engine(uri)
+    assert _get_schema_version(engine) == _get_latest_schema_revision()
+    engine.dispose()

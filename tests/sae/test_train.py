@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from pytorch_lightning.loggers import Logger
 
 from sae import SAEConfig, train_autoencoder
 from sae.batches import ShuffledBatches
@@ -140,3 +141,34 @@ def test_memmapped_batches_block_shuffle_and_cover_every_row(tmp_path):
     assert sorted(rows.tolist()) == list(range(500))
     assert rows[:100].tolist() != list(range(100))
     assert all(b.shape[0] == 32 for b in list(batches)[:-1])
+
+
+class _Recorder(Logger):
+    """A Lightning logger that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[dict[str, float], int]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((dict(metrics), step))
+
+
+def test_loggers_get_each_epochs_metrics_once_with_its_epoch_and_step(data):
+    recorder = _Recorder()
+    model = _train(data, epochs=3, logger=recorder)  # 1200 rows / 64 = 19 steps, 3 Lightning batches an epoch
+    assert [row["epoch"] for row, _ in recorder.rows] == [0, 1, 2]
+    assert [step for _, step in recorder.rows] == [2, 5, 8]  # log_dict's step: Lightning batches so far - 1
+    for (row, _), epoch in zip(recorder.rows, model.history, strict=True):
+        assert {k: v for k, v in row.items() if k != "epoch"} == {k: v for k, v in epoch.items() if k != "epoch"}
