@@ -31,7 +31,7 @@ from pipeline.processes import pid_alive
 from pipeline.results import LayerResult
 from pipeline.search_config import Range
 from pipeline.tune.objective import direction
-from pipeline.tune.space import study_name, suggest, with_layer_params
+from pipeline.tune.space import config_point, study_name, suggest, with_layer_params
 from pipeline.tune.table import search_table
 from pipeline.tune.trial import COMPLETE, FAILED, PRUNED, TrialJob, TrialOutcome, run_trial
 
@@ -120,9 +120,6 @@ def _pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ValueError(f"pruner={kind!r}: use median, hyperband or none")
 
 
-    return True
-
-
 def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
     """Mark RUNNING trials whose process (on this host) is gone as failed + interrupted, and delete the
     half-trained layer each left behind; returns how many."""
@@ -170,6 +167,10 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs
     study = optuna.create_study(study_name=name, storage=ctx.storage, load_if_exists=True,
                                 direction=direction(ctx.objective))
     fail_dead_trials(study, ctx.cache_dir)
+    if not study.trials and (written := config_point(best_config, index, space)):
+        # Trial 1 is the layer as the config writes it (where its values lie in the space): the best trial is
+        # then never worse on validation than the config, and a layer `run` already trained is recalled.
+        study.enqueue_trial(written, user_attrs={"config": True})
     study.sampler = optuna.samplers.TPESampler(
         seed=(best_config.seed * 1000 + index) * 1000 + len(study.trials),  # a resumed search draws anew
         n_startup_trials=max(3, ctx.trials // 3))

@@ -26,6 +26,19 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, list[Any] | Range]) 
     return params
 
 
+def config_point(config: PipelineConfig, index: int, space: dict[str, list[Any] | Range]) -> dict[str, Any]:
+    """Layer ``index``'s own values of the searched fields, those inside ``space`` (a choice, or within a range)."""
+    settings = config.layer_settings(index)
+    point = {}
+    for name, values in space.items():
+        value = getattr(settings, name)
+        inside = (value in values if not isinstance(values, Range)
+                  else isinstance(value, int | float) and not isinstance(value, bool) and values.low <= value <= values.high)
+        if inside:
+            point[name] = value
+    return point
+
+
 def with_layer_params(config: PipelineConfig, index: int, params: dict[str, Any]) -> PipelineConfig:
     """``config`` with layer ``index``'s fields set to ``params`` (validated again, as a file would be)."""
     data = config.model_dump(mode="json")

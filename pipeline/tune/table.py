@@ -28,17 +28,18 @@ def trial_rows(result: TuneResult) -> list[dict[str, Any]]:
                 "objective": t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
                                                                    if t.intermediate_values else None),
                 "state": STATES.get(t.state, str(t.state)), "best": t.number == layer.best.number,
-                "recalled": bool(t.user_attrs.get("recalled")), "seconds": t.user_attrs.get("seconds"),
+                "recalled": bool(t.user_attrs.get("recalled")), "config": bool(t.user_attrs.get("config")), "seconds": t.user_attrs.get("seconds"),
                 "epochs": t.user_attrs.get("epochs"), "error": t.user_attrs.get("error"),
             })
     return rows
 
 
 def search_table(result: TuneResult) -> str:
-    """Fixed-width table; a pruned trial shows its last reported objective, the best trial is marked *."""
+    """Fixed-width table; a pruned trial shows its last reported objective, the best trial is marked *, the
+    trial holding the config's own values ``(config)``."""
     rows = [HEADER]
     for r in trial_rows(result):
-        params = " ".join(f"{k}={_value(v)}" for k, v in r["params"].items())
+        params = ("(config) " if r["config"] else "") + " ".join(f"{k}={_value(v)}" for k, v in r["params"].items())
         objective = "-" if r["objective"] is None else f"{r['objective']:.4f}"
         state = r["state"] + (f" @{r['epochs']}" if r["state"] == "pruned" and r["epochs"] else "")
         origin = "cache" if r["recalled"] else "trained" if r["state"] != "failed" else "-"
