@@ -50,14 +50,25 @@ def encode_with(encoder: nn.Linear, x: torch.Tensor, config: SAEConfig) -> torch
     return codes
 
 
+def _linear_init(linear: nn.Linear, generator: torch.Generator) -> None:
+    """``nn.Linear.reset_parameters`` with its draws taken from ``generator``."""
+    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0.0
+    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+
+
 class SparseAutoencoder(nn.Module):
     """x -> codes = act(W1 x + b1) -> recon = act(W2 codes + b2), trained with a sparsity penalty."""
 
-    def __init__(self, config: SAEConfig) -> None:
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
+        self.generator = generator  # initial weights and noise masks; None = torch's global RNG
         self.encoder = nn.Linear(config.d_in, config.d_hidden)
         self.decoder = nn.Linear(config.d_hidden, config.d_in)
+        if generator is not None:  # nn.Linear drew its own init from the global RNG: draw it from ours instead,
+            for linear in (self.encoder, self.decoder):  # so that a generator seeded s gives the weights and noise
+                _linear_init(linear, generator)            # that torch.manual_seed(s) gives
         if config.tied:
             del self.decoder.weight  # the decoder reads encoder.weight.T; only its bias is its own
         self.history: list[dict[str, float]] = []  # per-epoch metrics, filled by train_autoencoder
@@ -69,7 +80,7 @@ class SparseAutoencoder(nn.Module):
         r = math.sqrt(6.0) / math.sqrt(self.config.d_in + self.config.d_hidden + 1)
         with torch.no_grad():
             for w in self.weights():
-                w.uniform_(-r, r)
+                w.uniform_(-r, r, generator=self.generator)
             self.encoder.bias.zero_()
             self.decoder.bias.zero_()
 
@@ -98,7 +109,11 @@ class SparseAutoencoder(nn.Module):
         """Zero a random fraction ``noise`` of the inputs (denoising); identity when noise is 0."""
         if self.config.noise == 0.0:
             return x
-        keep = torch.rand_like(x) >= self.config.noise
+        gen = self.generator
+        if gen is not None and gen.device == x.device:
+            keep = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device) >= self.config.noise
+        else:  # no generator, or x on another device than the generator
+            keep = torch.rand_like(x) >= self.config.noise
         return x * keep
 
     def objective(

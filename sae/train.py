@@ -105,7 +105,9 @@ def train_autoencoder(
     if validation is not None:
         check_inputs(validation, config, "validation")
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = SparseAutoencoder(config)
+    # The layer's own generator (init, noise masks; the batches have theirs): layers trained at once in threads
+    # (tuning trials) do not draw from one global RNG, so each gets the weights it would get alone.
+    model = SparseAutoencoder(config, generator=torch.Generator().manual_seed(seed))
     options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     spawn = "spawn" in str(options.get("strategy", ""))
     history_path = _empty_temp_file(".json") if spawn else None  # where a spawned rank 0 leaves the history

@@ -9,10 +9,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
+from pipeline.data.loading import load_data
+from pipeline.greedy import layer_seed
 from pipeline.tune.search import TuneHooks, plain_runner, tune_stack
+from pipeline.tune.space import with_layer_params
+from pipeline.tune.trial import TrialJob
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,3 +199,26 @@ def test_the_reconstruction_objective_is_minimised_and_reported_every_epoch(tmp_
         assert outcome.value == outcome.history[-1]["val_mse"]
         assert [epoch for epoch, _ in outcome.reports] == [0, 1]  # epochs 1 and 2 reported; the last is the value
     assert result.layers[0].best.value == min(t.value for t in result.layers[0].trials)
+
+
+def test_trials_trained_at_once_in_threads_get_the_weights_they_get_one_at_a_time(tmp_path):
+    config = tiny(tmp_path, {"trials": 2}, noise=0.3, epochs=4)  # noise: a random mask every batch
+    data = load_data(config.data, config.seed)
+    inputs, fingerprint = data.scaled(), layer_store.input_fingerprint(data)
+
+    def jobs(cache_dir: Path) -> list[TrialJob]:
+        out = []
+        for number, hidden in enumerate([6, 10, 14]):
+            settings = with_layer_params(config, 0, {"hidden": hidden}).layer_settings(0)
+            out.append(TrialJob(number, {"hidden": hidden}, settings, inputs, None, layer_seed(config, settings),
+                                fingerprint, None, cache_dir, "reconstruction"))
+        return out
+
+    alone = plain_runner(1)(jobs(tmp_path / "alone"))
+    together = plain_runner(3)(jobs(tmp_path / "together"))
+    for one, other in zip(alone, together, strict=True):
+        assert one.state == other.state == "complete" and one.key == other.key
+        assert one.value == other.value
+        weights = [load_file(str(layer_store.layer_dir(tmp_path / run, one.key) / "model.safetensors"))
+                   for run in ("alone", "together")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

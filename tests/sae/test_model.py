@@ -121,3 +121,16 @@ def test_epoch_stats_count_active_units_and_dead_units():
     sse = (obj.recon - x).pow(2).sum().item()
     assert m["mse"] == pytest.approx(sse / 4)
     assert m["fvu"] == pytest.approx(sse / ((x - x.mean(0)) ** 2).sum().item())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_layer_with_its_own_generator_draws_what_the_seeded_global_rng_draws(tied):
+    config = SAEConfig(d_in=12, d_hidden=5, noise=0.3, tied=tied)
+    torch.manual_seed(7)
+    global_rng = SparseAutoencoder(config)
+    global_mask = global_rng.corrupt(torch.ones(4, 12))
+    torch.manual_seed(123)  # the global RNG elsewhere: the generator's layer must not care
+    own = SparseAutoencoder(config, generator=torch.Generator().manual_seed(7))
+    own_mask = own.corrupt(torch.ones(4, 12))
+    assert all(torch.equal(v, own.state_dict()[k]) for k, v in global_rng.state_dict().items())
+    assert torch.equal(global_mask, own_mask) and 0 < int(own_mask.sum()) < 48
