@@ -88,13 +88,19 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flows.deploy import serve
-
     if (args.cron is None) == (args.interval is None):
         from pipeline.errors import InputError
 
         raise InputError("serve needs exactly one schedule: --cron '0 3 * * *' or --interval SECONDS")
-    serve(load_config(args.config, args.overrides), cron=args.cron, interval=args.interval, name=args.name)
+    config = load_config(args.config, args.overrides)
+    if args.tune:
+        from flows.tune import serve_tune
+
+        serve_tune(config, cron=args.cron, interval=args.interval, name=args.name, trials=args.trials)
+        return EXIT_OK
+    from flows.deploy import serve
+
+    serve(config, cron=args.cron, interval=args.interval, name=args.name)
     return EXIT_OK
 
 
@@ -136,6 +142,10 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--name", help="deployment name (default: the config name)")
         if name == "deploy":
             p.add_argument("--pool", required=True, help="Prefect work pool (created as a process pool if missing)")
+        else:
+            p.add_argument("--tune", action="store_true",
+                           help="serve the config's search (as `tune`) instead of a run; name default tune-NAME")
+            p.add_argument("--trials", type=int, help="with --tune: trials per layer (default: search.trials)")
         p.set_defaults(func=func)
 
 

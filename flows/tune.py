@@ -19,6 +19,7 @@ from prefect.states import Cancelled, Failed
 
 from flows.pretrain import _as_config, pretrain_flow
 from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
 from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
 from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_trial
@@ -72,18 +73,35 @@ def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int =
                       runner=prefect_runner(config.cache_dir), finish=pretrain_flow if finish else None)
 
 
-def serve_tune(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
-               name: str | None = None, trials: int | None = None, parallel: int = 1) -> None:
-    """Serve a deployment that runs the search on a schedule (needs a Prefect server); blocks until stopped."""
-    from flows.deploy import _require_server, _schedule, one_at_a_time  # server-only imports, on demand
+def tune_parameters(config: PipelineConfig, trials: int | None = None, parallel: int = 1) -> dict[str, Any]:
+    """The deployment parameters of a search of ``config`` (JSON, checked against the flow's schema by the server)."""
+    return {"config": config.model_dump(mode="json"), "trials": trials, "parallel": parallel}
 
-    schedule = _schedule(cron, interval)
-    _require_server("serving a tuning schedule")
-    tune_flow.serve(
+
+def tune_deployment(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
+                    name: str | None = None, trials: int | None = None, parallel: int = 1) -> Any:
+    """A deployment of ``tune_flow`` searching ``config`` on a cron or interval schedule (a RunnerDeployment)."""
+    from flows.deploy import _schedule, one_at_a_time  # server-only imports, on demand
+
+    if config.search is None:
+        raise InputError(f"config {config.name!r} has no search section: a tuning deployment needs one")
+    return tune_flow.to_deployment(
         name=name or f"tune-{config.name}",
-        parameters={"config": config.model_dump(mode="json"), "trials": trials, "parallel": parallel},
+        parameters=tune_parameters(config, trials, parallel),
         description=f"Greedy per-layer hyperparameter search of {config.name} on {config.data.source}",
         tags=["sae-pipeline", "tune"],
-        global_limit=one_at_a_time(),
-        **schedule,
+        concurrency_limit=one_at_a_time(),
+        **_schedule(cron, interval),
     )
+
+
+def serve_tune(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
+               name: str | None = None, trials: int | None = None, parallel: int = 1) -> None:
+    """Serve ``tune_deployment(...)`` from this process (needs a Prefect server); blocks until stopped."""
+    from prefect import serve
+
+    from flows.deploy import _require_server
+
+    deployment = tune_deployment(config, cron, interval, name, trials, parallel)
+    _require_server("serving a tuning schedule")
+    serve(deployment)

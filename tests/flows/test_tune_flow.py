@@ -1,15 +1,30 @@
 """The tuning flow: every trial an MLflow run with its state, pruned ones marked, and best.yaml reproducing the stack."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 from safetensors.torch import load_file
 
 from flows import pretrain_flow, tune_flow
+from flows.cli import main as cli_main
+from flows.tune import tune_deployment
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 STATE = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
@@ -68,3 +83,115 @@ def test_trials_are_mlflow_runs_pruned_ones_marked_and_best_yaml_reproduces_the_
         weights = layer.model.state_dict()
         assert all(torch.equal(weights[k], stored[k]) for k in weights)
         assert layer.settings.hidden == search.best.params["hidden"]
+
+
+def small(tmp: Path, name: str, layers: int = 2, trials: int = 3) -> PipelineConfig:
+    """``layers`` 3-epoch layers on 300 digits, ``trials`` trials a layer over width, no pruning."""
+    return PipelineConfig.from_dict({
+        "name": name, "seed": 1, "cache_dir": str(tmp / "cache"), "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "data": {"source": "digits", "max_samples": 300},
+        "defaults": {"epochs": 3, "lr": 0.01}, "trainer": {"accelerator": "cpu"},
+        "layers": [{"hidden": 12}, {"hidden": 6}][:layers], "finetune": {"epochs": 0},
+        "search": {"trials": trials, "pruner": "none", "defaults": {"hidden": [4, 6, 8, 12]}},
+    })
+
+
+def test_tune_json_prints_every_trial_per_layer_and_the_best_params_it_wrote(tmp_path, capsys):
+    config = small(tmp_path, "tune-json")
+    (tmp_path / "tune.yaml").write_text(config.to_yaml())
+    capsys.readouterr()
+    assert cli_main(["tune", str(tmp_path / "tune.yaml"), "--json", "--out", str(tmp_path / "best.yaml")]) == 0
+    printed = json.loads(capsys.readouterr().out)  # stdout holds the JSON object and nothing else
+
+    assert printed["objective"] == "probe" and printed["best_config"] == str(tmp_path / "best.yaml")
+    rows = printed["trials"]
+    assert [(r["layer"], r["trial"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert all(r["state"] == "complete" and set(r["params"]) == {"hidden"} for r in rows)
+    assert [r["config"] for r in rows] == [True, False, False, True, False, False]  # trial 1: the config's values
+    assert (rows[0]["params"], rows[3]["params"]) == ({"hidden": 12}, {"hidden": 6})
+    best = PipelineConfig.from_yaml(tmp_path / "best.yaml")
+    for layer in (1, 2):
+        layer_rows = [r for r in rows if r["layer"] == layer]
+        (chosen,) = [r for r in layer_rows if r["best"]]
+        assert chosen["objective"] == max(r["objective"] for r in layer_rows)
+        assert best.layers[layer - 1].hidden == chosen["params"]["hidden"]
+    run = MlflowClient(config.tracking_uri).get_run(printed["run_id"])
+    assert run.info.status == "FINISHED" and printed["model_version"] == "1"
+    assert run.data.tags["sae.tune_run"]  # the best stack's run points at the search's run
+
+
+def test_a_tuning_deployment_carries_its_schedule_parameters_and_limit_to_the_server(tmp_path):
+    config = small(tmp_path, "tune-deploy")
+    deployment = tune_deployment(config, cron="0 3 * * *", trials=4, parallel=2)
+    assert deployment.name == "tune-tune-deploy" and "tune" in deployment.tags
+    assert deployment.parameters == {"config": config.model_dump(mode="json"), "trials": 4, "parallel": 2}
+    assert deployment.concurrency_limit == 1
+
+    deployment_id = deployment.apply()  # to the test harness's server, which checks parameters against the schema
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+    assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+    assert stored.parameters["config"]["search"]["defaults"] == {"hidden": [4, 6, 8, 12]}
+    assert (stored.parameters["trials"], stored.parameters["parallel"]) == (4, 2)
+    assert stored.enforce_parameter_schema and {"config", "trials", "parallel"} <= set(
+        stored.parameter_openapi_schema["properties"])
+
+
+def test_a_tuning_deployment_needs_a_search_section_and_one_schedule(tmp_path):
+    config = small(tmp_path, "tune-bad")
+    with pytest.raises(InputError, match="both cron='0 3 \\* \\* \\*' and interval=60"):
+        tune_deployment(config, cron="0 3 * * *", interval=60)
+    with pytest.raises(InputError, match="has no search section"):
+        tune_deployment(config.model_copy(update={"search": None}), cron="0 3 * * *")
+
+
+@pytest.mark.slow
+def test_serve_tune_serves_the_deployment_runs_a_search_from_it_and_stops_on_sigterm(tmp_path):
+    config = small(tmp_path, "tune-served", layers=1, trials=2)
+    (tmp_path / "tune.yaml").write_text(config.to_yaml())
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    command = [sys.executable, "-m", "flows.cli", "serve", str(tmp_path / "tune.yaml"), "--tune",
+               "--cron", "0 0 1 1 *", "--name", "tune-served", "--trials", "2"]
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = _wait(lambda: _deployment(client, "sae-tune/tune-served"), 120, serve, tmp_path)
+            assert [s.schedule.cron for s in deployment.schedules] == ["0 0 1 1 *"]
+            assert deployment.parameters["trials"] == 2 and deployment.parameters["config"]["name"] == "tune-served"
+            run = client.create_flow_run_from_deployment(deployment.id)
+            final = _wait(lambda: (r := client.read_flow_run(run.id)).state.is_final() and r, 240, serve, tmp_path)
+        assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
+        assert final.name.startswith("tune-tune-served-")
+        trials = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")[0],
+                                   storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+        assert len(trials) == 2
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)  # serving blocks until stopped, and SIGTERM stops it
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+        log.close()
+    assert serve.returncode is not None
+
+
+def _deployment(client, name: str):
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
+def _wait(probe, seconds: float, process: subprocess.Popen, tmp: Path):
+    """``probe()``'s first truthy value within ``seconds``; fails early when ``process`` died."""
+    deadline = time.monotonic() + seconds
+    while not (value := probe()):
+        log = (tmp / "serve.log").read_text()[-3000:]
+        assert process.poll() is None, f"serve exited with {process.returncode}:\n{log}"
+        assert time.monotonic() < deadline, f"timed out after {seconds} s:\n{log}"
+        time.sleep(1)
+    return value
