@@ -76,7 +76,8 @@ def _tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"best_config": str(out), "objective": result.objective, "seconds": result.seconds,
                           "trials": trial_rows(result), "run_id": tracked and tracked.run_id,
-                          "model_version": reg and reg.model_version}))
+                          "model_version": reg and reg.model_version,
+                          "recalled": bool(getattr(result.pretrain, "recalled", False))}))
         return EXIT_OK
     print(result.table())
     print(f"\nobjective: {result.objective} (validation); searched in {result.seconds:.1f} s")
@@ -84,6 +85,9 @@ def _tune(args: argparse.Namespace) -> int:
     if result.pretrain is not None:
         name, value, _ = result.pretrain.headline()
         print(f"best stack {name}: {value:.4f}" + (f"; registered version {reg.model_version} @{reg.alias}" if reg else ""))
+        if getattr(result.pretrain, "recalled", False):
+            print(f"(recalled from MLflow run {tracked.run_id}: an identical search already fine-tuned, evaluated and "
+                  f"registered this stack; `sae-pipeline run {out}` runs it again)")
     return EXIT_OK
 
 

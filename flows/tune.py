@@ -5,14 +5,15 @@ of trials runs: as ``tune-trial`` tasks, ``parallel`` at a time on the thread po
 by its layer's cache key, so the same settings on the same codes are never trained twice, and a trial that
 was pruned ends Cancelled and one that failed ends Failed, each with the reason. The best stack is then run by
 ``pretrain_flow`` as a sub-flow, exactly as ``sae-pipeline run best.yaml`` would (layers from the cache,
-fine-tuning, evaluation, registration with the champion rules).
+fine-tuning, evaluation, registration with the champion rules), unless an identical search already did that
+(``recall-best-stack``: same best config, data and code; see ``pipeline.tracking.tune_recall``).
 """
 
 # No `from __future__ import annotations`: Prefect builds the flow's parameter model from real annotations.
 import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
@@ -20,6 +21,7 @@ from prefect.states import Cancelled, Failed
 from flows.pretrain import _as_config, pretrain_flow
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
+from pipeline.tracking.tune_recall import RecalledStack
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
 from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
 from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_trial
@@ -40,6 +42,18 @@ def trial_task(job: TrialJob, outcomes: dict[int, TrialOutcome]) -> Any:
     if outcome.state != COMPLETE:
         return Failed(message=f"failed: {reason}")
     return {"key": outcome.key, "value": outcome.value, "epochs": outcome.epochs}
+
+
+@task(name="recall-best-stack", task_run_name="recall-best-stack", cache_policy=NO_CACHE, persist_result=False)
+def recall_task(tracking: TuneTracking, best_config: PipelineConfig) -> RecalledStack | None:
+    """The best stack as an identical earlier search fine-tuned, evaluated and registered it, if one did."""
+    recalled = tracking.recall(best_config)
+    if recalled is not None:
+        reg = recalled.tracked.registration
+        get_run_logger().info("best stack recalled from MLflow run %s (%s %.4f%s): not fine-tuned, evaluated or "
+                              "registered again", recalled.tracked.run_id, *recalled.headline()[:2],
+                              f"; version {reg.model_version}" if reg else "")
+    return recalled
 
 
 def prefect_runner(cache_dir: str) -> Runner:
@@ -68,9 +82,15 @@ def tune_run_name() -> str:
 def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int = 1, finish: bool = True) -> TuneResult:
     """Greedy per-layer search of ``config.search``; then train/assemble, evaluate and register the best stack."""
     config = _as_config(config)
-    hooks = [TuneTracking(), *_extra_hooks]
-    return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel, hooks=hooks,
-                      runner=prefect_runner(config.cache_dir), finish=pretrain_flow if finish else None)
+    tracking = TuneTracking()
+
+    def best_stack(best_config: PipelineConfig) -> Any:
+        """Recalled when an identical search already ran it (same best config, data, code), else the pretrain flow."""
+        return recall_task(tracking, best_config) or pretrain_flow(best_config)
+
+    return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel,
+                      hooks=[tracking, *_extra_hooks], runner=prefect_runner(config.cache_dir),
+                      finish=best_stack if finish else None)
 
 
 def tune_parameters(config: PipelineConfig, trials: int | None = None, parallel: int = 1) -> dict[str, Any]:

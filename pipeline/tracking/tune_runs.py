@@ -19,6 +19,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.tracking import store
+from pipeline.tracking.tune_recall import RecalledStack, recall_stack, remember_stack, stack_digest
 from pipeline.tune.search import TuneHooks
 
 if TYPE_CHECKING:
@@ -52,13 +53,16 @@ class TuneTracking(TuneHooks):
         self.client: Any = None
         self.run_id: str | None = None
         self.experiment_id = ""
+        self.uri = ""
+        self.data_fingerprint = ""
         self.layer_runs: dict[int, str] = {}
 
     def on_search_start(self, config: PipelineConfig, data: LoadedData, objective: str) -> None:
         """Open the parent run ``tune-<name>-<time>`` with the config and the search settings."""
-        uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
+        uri = self.uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
         self.client = store.client(uri)
         self.experiment_id = store.experiment_id(self.client, uri, config.name)
+        self.data_fingerprint = str(data.fingerprint)
         assert config.search is not None
         tags = {MLFLOW_RUN_NAME: f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", "sae.kind": "tune",
                 "sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
@@ -119,9 +123,17 @@ class TuneTracking(TuneHooks):
         tracked = getattr(result.pretrain, "tracked", None)
         if tracked is not None:
             self.client.set_tag(self.run_id, "sae.best_run", tracked.run_id)
+            self.client.set_tag(self.run_id, "sae.best_run.recalled", str(isinstance(result.pretrain, RecalledStack)).lower())
             self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
+            if not isinstance(result.pretrain, RecalledStack):
+                remember_stack(self.client, result.pretrain, stack_digest(result.best_config, self.data_fingerprint))
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
         self.run_id = None
+
+    def recall(self, best_config: PipelineConfig) -> RecalledStack | None:
+        """The best stack as an identical earlier search left it in MLflow (see ``tune_recall``), if it did."""
+        assert self.client is not None, "recall after on_search_start"
+        return recall_stack(self.client, self.experiment_id, self.uri, stack_digest(best_config, self.data_fingerprint))
 
     def on_search_failed(self, error: BaseException) -> None:
         """Close open layer runs and the parent FAILED, the error as a tag."""

@@ -115,9 +115,26 @@ def test_tune_json_prints_every_trial_per_layer_and_the_best_params_it_wrote(tmp
         (chosen,) = [r for r in layer_rows if r["best"]]
         assert chosen["objective"] == max(r["objective"] for r in layer_rows)
         assert best.layers[layer - 1].hidden == chosen["params"]["hidden"]
-    run = MlflowClient(config.tracking_uri).get_run(printed["run_id"])
-    assert run.info.status == "FINISHED" and printed["model_version"] == "1"
+    client = MlflowClient(config.tracking_uri)
+    run = client.get_run(printed["run_id"])
+    assert run.info.status == "FINISHED" and printed["model_version"] == "1" and printed["recalled"] is False
     assert run.data.tags["sae.tune_run"]  # the best stack's run points at the search's run
+
+    # The same search again: no trial runs, and the best stack is recalled from its run, not fine-tuned again.
+    assert cli_main(["tune", str(tmp_path / "tune.yaml"), "--json", "--out", str(tmp_path / "best.yaml")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["recalled"] is True and (again["run_id"], again["model_version"]) == (printed["run_id"], "1")
+    assert [(r["trial"], r["params"], r["objective"]) for r in again["trials"]] == [
+        (r["trial"], r["params"], r["objective"]) for r in rows]
+    runs = client.search_runs([run.info.experiment_id], "tags.`sae.data.source` = 'digits'")
+    assert len([r for r in runs if r.data.tags.get("sae.kind") != "tune"]) == 1  # one best-stack run in all
+    assert len(client.search_model_versions("name='tune-json-encoder'")) == 1
+
+    # Its model version deleted from the registry: the stack is run (and registered) again.
+    client.delete_model_version("tune-json-encoder", "1")
+    assert cli_main(["tune", str(tmp_path / "tune.yaml"), "--json", "--out", str(tmp_path / "best.yaml")]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["recalled"] is False and third["run_id"] != printed["run_id"] and third["model_version"] == "2"
 
 
 def test_a_tuning_deployment_carries_its_schedule_parameters_and_limit_to_the_server(tmp_path):
