@@ -222,3 +222,23 @@ def test_trials_trained_at_once_in_threads_get_the_weights_they_get_one_at_a_tim
         weights = [load_file(str(layer_store.layer_dir(tmp_path / run, one.key) / "model.safetensors"))
                    for run in ("alone", "together")]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_trial_one_is_the_config_layer_recalled_when_run_trained_it_and_the_best_is_never_worse(tmp_path):
+    config = tiny(tmp_path, {"trials": 3, "defaults": {"hidden": [4, 12], "beta": {"low": 0.5, "high": 5.0}},
+                             "layers": {1: {"target": {"low": 0.3, "high": 0.5}}}}, beta=2.0)
+    data = load_data(config.data, config.seed)
+    settings = config.layer_settings(0)  # layer 1 as `run` would train it
+    key = layer_store.layer_cache_key(layer_store.input_fingerprint(data), settings, layer_seed(config, settings), None)
+    layer_store.train_into(layer_store.layer_dir(config.cache_dir, key), settings, data.scaled(),
+                           seed=layer_seed(config, settings), key=key)
+    recorder = Recorder()
+    result = tune_stack(config, f"sqlite:///{tmp_path / 'optuna.db'}", hooks=[recorder], data=data)
+    first, second = result.layers
+    assert first.trials[0].params == {"hidden": 12, "beta": 2.0} and first.trials[0].user_attrs["config"] is True
+    assert recorder.trials[0][1].recalled and recorder.trials[0][1].key == key  # the layer `run` trained
+    assert first.best.value >= first.trials[0].value
+    # Layer 2's hidden (6) and target (0.1) lie outside its space: trial 1 keeps beta, the sampler picks the rest.
+    config_trial = second.trials[0]
+    assert config_trial.user_attrs["config"] is True and config_trial.params["beta"] == 2.0
+    assert config_trial.params["hidden"] in (4, 12) and 0.3 <= config_trial.params["target"] <= 0.5
