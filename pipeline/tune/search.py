@@ -136,6 +136,19 @@ def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
     return count
 
 
+def _twins_after(jobs: list[TrialJob]) -> list[list[TrialJob]]:
+    """The batch, then the trials proposing a layer already in it (same cache key): run after their twin, they
+    are recalled from the cache instead of training the same layer at the same time."""
+    first: dict[str, TrialJob] = {}
+    twins = []
+    for job in jobs:
+        if job.key in first:
+            twins.append(job)
+        else:
+            first[job.key] = job
+    return [batch for batch in (list(first.values()), twins) if batch]
+
+
 def _finished(study: optuna.Study) -> int:
     """Trials that count against the budget: complete, pruned and failed, but not ones a kill interrupted."""
     return sum(1 for t in study.get_trials(deepcopy=False)
@@ -197,7 +210,8 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs
             jobs.append(TrialJob(trial.number, params, settings, inputs, labels, layer_seed(best_config, settings),
                                  ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial))
             trial.set_user_attr("key", jobs[-1].key)  # before training: a kill leaves a partial layer to find
-        outcomes |= {o.number: o for o in ctx.runner(jobs)} if jobs else {}
+        for batch in _twins_after(jobs):
+            outcomes |= {o.number: o for o in ctx.runner(batch)}
         for trial in asked:
             outcome = outcomes[trial.number]
             for key, value in (("key", outcome.key), ("recalled", outcome.recalled), ("seconds", outcome.seconds),

@@ -65,7 +65,7 @@ def test_layer_two_trials_train_on_the_best_layer_one_codes(tmp_path):
 
 
 def test_parallel_runs_trials_of_a_layer_in_batches_and_keeps_the_budget(tmp_path):
-    config = tiny(tmp_path, {"trials": 3, "defaults": {"hidden": [4, 8, 12]}})
+    config = tiny(tmp_path, {"trials": 3, "defaults": {"target": {"low": 0.05, "high": 0.3}}})  # no twin proposals
     batches = []
 
     def runner(jobs):
@@ -86,6 +86,19 @@ def test_a_second_identical_search_runs_no_trial_and_keeps_the_same_best(tmp_pat
     assert again.trials == []
     assert [layer.best_key for layer in second.layers] == [layer.best_key for layer in first.layers]
     assert second.best_config == first.best_config
+
+
+def test_twin_trials_of_a_parallel_batch_run_after_each_other_and_the_second_is_recalled(tmp_path):
+    config = tiny(tmp_path, {"trials": 2, "defaults": {"hidden": [6]}})  # both trials of a layer: the same layer
+    batches, recorder = [], Recorder()
+
+    def runner(jobs):
+        batches.append([(job.settings.index, job.number) for job in jobs])
+        return plain_runner(2)(jobs)
+
+    tune_stack(config, f"sqlite:///{tmp_path / 'optuna.db'}", parallel=2, runner=runner, hooks=[recorder])
+    assert batches == [[(0, 0)], [(0, 1)], [(1, 0)], [(1, 1)]]
+    assert [(o.state, o.recalled) for _, o in recorder.trials] == [("complete", False), ("complete", True)] * 2
 
 
 def test_proposed_settings_already_in_the_layer_cache_are_recalled_not_trained(tmp_path):
