@@ -105,11 +105,12 @@ def train_autoencoder(
     if validation is not None:
         check_inputs(validation, config, "validation")
     pl.seed_everything(seed, workers=True, verbose=False)
-    # The layer's own generator (init, noise masks; the batches have theirs): layers trained at once in threads
-    # (tuning trials) do not draw from one global RNG, so each gets the weights it would get alone.
-    model = SparseAutoencoder(config, generator=torch.Generator().manual_seed(seed))
     options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     spawn = "spawn" in str(options.get("strategy", ""))
+    # The layer's own generator (init, noise masks; the batches have theirs): layers trained at once in threads
+    # (tuning trials) do not draw from one global RNG, so each gets the weights it would get alone. Not under
+    # ddp_spawn: torch.multiprocessing cannot share a generator with the spawned ranks (same draws either way).
+    model = SparseAutoencoder(config, generator=None if spawn else torch.Generator().manual_seed(seed))
     history_path = _empty_temp_file(".json") if spawn else None  # where a spawned rank 0 leaves the history
     if _single_cuda_device(options) and not isinstance(X, np.memmap):
         # One copy to the GPU up front instead of one per batch (the batches index it there).
