@@ -122,10 +122,11 @@ class TuneTracking(TuneHooks):
         self.client.log_metric(self.run_id, "seconds", result.seconds)
         tracked = getattr(result.pretrain, "tracked", None)
         if tracked is not None:
+            recalled = isinstance(result.pretrain, RecalledStack)
             self.client.set_tag(self.run_id, "sae.best_run", tracked.run_id)
-            self.client.set_tag(self.run_id, "sae.best_run.recalled", str(isinstance(result.pretrain, RecalledStack)).lower())
-            self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
-            if not isinstance(result.pretrain, RecalledStack):
+            self.client.set_tag(self.run_id, "sae.best_run.recalled", str(recalled).lower())
+            if not recalled:  # a recalled run keeps pointing at the search that ran it
+                self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
                 remember_stack(self.client, result.pretrain, stack_digest(result.best_config, self.data_fingerprint))
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
         self.run_id = None

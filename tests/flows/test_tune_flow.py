@@ -130,6 +130,10 @@ def test_tune_json_prints_every_trial_per_layer_and_the_best_params_it_wrote(tmp
     runs = client.search_runs([run.info.experiment_id], "tags.`sae.data.source` = 'digits'")
     assert len([r for r in runs if r.data.tags.get("sae.kind") != "tune"]) == 1  # one best-stack run in all
     assert len(client.search_model_versions("name='tune-json-encoder'")) == 1
+    assert client.get_run(printed["run_id"]).data.tags["sae.tune_run"] == run.data.tags["sae.tune_run"]
+    tune_runs = [r for r in runs if r.data.tags.get("sae.kind") == "tune"]
+    assert sorted(r.data.tags["sae.best_run.recalled"] for r in tune_runs) == ["false", "true"]
+    assert {r.data.tags["sae.best_run"] for r in tune_runs} == {printed["run_id"]}
 
     # Its model version deleted from the registry: the stack is run (and registered) again.
     client.delete_model_version("tune-json-encoder", "1")
