@@ -34,7 +34,9 @@ from sae import SAEConfig, SparseAutoencoder
 if TYPE_CHECKING:
     from pipeline.hooks import PipelineHooks
 
-CACHE_VERSION = 2  # bump when the on-disk layout or the training code changes what a key means
+# Bump when the on-disk layout or the training code changes what a key means. 3: searches before it trained
+# upper layers on the codes below without their code_scaling, under the key of the scaled inputs.
+CACHE_VERSION = 3
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 CODE_FILES = tuple(f"{split}_codes.npy" for split in SPLITS)
 FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)

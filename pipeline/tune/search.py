@@ -26,7 +26,8 @@ from pipeline import layer_store
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
-from pipeline.greedy import layer_seed
+from pipeline.greedy import code_scaling, layer_seed, scale_codes
+from pipeline.layer_config import ResolvedLayer
 from pipeline.processes import pid_alive
 from pipeline.results import LayerResult
 from pipeline.search_config import Range
@@ -170,7 +171,7 @@ class _Context:
     hooks: Sequence[TuneHooks]
 
 
-def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs: Splits,
+def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, below: list[LayerResult],
                   parent_key: str | None) -> tuple[LayerSearch, PipelineConfig, LayerResult, str]:
     assert best_config.search is not None
     search, space = best_config.search, best_config.search.space(index)
@@ -194,6 +195,16 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs
     labels = (ctx.data.y_train, ctx.data.y_val) if ctx.objective == "probe" else None
     deadline = None if search.timeout is None else time.monotonic() + search.timeout
     ran: list[TrialOutcome] = []
+    scaled: dict[str, Splits] = {}  # the inputs per code_scaling (a searchable field): fitted once each
+
+    def inputs(settings: ResolvedLayer) -> Splits:
+        """What ``run`` trains this layer on: the data, or the best layer below's codes after code_scaling."""
+        if not below:
+            return ctx.data.scaled()
+        if settings.code_scaling not in scaled:
+            scaled[settings.code_scaling] = scale_codes(code_scaling(settings, below[-1].codes), below[-1].codes)
+        return scaled[settings.code_scaling]
+
     while (left := ctx.trials - _finished(study)) > 0 and (deadline is None or time.monotonic() < deadline):
         asked, jobs, outcomes = [], [], {}
         for _ in range(min(ctx.parallel, left)):
@@ -207,7 +218,8 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs
             except ValueError as error:  # a combination the config rejects (pydantic errors are ValueErrors)
                 outcomes[trial.number] = TrialOutcome(trial.number, params, "", FAILED, error=str(error))
                 continue
-            jobs.append(TrialJob(trial.number, params, settings, inputs, labels, layer_seed(best_config, settings),
+            jobs.append(TrialJob(trial.number, params, settings, inputs(settings), labels,
+                                 layer_seed(best_config, settings),
                                  ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial))
             trial.set_user_attr("key", jobs[-1].key)  # before training: a kill leaves a partial layer to find
         for batch in _twins_after(jobs):
@@ -234,7 +246,7 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, inputs
     key = layer_store.layer_cache_key(ctx.fingerprint, settings, layer_seed(best_config, settings), parent_key)
     directory = layer_store.layer_dir(ctx.cache_dir, key)
     if not layer_store.is_complete(directory):  # the cache was cleared since the trial ran
-        layer_store.train_into(directory, settings, inputs, seed=layer_seed(best_config, settings), key=key,
+        layer_store.train_into(directory, settings, inputs(settings), seed=layer_seed(best_config, settings), key=key,
                                parent_key=parent_key)
     layer = layer_store.load_layer(directory, settings, reused=True)
     result = LayerSearch(index, name, direction(ctx.objective), study.get_trials(), best, ran, key)
@@ -274,11 +286,11 @@ def tune_stack(
                        parallel, runner or plain_runner(parallel), hooks)
         for h in hooks:
             h.on_search_start(config, data, objective)
-        inputs, parent_key, best_config, layers = data.scaled(), None, config, []
+        parent_key, best_config, layers, below = None, config, [], []
         for index in range(len(config.layers)):
-            layer_search, best_config, layer, parent_key = _search_layer(ctx, best_config, index, inputs, parent_key)
+            layer_search, best_config, layer, parent_key = _search_layer(ctx, best_config, index, below, parent_key)
             layers.append(layer_search)
-            inputs = layer.codes
+            below.append(layer)
         best_config = best_config.model_copy(update={"search": None, "cache_dir": str(ctx.cache_dir)})
         result = TuneResult(config, best_config, objective, storage, layers, 0.0)
         if finish is not None:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from pipeline import layer_store
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
-from pipeline.greedy import layer_seed
+from pipeline.greedy import layer_inputs, layer_seed, stack
 from pipeline.tune.search import TuneHooks, plain_runner, tune_stack
 from pipeline.tune.space import with_layer_params
 from pipeline.tune.trial import TrialJob
@@ -55,13 +55,22 @@ def test_layer_two_trials_train_on_the_best_layer_one_codes(tmp_path):
     assert [job.settings.index for job in seen] == [0, 0, 0, 1, 1, 1]  # all of layer 1 before any of layer 2
     values = [t.value for t in first.trials]
     assert first.best.value == max(values)
-    best_codes = np.load(layer_store.layer_dir(config.cache_dir, first.best_key) / "train_codes.npy")
+    best = result.best_config
+    data = load_data(best.data, best.seed)
+    below = layer_store.load_layer(layer_store.layer_dir(config.cache_dir, first.best_key), best.layer_settings(0))
+    expected = layer_inputs(best, data, [below])  # what `run best.yaml` feeds layer 2: standardised codes
     for job in seen[3:]:
         assert job.parent_key == first.best_key
-        np.testing.assert_array_equal(np.asarray(job.inputs.train), best_codes)
+        np.testing.assert_allclose(np.asarray(job.inputs.train), np.asarray(expected.train), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(job.inputs.train).mean(axis=0), 0.0, atol=1e-4)
         assert job.inputs.train.shape[1] == first.best.params["hidden"]
-    assert result.best_config.layers[0].hidden == first.best.params["hidden"]
-    assert result.best_config.layers[1].hidden == second.best.params["hidden"]
+    assert best.layers[0].hidden == first.best.params["hidden"]
+    assert best.layers[1].hidden == second.best.params["hidden"]
+    # The stacked best layers compute the codes the search scored: the registered encoder is the searched one.
+    top = layer_store.load_layer(layer_store.layer_dir(config.cache_dir, second.best_key), best.layer_settings(1))
+    encoder = stack(best, data, [below, top])
+    np.testing.assert_allclose(encoder.transform(np.asarray(data.X_val, np.float32)), np.asarray(top.codes.val),
+                               atol=1e-5)
 
 
 def test_parallel_runs_trials_of_a_layer_in_batches_and_keeps_the_budget(tmp_path):
