@@ -23,7 +23,7 @@ from pipeline import layer_store
 from pipeline.config import PipelineConfig, default_config_path
 from pipeline.data.loading import LoadedData, load_data
 from pipeline.evaluate import probe_accuracies
-from pipeline.greedy import layer_seed
+from pipeline.greedy import layer_inputs, layer_seed
 from pipeline.results import LayerResult
 from pipeline.tune.objective import probe_val_accuracy
 from pipeline.tune.search import TuneHooks, tune_stack
@@ -49,8 +49,9 @@ class Tally(TuneHooks):
 
 def stack_from_cache(config: PipelineConfig, data: LoadedData) -> list[LayerResult]:
     """The config's layers from the layer cache, training (into it) only those missing, as `run` does."""
-    fingerprint, inputs, parent, layers = layer_store.input_fingerprint(data), data.scaled(), None, []
+    fingerprint, parent, layers = layer_store.input_fingerprint(data), None, []
     for settings in config.resolved_layers():
+        inputs = layer_inputs(config, data, layers)  # the codes below after this layer's code_scaling
         seed = layer_seed(config, settings)
         key = layer_store.layer_cache_key(fingerprint, settings, seed, parent)
         directory = layer_store.layer_dir(config.cache_dir, key)
@@ -58,7 +59,7 @@ def stack_from_cache(config: PipelineConfig, data: LoadedData) -> list[LayerResu
         if not reused:
             layer_store.train_into(directory, settings, inputs, seed=seed, key=key, parent_key=parent)
         layers.append(layer_store.load_layer(directory, settings, reused=reused))
-        inputs, parent = layers[-1].codes, key
+        parent = key
     return layers
 
 
