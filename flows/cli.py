@@ -65,10 +65,15 @@ def _tune(args: argparse.Namespace) -> int:
 
         raise InputError("tune needs a config with a search section (see examples/tune-digits.yaml), "
                          "--trials >= 1 and --parallel >= 1")
+    from pipeline.preflight import check_run
+
+    data = check_run(config)  # as run: data, tracking server, accelerator, store, before Prefect starts a server
+    from flows.pretrain import preloaded
     from flows.tune import tune_flow
     from pipeline.tune.table import trial_rows
 
-    result = tune_flow(config, trials=args.trials, parallel=args.parallel)
+    with preloaded(config, data):
+        result = tune_flow(config, trials=args.trials, parallel=args.parallel)
     out = Path(args.out).resolve()
     out.write_text(result.best_yaml())
     tracked = result.pretrain and result.pretrain.tracked

@@ -88,10 +88,15 @@ def preloaded(config: PipelineConfig, data: LoadedData) -> Iterator[None]:
         _preloaded.pop(_data_key(config), None)
 
 
+def preloaded_data(config: PipelineConfig) -> LoadedData | None:
+    """The data the CLI read and checked for ``config`` (inside ``preloaded``), else None."""
+    return _preloaded.get(_data_key(config))
+
+
 @task(name="load-data", task_run_name="load-data", **IO_RETRIES)
 def load_data_task(config: PipelineConfig) -> LoadedData:
     """Read, validate, split and scale the data (retried: it is file I/O), unless the CLI already did."""
-    return _preloaded.get(_data_key(config)) or load_data(config.data, config.seed)
+    return preloaded_data(config) or load_data(config.data, config.seed)
 
 
 @task(name="start-tracking", task_run_name="start-tracking", **IO_RETRIES)

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
-from flows.pretrain import _as_config, pretrain_flow
+from flows.pretrain import _as_config, preloaded_data, pretrain_flow
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.tracking.tune_recall import RecalledStack
@@ -90,7 +90,7 @@ def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int =
 
     return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel,
                       hooks=[tracking, *_extra_hooks], runner=prefect_runner(config.cache_dir),
-                      finish=best_stack if finish else None)
+                      finish=best_stack if finish else None, data=preloaded_data(config))
 
 
 def tune_parameters(config: PipelineConfig, trials: int | None = None, parallel: int = 1) -> dict[str, Any]:

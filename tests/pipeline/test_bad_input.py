@@ -234,6 +234,17 @@ def test_a_wrong_column_or_key_is_named_before_anything_heavy_is_imported(file, 
     assert message in done.stderr
 
 
+def test_tune_checks_its_data_before_anything_heavy_is_imported(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["tune", str(ROOT / "examples" / "tune-digits.yaml"), "--set", "data.source=d.csv",
+            "--set", "data.labels=label"]
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "2 []", done.stdout + done.stderr
+    assert "column(s) 'label' not found" in done.stderr
+
+
 def test_an_unreachable_tracking_server_fails_run_within_10_seconds(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": UNREACHABLE}
     started = time.perf_counter()
