@@ -137,8 +137,8 @@ def report(name: str, result: PretrainResult, seconds: float, baselines: list[tu
     print()
     for target, measured, bar in checks(name, result, registered):
         passed = measured > bar if "FVU" in target else measured >= bar
-        verdict = "PASS" if passed else f"FAIL by {bar - measured:.4f}"
-        print(f"{target}: {measured:.4f} vs {bar:.4f}: {verdict}")
+        verdict = "PASS" if passed else f"FAIL by {bar - measured:.5f}"
+        print(f"{target}: {measured:.5f} vs {bar:.5f}: {verdict}")
 
 
 def main() -> None:
