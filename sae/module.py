@@ -108,6 +108,14 @@ class SAEModule(pl.LightningModule):
             case _:
                 raise ValueError(f"unknown optimizer {self.optimizer_name!r}; choose adam, sgd or lbfgs")
 
+    def teardown(self, stage: str) -> None:
+        # Spawned ranks (history_path is set only for them) leave their gloo group together here, the last hook
+        # of fit: Lightning destroys it at exit for nccl only, and a gloo group still alive when a spawned rank
+        # exits can abort it ("terminate called without an active exception": its threads die joinable).
+        if self.history_path is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def on_train_epoch_start(self) -> None:
         # Every epoch visits the same rows: the input sums of the first serve the rest (two reductions a step).
         self._train_stats = EpochStats(self.model.config, inputs=self._input_sums)
