@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from pipeline.data.loading import Splits
 from sae.batches import ShuffledBatches, row_chunks
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
 from sae.stack import StackedEncoder
@@ -23,7 +24,7 @@ from sae.train import STEPS_PER_LIGHTNING_BATCH, SizedLoader, quiet_trainer
 
 if TYPE_CHECKING:
     from pipeline.config import FinetuneConfig
-    from pipeline.data.loading import LoadedData, Splits
+    from pipeline.data.loading import LoadedData
 
 EncoderKind = Literal["pretrained", "finetuned"]
 
@@ -105,19 +106,12 @@ def finetune_stack(
     X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32)).to(device)
     X_val = torch.from_numpy(np.ascontiguousarray(data.X_val, dtype=np.float32)).to(device)
     # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).
-    if codes is None:
-        with torch.no_grad():
-            train_codes = torch.cat([model.encoder(X[i : i + 8192]) for i in range(0, X.shape[0], 8192)])
-    else:
-        train_codes = torch.from_numpy(np.ascontiguousarray(codes.train, dtype=np.float32)).to(device)
+    if codes is None:  # called on its own: encode the splits once here
+        codes = Splits(*(encoder.transform(np.asarray(x, np.float32)) for x in (data.X_train, data.X_val, data.X_test)))
     labels = torch.from_numpy(y_idx).to(device)
-    fit_softmax(model.head, train_codes, labels, weight_decay=settings.weight_decay,
-                max_iter=settings.softmax_iterations)
-    del train_codes
-    if codes is None:
-        val_before, test_before = accuracy(model, data.X_val, y_val), accuracy(model, data.X_test, y_test)
-    else:
-        val_before, test_before = accuracy(model.head, codes.val, y_val), accuracy(model.head, codes.test, y_test)
+    fit_softmax(model.head, torch.from_numpy(np.ascontiguousarray(codes.train, dtype=np.float32)).to(device), labels,
+                weight_decay=settings.weight_decay, max_iter=settings.softmax_iterations)
+    val_before, test_before = accuracy(model.head, codes.val, y_val), accuracy(model.head, codes.test, y_test)
     module = ClassifierModule(model, lr=settings.lr, weight_decay=settings.weight_decay,
                               validation=(X_val, torch.from_numpy(y_val).to(device)), start_accuracy=val_before)
     if settings.epochs > 0:
