@@ -14,15 +14,20 @@ from pipeline.errors import InputError
 NPZ_FEATURE_KEYS = ("X", "x", "data")  # tried in order when data.features is not set and the archive has several
 
 
-def missing_key(path: Path, role: str, key: Any, keys: Sequence[str]) -> InputError:
-    """The error for an npz ``key`` (of ``role`` features or labels) that is not among ``keys``."""
-    return InputError(f"{path}: {role} key {key!r} not found; the archive's keys are: {', '.join(keys)}")
+def check_npz_keys(path: Path, keys: Sequence[str], features: Any, labels: str | None) -> None:
+    """InputError naming the archive's keys when ``features`` or ``labels`` is not one of them."""
+    for role, key in (("labels", labels), ("features", features)):
+        if key is not None and (not isinstance(key, str) or key not in keys):
+            raise InputError(f"{path}: {role} key {key!r} not found; the archive's keys are: {', '.join(keys)}")
 
 
-def missing_columns(path: Path, missing: Sequence[str], columns: Sequence[str]) -> InputError:
-    """The error for table columns that are not there."""
-    return InputError(f"{path}: column(s) {', '.join(map(repr, missing))} not found; "
-                      f"the columns are: {', '.join(columns)}")
+def check_columns(path: Path, columns: Sequence[str], features: Any, labels: str | None) -> None:
+    """InputError naming the table's columns when ``labels`` or a ``features`` column is not among them."""
+    wanted = [features] if isinstance(features, str) else list(features or [])
+    missing = [c for c in [labels, *wanted] if c is not None and c not in columns]
+    if missing:
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, missing))} not found; "
+                         f"the columns are: {', '.join(columns)}")
 
 
 def check_names(path: Path, features: str | list[str] | None, labels: str | None) -> None:
@@ -33,20 +38,15 @@ def check_names(path: Path, features: str | list[str] | None, labels: str | None
     """
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        keys = _npz_keys(path)
-        if keys is None:
-            return
-        for role, key in (("labels", labels), ("features", features)):
-            if key is not None and (not isinstance(key, str) or key not in keys):
-                raise missing_key(path, role, key, keys)
+        names = _npz_keys(path)
+        check = check_npz_keys
     elif suffix in (".csv", ".parquet"):
-        columns = _csv_columns(path) if suffix == ".csv" else _parquet_columns(path)
-        if columns is None:
-            return
-        wanted = [features] if isinstance(features, str) else list(features or [])
-        missing = [c for c in [labels, *wanted] if c is not None and c not in columns]
-        if missing:
-            raise missing_columns(path, missing, columns)
+        names = _csv_columns(path) if suffix == ".csv" else _parquet_columns(path)
+        check = check_columns
+    else:
+        return
+    if names is not None:
+        check(path, names, features, labels)
 
 
 def _npz_keys(path: Path) -> list[str] | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.data.headers import NPZ_FEATURE_KEYS, missing_columns, missing_key
+from pipeline.data.headers import NPZ_FEATURE_KEYS, check_columns, check_npz_keys
 from pipeline.data.paths import SUPPORTED_SUFFIXES
 from pipeline.errors import InputError
 from sae.batches import row_chunks
@@ -65,9 +65,7 @@ def _read_npz(path: Path, features: Any, labels: str | None) -> tuple[np.ndarray
         raise InputError(f"{path}: holds a single array, not an .npz archive; rename it to .npy")
     with archive:
         keys = list(archive.files)
-        for role, key in (("labels", labels), ("features", features)):
-            if key is not None and (not isinstance(key, str) or key not in keys):
-                raise missing_key(path, role, key, keys)
+        check_npz_keys(path, keys, features, labels)
         if features is None:
             rest = [k for k in keys if k != labels]
             candidates = rest if len(rest) == 1 else [k for k in NPZ_FEATURE_KEYS if k in rest]
@@ -88,10 +86,8 @@ def _read_table(path: Path, features: Any, labels: str | None) -> tuple[np.ndarr
         raise InputError(f"{path}: cannot be read as {path.suffix.lower()[1:]} ({error}); check the file") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
+    check_columns(path, columns, features, labels)
     wanted = [features] if isinstance(features, str) else features
-    missing = [c for c in [labels, *(wanted or [])] if c is not None and c not in columns]
-    if missing:
-        raise missing_columns(path, missing, columns)
     names = list(wanted) if wanted else [c for c in columns if c != labels]
     text = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
