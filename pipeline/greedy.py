@@ -54,9 +54,14 @@ def scale_codes(scaling: Scaling, codes: Splits) -> Splits:
 
 def layer_inputs(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> Splits:
     """What the next layer trains on: the scaled data, or the codes of the top layer so far, rescaled."""
+    return inputs_for(config.layer_settings(len(layers)), data, layers)
+
+
+def inputs_for(settings: ResolvedLayer, data: LoadedData, layers: list[LayerResult]) -> Splits:
+    """What a layer with ``settings`` trains on above ``layers``: the scaled data, or the top codes after its
+    code_scaling (tuning trials differ from the config in their settings, not in this rule)."""
     if not layers:
         return data.scaled()
-    settings = config.layer_settings(len(layers))
     return scale_codes(code_scaling(settings, layers[-1].codes), layers[-1].codes)
 
 
@@ -235,5 +240,5 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
         raise
 
 
-__all__ = ["Steps", "encode_layer", "evaluate", "finetune", "plain_steps", "pretrain_stack", "stack",
+__all__ = ["Steps", "encode_layer", "evaluate", "finetune", "inputs_for", "plain_steps", "pretrain_stack", "stack",
            "stack_and_evaluate", "train_layer"]

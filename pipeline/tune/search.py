@@ -26,7 +26,7 @@ from pipeline import layer_store
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
-from pipeline.greedy import code_scaling, layer_seed, scale_codes
+from pipeline.greedy import inputs_for, layer_seed
 from pipeline.layer_config import ResolvedLayer
 from pipeline.processes import pid_alive
 from pipeline.results import LayerResult
@@ -199,10 +199,8 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, below:
 
     def inputs(settings: ResolvedLayer) -> Splits:
         """What ``run`` trains this layer on: the data, or the best layer below's codes after code_scaling."""
-        if not below:
-            return ctx.data.scaled()
         if settings.code_scaling not in scaled:
-            scaled[settings.code_scaling] = scale_codes(code_scaling(settings, below[-1].codes), below[-1].codes)
+            scaled[settings.code_scaling] = inputs_for(settings, ctx.data, below)
         return scaled[settings.code_scaling]
 
     while (left := ctx.trials - _finished(study)) > 0 and (deadline is None or time.monotonic() < deadline):
