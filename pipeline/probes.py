@@ -1,4 +1,5 @@
-"""Linear probes in torch: multinomial logistic regression by full-batch L-BFGS on standardised features.
+"""Linear probes in torch: multinomial logistic regression by full-batch L-BFGS (``pipeline.lbfgs``) on
+standardised features.
 
 The objective is scikit-learn's (``LogisticRegression(C=c)``, lbfgs, multinomial): mean cross-entropy plus
 ``||W||^2 / (2 * C * n)``, intercepts unpenalised. The L2 strength is chosen on the validation split along a
@@ -18,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline import lbfgs
 
 PROBE_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # inverse L2 strengths, chosen on validation
 PROBE_MAX_ITER = 300  # L-BFGS iterations per C at most (warm starts need far fewer)
@@ -63,9 +66,11 @@ def probe_device(accelerator: str) -> torch.device:
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """One intra-op thread on CPU: these fits are latency-bound, and a second thread spinning against a busy
-    core made them 20-50x slower on the shared 2-core machine (measured: 3.6 s vs 0.08 s for the same path)."""
+    core made them 20-50x slower on the shared 2-core machine (measured: 3.6 s vs 0.08 s for the same path).
+    Probes fitted on several Python threads at once need it entered once around them all (the setting is
+    process-wide): each probe's own entry then saves and restores the same single thread."""
     if device.type != "cpu":
         yield
         return
@@ -75,10 +80,6 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _standardise(x: np.ndarray, mean: torch.Tensor, scale: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return (torch.as_tensor(np.asarray(x, dtype=np.float32), device=device) - mean) / scale
 
 
 def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -108,14 +109,14 @@ def fit_probe(
     ``PROBE_PATIENCE`` times in a row past its best (the weak end is the slow end: 3x fewer iterations on MNIST
     codes). The chosen fit is the one scored on validation and test (``nan`` without a test split: choosing,
     as a tuning objective does, needs none).
-    Features are standardised with the training mean and standard deviation (constant columns left at 0).
+    Features are standardised with the training mean and standard deviation (columns constant there left out).
     Labels may be any values; validation or test labels unseen in training count as errors (and are left out
     of the validation log-loss, the same for every C). Ties go to the stronger regularisation.
     """
     if not cs:
         raise ValueError("cs is empty: pass at least one inverse regularisation strength, e.g. (0.1, 1.0, 10.0)")
     device = torch.device(device)
-    with _one_cpu_thread(device), torch.no_grad():
+    with one_cpu_thread(device), torch.no_grad():
         return _fit_path(train, y_train, val, y_val, test, y_test, cs=cs, device=device, max_iter=max_iter)
 
 
@@ -132,9 +133,19 @@ def _fit_path(
 
     x = torch.as_tensor(np.asarray(train, dtype=np.float32), device=device)
     mean, std = x.mean(0), x.std(0, unbiased=False)
+    # Columns constant in training (MNIST's border pixels: 143 of 784) standardise to 0 and get weight 0 at
+    # any C: they are left out of the fit, which is that much cheaper.
+    varying = torch.nonzero(std > 0).squeeze(1)
+    if varying.numel() < x.shape[1]:
+        x, mean, std = x[:, varying], mean[varying], std[varying]
     scale = torch.where(std > 0, std, torch.ones_like(std))
     x = (x - mean) / scale
-    xv, yv = _standardise(val, mean, scale, device), labels(y_val)
+
+    def features(rows: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=device)
+        return ((t if varying.numel() == t.shape[1] else t[:, varying]) - mean) / scale
+
+    xv, yv = features(val), labels(y_val)
     n, k = x.shape[0], len(classes)
     target = F.one_hot(torch.as_tensor(y_idx, device=device), k).t().to(x.dtype)  # (k, n)
     eig = _covariance_eig(x) if x.shape[1] <= PRECONDITION_MAX_FEATURES else None
@@ -156,7 +167,7 @@ def _fit_path(
     iterations = sum(p.iterations for p in path)
     test_accuracy = float("nan")
     if test is not None and y_test is not None:
-        test_accuracy = _accuracy(w, b, _standardise(test, mean, scale, device), labels(y_test))
+        test_accuracy = _accuracy(w, b, features(test), labels(y_test))
     return ProbeFit(chosen.c, chosen.val_accuracy, test_accuracy, iterations, tuple(path))
 
 
@@ -185,20 +196,18 @@ def _fit_one(
     # Classes along dim 0: log_softmax over a short last dimension was 20x slower on CPU than over the first.
     z_t = z.t().contiguous()  # (d, n)
     v = (w if rotate is None else w @ rotate) / s
-    b = b.clone()
+    k, d = v.shape
     n, s2 = x.shape[0], s * s
 
-    def closure() -> torch.Tensor:
-        # The gradient in closed form (softmax minus one-hot): half the cost of autograd at this size.
+    def objective(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        v, b = theta[: k * d].view(k, d), theta[k * d :].view(k, 1)
         log_p = torch.log_softmax(torch.addmm(b, v, z_t), 0)  # (k, n)
         loss = -(log_p * target).sum() / n + decay * (v.pow(2) * s2).sum()
+        # The gradient in closed form (softmax minus one-hot): half the cost of autograd at this size.
         residual = (log_p.exp() - target) / n
-        v.grad = torch.addmm(v * s2, residual, z, beta=2 * decay)
-        b.grad = residual.sum(1, keepdim=True)
-        return loss
+        return float(loss), torch.cat((torch.addmm(v * s2, residual, z, beta=2 * decay).ravel(), residual.sum(1)))
 
-    opt = torch.optim.LBFGS([v, b], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
-                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
-    opt.step(closure)
-    w = v * s
-    return (w if rotate is None else w @ rotate.t()), b, int(opt.state[v].get("n_iter", 0))
+    theta, iterations = lbfgs.minimize(objective, torch.cat((v.ravel(), b.ravel())), max_iter=max_iter,
+                                       tolerance_grad=tolerance)
+    w = theta[: k * d].view(k, d) * s
+    return (w if rotate is None else w @ rotate.t()), theta[k * d :].view(k, 1).clone(), iterations
