@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,9 +148,16 @@ def evaluate(
     hooks: PipelineHooks,
     started: float,
 ) -> PretrainResult:
-    """Probe every layer's codes (when labelled), assemble the result and hand it to ``hooks.on_run_end``."""
-    probes = (probe_accuracies(data, layers, seed=config.seed, accelerator=config.trainer.accelerator)
-              if data.y_train is not None else {})
+    """Probe every layer's codes (when labelled), assemble the result and hand it to ``hooks.on_run_end``.
+
+    The probes run on other threads while ``hooks.on_encoders`` logs the models: their matrix products release
+    the GIL, and the models do not depend on them.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="sae-evaluate") as pool:
+        probing = (pool.submit(probe_accuracies, data, layers, seed=config.seed,
+                               accelerator=config.trainer.accelerator) if data.y_train is not None else None)
+        hooks.on_encoders(data, encoder, finetuned)
+        probes = probing.result() if probing is not None else {}
     result = PretrainResult(
         config=config,
         data=data,

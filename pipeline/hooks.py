@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData
     from pipeline.finetune import FinetuneResult
     from pipeline.results import LayerResult, PretrainResult
+    from sae.stack import StackedEncoder
 
 
 class PipelineHooks:
@@ -37,6 +38,10 @@ class PipelineHooks:
 
     def on_finetune_end(self, result: FinetuneResult) -> None:
         """After fine-tuning."""
+
+    def on_encoders(self, data: LoadedData, encoder: StackedEncoder, finetuned: FinetuneResult | None) -> None:
+        """The stacked encoder and its fine-tuned copy are final (trackers log the models here); the probes of
+        the evaluation run on other threads meanwhile."""
 
     def on_run_end(self, result: PretrainResult) -> None:
         """After evaluation: the whole result is ready (trackers log it here)."""
@@ -76,6 +81,10 @@ class CompositeHooks(PipelineHooks):
     def on_finetune_end(self, result: FinetuneResult) -> None:
         for h in self.hooks:
             h.on_finetune_end(result)
+
+    def on_encoders(self, data: LoadedData, encoder: StackedEncoder, finetuned: FinetuneResult | None) -> None:
+        for h in self.hooks:
+            h.on_encoders(data, encoder, finetuned)
 
     def on_run_end(self, result: PretrainResult) -> None:
         for h in self.hooks:

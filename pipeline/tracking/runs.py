@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pipeline.finetune import FinetuneResult
     from pipeline.greedy import LayerResult
     from pipeline.results import PretrainResult
+    from sae.stack import StackedEncoder
 
 log = logging.getLogger(__name__)
 FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
@@ -86,6 +87,7 @@ class MlflowTracking(PipelineHooks):
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
         self._chosen: tuple[str, Any, str] | None = None  # (name, model info, why) of the logged model to register
+        self._models: tuple[Any, Any, dict[str, Any]] | None = None  # (encoder, finetuned, name -> model info)
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -124,13 +126,11 @@ class MlflowTracking(PipelineHooks):
         self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
         with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
             self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
-        example = result.data.X_train[:5]
-        infos = {"encoder": log_encoder_model(result.encoder, run_id=self.run_id, tracking_uri=self.uri,
-                                              input_example=example, tags={"kind": "pretrained"})}
-        if result.finetuned is not None:
-            infos["encoder-finetuned"] = log_encoder_model(
-                result.finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
-                input_example=example, tags={"kind": "finetuned"})
+        logged = self._models
+        if logged is None or logged[0] is not result.encoder or logged[1] is not result.finetuned:
+            self.on_encoders(result.data, result.encoder, result.finetuned)  # called without on_encoders first
+        assert self._models is not None
+        infos = self._models[2]
         kind, why = result.encoder_choice  # register.encoder, decided on validation accuracy
         chosen = "encoder-finetuned" if kind == "finetuned" and "encoder-finetuned" in infos else "encoder"
         self.client.set_tag(self.run_id, "sae.registered_encoder", f"{chosen}: {why}")
@@ -138,6 +138,19 @@ class MlflowTracking(PipelineHooks):
                                     model_uri=infos[chosen].model_uri,
                                     logged_models={k: v.model_uri for k, v in infos.items()})
         self._chosen = (chosen, infos[chosen], why)
+
+    def on_encoders(self, data: LoadedData, encoder: StackedEncoder, finetuned: FinetuneResult | None) -> None:
+        """Log the stacked encoder (and the fine-tuned one) as pyfunc models of the parent run."""
+        if self.run_id is None or self.ended:
+            return
+        example = data.X_train[:5]
+        infos = {"encoder": log_encoder_model(encoder, run_id=self.run_id, tracking_uri=self.uri,
+                                              input_example=example, tags={"kind": "pretrained"})}
+        if finetuned is not None:
+            infos["encoder-finetuned"] = log_encoder_model(
+                finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
+                input_example=example, tags={"kind": "finetuned"})
+        self._models = (encoder, finetuned, infos)
 
     def on_register(self, result: PretrainResult) -> None:
         """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""

@@ -1,5 +1,7 @@
 """Greedy pretraining end to end on digits: shapes, stacking, fine-tuning, evaluation, hooks."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,11 @@ class Recorder(PipelineHooks):
 
     def on_finetune_end(self, result):
         self.events.append("finetune")
+
+    def on_encoders(self, data, encoder, finetuned):
+        self.events.append("encoders")
+        self.encoders = (encoder, finetuned)
+        self.probing = [t.name for t in threading.enumerate() if t.name.startswith("sae-evaluate")]
 
     def on_run_end(self, result):
         self.events.append("end")
@@ -98,7 +105,7 @@ def test_evaluation_reports_probes_per_layer_and_a_table(run):
 
 def test_hooks_see_every_stage_in_order_and_the_plain_path_trains_every_layer(run):
     result, hooks = run
-    assert hooks.events == ["start", "layer-1", "layer-2", "finetune", "end"]
+    assert hooks.events == ["start", "layer-1", "layer-2", "finetune", "encoders", "end"]
     assert [layer.reused for layer in result.layers] == [False, False]
     assert [len(layer.history) for layer in result.layers] == [6, 6]  # no cache: every epoch of every layer ran
 
@@ -110,3 +117,11 @@ def test_a_failing_run_reaches_the_failure_hook_and_re_raises():
     with pytest.raises(FloatingPointError, match="lower lr"):
         pretrain_stack(PipelineConfig.from_dict(bad), hooks)
     assert hooks.events[0] == "start" and hooks.events[-1] == "failed:FloatingPointError"
+
+
+def test_the_final_encoders_reach_the_hooks_while_the_probes_run(run):
+    result, hooks = run
+    assert hooks.events[-3:] == ["finetune", "encoders", "end"]
+    assert hooks.encoders[0] is result.encoder and hooks.encoders[1] is result.finetuned
+    assert hooks.probing  # the probes' thread was alive while the models could be logged
+    assert set(result.probes) == {"raw", "layer_1", "layer_2"}

@@ -1,6 +1,9 @@
-"""The torch probe: same answer as scikit-learn's logistic regression, warm-started path, device choice."""
+"""The torch probe: same answer as scikit-learn's logistic regression, warm-started path, device choice; the
+run's probes on threads, and the raw one fitted ahead."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
+from pipeline import evaluate
+from pipeline.data.loading import Splits
 from pipeline.probes import PROBE_CS, PROBE_PATIENCE, fit_probe, probe_device
 
 
@@ -92,3 +97,47 @@ def test_probe_device_follows_the_trainer_accelerator() -> None:
 def test_empty_c_path_is_refused(codes: tuple[np.ndarray, ...]) -> None:
     with pytest.raises(ValueError, match="cs is empty"):
         fit_probe(*codes, cs=())
+
+
+def test_columns_constant_in_training_are_left_out_without_changing_the_probe(codes: tuple[np.ndarray, ...]) -> None:
+    train, y_train, val, y_val, test, y_test = codes
+    plain = fit_probe(train, y_train, val, y_val, test, y_test)
+
+    def pad(x: np.ndarray, fill: float) -> np.ndarray:  # two constant columns, as MNIST's border pixels
+        return np.hstack([np.full((x.shape[0], 1), fill, np.float32), x, np.full((x.shape[0], 1), 0.5, np.float32)])
+
+    # Constant in training only: in validation and test those columns vary, and must still weigh nothing.
+    padded = fit_probe(pad(train, 0.0), y_train, pad(val, 3.0), y_val, pad(test, -2.0), y_test)
+    assert (padded.c, padded.val_accuracy, padded.test_accuracy) == (plain.c, plain.val_accuracy, plain.test_accuracy)
+    # Same fits up to rounding (the means and deviations are summed over another layout): within convergence.
+    assert [p.val_log_loss for p in padded.path] == pytest.approx([p.val_log_loss for p in plain.path], abs=2e-3)
+
+
+def _fake_run(codes: tuple[np.ndarray, ...]) -> tuple[SimpleNamespace, list[SimpleNamespace]]:
+    train, y_train, val, y_val, test, y_test = codes
+    data = SimpleNamespace(y_train=y_train, y_val=y_val, y_test=y_test,
+                           scaled=lambda: Splits(train[:, :48], val[:, :48], test[:, :48]))
+    layers = [SimpleNamespace(index=i, codes=Splits(train[:, cols], val[:, cols], test[:, cols]))
+              for i, cols in enumerate((slice(0, 96), slice(32, 96)))]
+    return data, layers
+
+
+def test_probes_on_threads_give_the_answers_of_probes_one_after_another(codes, monkeypatch) -> None:
+    data, layers = _fake_run(codes)
+    threaded = evaluate.probe_accuracies(data, layers)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one worker: the probes run in turn
+    assert evaluate.probe_accuracies(data, layers) == threaded
+    assert set(threaded) == {"raw", "layer_1", "layer_2"}
+
+
+def test_a_raw_probe_fitted_ahead_is_taken_instead_of_fitted_again(codes, monkeypatch) -> None:
+    data, layers = _fake_run(codes)
+    expected = evaluate.probe_accuracies(data, layers)
+    widths: list[int] = []
+    real = evaluate.fit_probe
+    monkeypatch.setattr(evaluate, "fit_probe", lambda *a, **k: widths.append(a[0].shape[1]) or real(*a, **k))
+    with evaluate.raw_probe_ahead(data):
+        assert evaluate.probe_accuracies(data, layers) == expected
+        assert evaluate.probe_accuracies(data, layers, seed=5)["raw"] == expected["raw"]  # another seed: fitted
+    assert sorted(widths) == [48, 48, 64, 64, 96, 96]  # raw once ahead, once for seed 5; each layer twice
+    assert not evaluate._AHEAD  # leaving the block forgets it
