@@ -15,19 +15,11 @@ from pipeline.runtime import quiet_runtime
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from pipeline.preflight import check_run
+    from flows.startup import flow_session
 
-    data = check_run(config)  # data, tracking server, accelerator, store: all before Prefect starts a server
-    from pipeline import interrupts
+    with flow_session(config, debug=args.debug):  # bad input exits 2 here, before Prefect starts a server
+        from flows.pretrain import pretrain_flow
 
-    interrupts.install()
-    from flows.pretrain import preloaded, pretrain_flow
-    from flows.server_guard import guard_temporary_server, quiet_tracebacks
-
-    guard_temporary_server()
-    if not args.debug:
-        quiet_tracebacks()
-    with preloaded(config, data):
         result = pretrain_flow(config, refresh_cache=args.fresh, overrides=list(args.overrides))
     tracked, reg = result.tracked, result.tracked and result.tracked.registration
     if args.json:
@@ -65,15 +57,14 @@ def _tune(args: argparse.Namespace) -> int:
 
         raise InputError("tune needs a config with a search section (see examples/tune-digits.yaml), "
                          "--trials >= 1 and --parallel >= 1")
-    from pipeline.preflight import check_run
+    from flows.startup import flow_session
 
-    data = check_run(config)  # as run: data, tracking server, accelerator, store, before Prefect starts a server
-    from flows.pretrain import preloaded
-    from flows.tune import tune_flow
+    with flow_session(config, debug=args.debug):  # as run: preflight, signals, server guard, store thread
+        from flows.tune import tune_flow
+
+        result = tune_flow(config, trials=args.trials, parallel=args.parallel)
     from pipeline.tune.table import trial_rows
 
-    with preloaded(config, data):
-        result = tune_flow(config, trials=args.trials, parallel=args.parallel)
     out = Path(args.out).resolve()
     out.write_text(result.best_yaml())
     tracked = result.pretrain and result.pretrain.tracked

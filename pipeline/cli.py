@@ -218,6 +218,8 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
         if interrupts.signal_of(error) is None:
             raise
         return _interrupted(error, args.debug)
+    finally:
+        interrupts.uninstall()  # a command that routed SIGINT/SIGTERM (run, tune) gives the handlers back
 
 
 def _interrupted(error: BaseException, debug: bool) -> int:

@@ -91,6 +91,14 @@ def _example(encoder: StackedEncoder, signature_: ModelSignature, rows: np.ndarr
     return X
 
 
+def warm_requirement_checks() -> None:
+    """Build MLflow's map of installed packages now: logging a model builds it once per process (~0.4 s) to
+    compare the model's requirements with this environment, on the run's critical path unless done earlier."""
+    from mlflow.utils.requirements_utils import _init_modules_to_packages_map  # private; mlflow is pinned
+
+    _init_modules_to_packages_map()
+
+
 def log_encoder_model(
     encoder: StackedEncoder,
     *,
@@ -165,4 +173,5 @@ def weights_dir(model_dir: Path) -> Path | None:
     return None if path is None else model_dir / path
 
 
-__all__ = ["EncoderModel", "log_encoder_model", "pip_requirements", "signature", "weights_dir"]
+__all__ = ["EncoderModel", "log_encoder_model", "pip_requirements", "signature", "warm_requirement_checks",
+           "weights_dir"]

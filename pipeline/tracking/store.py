@@ -7,7 +7,7 @@ import re
 import subprocess
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -94,41 +94,56 @@ def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri(tracking_uri))
 
 
-_CREATING: dict[str, tuple[threading.Thread, list[BaseException]]] = {}  # uri -> creation under way, its error
+_CREATING: dict[str, tuple[threading.Thread, threading.Event, list[BaseException]]] = {}  # uri -> creation, done, error
 
 
-def create_sqlite_store_soon(uri: str, create: Callable[[str], None] | None = None) -> None:
-    """Run ``create(uri)`` (default: ``create_sqlite_store``) on a thread; this process's next ``client(uri)``
-    waits for it. The CLI starts it before the flow, so a new store is built while Prefect starts its server."""
-    # Imported on the calling thread first: importing these configures every SQLAlchemy mapper in the process,
-    # Prefect's included, which failed ("expression 'Deployment' failed to locate a name") when it ran on the
-    # thread while the main thread was half-way through importing Prefect's server models.
-    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    from mlflow.store.db import utils  # noqa: F401
+def create_sqlite_store_soon(uri: str, create: Callable[[str], None] | None = None, *,
+                             then: Sequence[Callable[[], object]] = ()) -> threading.Thread:
+    """Run ``create(uri)`` (default: ``create_sqlite_store``) on a thread, then each of ``then`` (warm-ups: work
+    the run would otherwise do later on its critical path); this process's next ``client(uri)`` waits for the
+    store only. The CLI starts it while Prefect starts its temporary server, which leaves the CPU idle for
+    seconds.
 
+    Start it after Prefect's server module is imported, when one will be: MLflow's store modules are imported
+    on the thread, which configures every SQLAlchemy mapper in the process, and that failed ("expression
+    'Deployment' failed to locate a name") while the main thread was half-way through importing Prefect's
+    server models.
+    """
     errors: list[BaseException] = []
+    done = threading.Event()
 
     def job() -> None:
         try:
+            import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            from mlflow.store.db import utils  # noqa: F401
+
             (create or create_sqlite_store)(uri)
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits for the store
             errors.append(error)
+        finally:
+            done.set()
+        for warm in then:
+            try:
+                warm()
+            except Exception:  # noqa: BLE001, S112 - a warm-up only saves time; the real call reports problems
+                continue
 
     thread = threading.Thread(target=job, name="sae-create-store")
-    _CREATING[uri] = (thread, errors)
+    _CREATING[uri] = (thread, done, errors)
     thread.start()
+    return thread
 
 
 def wait_for_store(uri: str) -> None:
-    """Wait for a ``create_sqlite_store_soon(uri)`` still running; re-raise its error."""
+    """Wait for a ``create_sqlite_store_soon(uri)`` still creating the store; re-raise its error."""
     pending = _CREATING.get(uri)
     if pending is None or pending[0] is threading.current_thread():
         return
-    pending[0].join()
+    pending[1].wait()
     _CREATING.pop(uri, None)
-    if pending[1]:
-        raise pending[1][0]
+    if pending[2]:
+        raise pending[2][0]
 
 
 def create_sqlite_store(uri: str) -> None:

@@ -476,6 +476,29 @@ def test_the_first_client_waits_for_a_store_being_created_on_a_thread_and_gets_i
         store_module.client(f"sqlite:///{tmp_path}/broken.db")
 
 
+def test_warm_ups_run_after_the_store_is_made_and_their_failures_are_harmless(tmp_path):
+    import threading
+
+    from pipeline.tracking import store as store_module
+
+    release, order = threading.Event(), []
+
+    def slow_warm_up():
+        release.wait(30)
+        order.append("warm")
+
+    def failing_warm_up():
+        raise RuntimeError("a warm-up that fails only loses its head start")
+
+    uri = f"sqlite:///{tmp_path}/warm.db"
+    thread = store_module.create_sqlite_store_soon(uri, then=(failing_warm_up, slow_warm_up))
+    assert store_module.client(uri).get_experiment("0").name == "Default"  # not held up by the warm-ups
+    assert order == [] and thread.is_alive()
+    release.set()
+    thread.join(30)
+    assert order == ["warm"]
+
+
 def test_two_threads_building_the_same_new_store_leave_one_sound_database(tmp_path):
     import threading
 
@@ -491,3 +514,12 @@ def test_two_threads_building_the_same_new_store_leave_one_sound_database(tmp_pa
     engine = sqlalchemy.create_engine(uri)
     assert _get_schema_version(engine) == _get_latest_schema_revision()
     engine.dispose()
+
+
+def test_the_model_logging_warm_up_builds_the_package_map_mlflow_checks_requirements_with():
+    from mlflow.utils import requirements_utils
+
+    from pipeline.tracking.pyfunc import warm_requirement_checks
+
+    warm_requirement_checks()  # a private MLflow function: this fails loudly if a new MLflow moves it
+    assert requirements_utils._MODULES_TO_PACKAGES and "torch" in requirements_utils._MODULES_TO_PACKAGES

@@ -1,0 +1,60 @@
+"""What `run` and `tune` share before their flow: signal routing given back, heartbeats, the raw probe ahead."""
+
+import signal
+
+import pytest
+from prefect.settings import get_current_settings, temporary_settings
+
+import flows.tune
+from flows import startup
+from flows.cli import main as cli_main
+from flows.server_guard import no_heartbeats_on_temporary_server
+from pipeline import evaluate, interrupts
+from pipeline.config import PipelineConfig
+
+
+def _config(tmp_path) -> PipelineConfig:
+    return PipelineConfig.from_dict({
+        "name": "startup", "cache_dir": str(tmp_path / "cache"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "data": {"source": "digits", "max_samples": 300}, "layers": [{"hidden": 6}], "finetune": {"epochs": 0},
+        "search": {"trials": 2, "defaults": {"hidden": [4, 6]}},
+    })
+
+
+def test_tune_routes_sigint_as_run_does_and_main_gives_the_handlers_back(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tune.yaml").write_text(_config(tmp_path).to_yaml())
+    seen = []
+
+    def interrupted_search(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGINT))
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while the search runs
+        raise AssertionError("SIGINT did not interrupt the search")
+
+    monkeypatch.setattr(flows.tune, "tune_flow", interrupted_search)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli_main(["tune", str(tmp_path / "tune.yaml"), "--out", str(tmp_path / "best.yaml")]) == 130
+    assert seen == [interrupts._interrupt]  # routed while the flow ran...
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # ...and given back
+    assert interrupts.received() is None
+    assert "interrupted (SIGINT)" in capsys.readouterr().err
+    assert not (tmp_path / "best.yaml").exists()
+
+
+def test_heartbeats_are_off_for_a_temporary_server_only():
+    frequency = get_current_settings().flows.heartbeat_frequency
+    assert get_current_settings().api.url  # this suite's Prefect server: a lasting one
+    with no_heartbeats_on_temporary_server():
+        assert get_current_settings().flows.heartbeat_frequency == frequency
+    with temporary_settings(updates={"api.url": None}), no_heartbeats_on_temporary_server():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == frequency
+
+
+@pytest.mark.parametrize("temporary", [True, False])
+def test_the_raw_probe_is_fitted_ahead_only_while_a_temporary_server_starts(tmp_path, monkeypatch, temporary):
+    monkeypatch.setattr("flows.server_guard.temporary_server_expected", lambda: temporary)
+    with startup.flow_session(_config(tmp_path)) as data:
+        assert (id(data) in evaluate._AHEAD) is temporary
+        assert flows.pretrain.preloaded_data(_config(tmp_path)) is data
+    assert not evaluate._AHEAD
+    interrupts.uninstall()
