@@ -15,6 +15,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 DPI = 100
+MIN_GRID_PIXELS = 400  # a filter grid narrower than this is enlarged by a whole factor
+TITLE_PIXELS = 22
+# Fixed margins (inches) around each row of subplots: matplotlib's constrained layout measured every tick
+# label to place them, and took half of each figure's time (0.12 s -> 0.07 s a figure).
+MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.3, "between": 0.75}
 
 
 def filter_grid(weights: np.ndarray, out: Path, *, image_shape: tuple[int, int] | None = None) -> Path | None:
@@ -43,12 +48,15 @@ def filter_grid(weights: np.ndarray, out: Path, *, image_shape: tuple[int, int] 
         r, c = divmod(j, cols)
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
         mosaic[top : top + height, left : left + width] = tile.reshape(height, width)
-    inches = max(2.0, min(12.0, mosaic.shape[1] / 12))
-    fig = Figure(figsize=(inches, inches * mosaic.shape[0] / mosaic.shape[1] + 0.4), dpi=DPI)
-    ax = fig.add_subplot()
-    ax.imshow(mosaic, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(f"{d_hidden} filters ({height}x{width})", fontsize=9)
+    # Drawn pixel for pixel (no axes, no resampling, no layout pass: half the time of imshow in an axes),
+    # enlarged by a whole factor to at least MIN_GRID_PIXELS wide, under a one-line title.
+    zoom = max(1, -(-MIN_GRID_PIXELS // mosaic.shape[1]))
+    image = np.kron(mosaic, np.ones((zoom, zoom)))
+    height_px, width_px = image.shape
+    fig = Figure(figsize=(width_px / DPI, (height_px + TITLE_PIXELS) / DPI), dpi=DPI)
+    fig.figimage(image, cmap="gray", vmin=-1.0, vmax=1.0, origin="upper")
+    fig.text(0.5, 1 - TITLE_PIXELS / 2 / (height_px + TITLE_PIXELS), f"{d_hidden} filters ({height}x{width})",
+             ha="center", va="center", fontsize=9)
     return _save(fig, out)
 
 
@@ -59,7 +67,7 @@ def loss_curves(
     if not histories:
         raise ValueError("loss_curves needs at least one layer history")
     labels = _labels(labels, len(histories))
-    fig = Figure(figsize=(4.0 * len(histories), 3.2), dpi=DPI, layout="constrained")
+    fig = _row_figure(len(histories))
     axes = fig.subplots(1, len(histories), squeeze=False)[0]
     for ax, history, label in zip(axes, histories, labels, strict=True):
         epochs = np.arange(1, len(history) + 1)
@@ -72,7 +80,7 @@ def loss_curves(
                 plotted.extend(ys[np.isfinite(ys)].tolist())
         if plotted and min(plotted) > 0:
             ax.set_yscale("log")
-        ax.set_title(label)
+        ax.set_title(label, y=1.0, pad=6)  # placed, not measured: auto-placing took half the figure's time
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         if plotted:
@@ -98,7 +106,7 @@ def rho_hat_figure(
             f"got {len(rho_hats)} rho_hat arrays but {len(targets)} targets: pass one target per layer"
         )
     labels = _labels(labels, len(rho_hats))
-    fig = Figure(figsize=(4.0 * len(rho_hats), 3.2), dpi=DPI, layout="constrained")
+    fig = _row_figure(len(rho_hats))
     axes = fig.subplots(1, len(rho_hats), squeeze=False)[0]
     for ax, rho_hat, target, label in zip(axes, rho_hats, targets, labels, strict=True):
         values = np.asarray(rho_hat, dtype=np.float64).ravel()
@@ -110,9 +118,19 @@ def rho_hat_figure(
         # offset-relative labels ("-0.00006") that overlap and hide where the values are.
         ax.xaxis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
         ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
-        ax.set_title(f"{label} ({values.size} units)")
+        ax.set_title(f"{label} ({values.size} units)", y=1.0, pad=6)
         ax.set_xlabel("mean activation (rho_hat)")
         ax.set_ylabel("units")
+    return fig
+
+
+def _row_figure(n: int, width: float = 4.0, height: float = 3.2) -> Figure:
+    """A figure for one row of ``n`` subplots, each ``width`` x ``height`` inches, with MARGINS around them."""
+    fig = Figure(figsize=(width * n, height), dpi=DPI)
+    axes_width = (width * n - MARGINS["left"] - MARGINS["right"] - MARGINS["between"] * (n - 1)) / n
+    fig.subplots_adjust(left=MARGINS["left"] / (width * n), right=1 - MARGINS["right"] / (width * n),
+                        bottom=MARGINS["bottom"] / height, top=1 - MARGINS["top"] / height,
+                        wspace=MARGINS["between"] / axes_width)
     return fig
 
 
