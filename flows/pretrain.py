@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
+from prefect.utilities.annotations import quote
 
 from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
 from pipeline import greedy, layer_store
@@ -161,6 +162,10 @@ def register_task(hooks: PipelineHooks, result: PretrainResult) -> None:
     hooks.on_register(result)
 
 
+def _opaque(value: Any) -> Any:
+    return value if isinstance(value, LoadedData) else quote(value)
+
+
 class Chain:
     """Runs tasks in the flow's process and records their states, so that each can name what it waits on."""
 
@@ -172,7 +177,15 @@ class Chain:
         return [self.states[n] for n in names if n in self.states]
 
     def run(self, task: Any, name: str, *args: Any, after: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        """Run ``task`` as task run ``name`` after ``after``; return its result (raising its error)."""
+        """Run ``task`` as task run ``name`` after ``after``; return its result (raising its error).
+
+        Arguments other than the loaded data go in ``quote``d: Prefect otherwise walks every list, dict,
+        dataclass and model in them (the layers' histories, the config) looking for other tasks' results, and
+        these hold none but the data; the order is ``wait_for``'s. The data stays visible, so the flow's graph
+        still shows which tasks use load-data's result.
+        """
+        args = tuple(_opaque(a) for a in args)
+        kwargs = {k: _opaque(v) for k, v in kwargs.items()}
         state = task.with_options(task_run_name=name)(*args, wait_for=self.after(*after), return_state=True, **kwargs)
         self.states[name] = state
         return state.result()
