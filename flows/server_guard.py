@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -107,3 +108,33 @@ def temporary_server_expected() -> bool:
     from prefect.settings import get_current_settings
 
     return not get_current_settings().api.url
+
+
+_starting: list[threading.Thread] = []  # temporary server starts under way (start_temporary_server_soon)
+
+
+def start_temporary_server_soon() -> None:
+    """Start Prefect's temporary server on a thread now, and ask it once for its version: ``start`` returns once
+    it answers its health check, but its first real answer takes another ~0.3 s of set-up. The caller goes on
+    importing and preparing meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``.
+    A failed start is left to Prefect, which starts it again in the flow and reports what went wrong."""
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+
+    def start() -> None:
+        server = SubprocessASGIServer()
+        try:
+            server.start()
+            httpx.get(f"{server.api_url}/admin/version", timeout=30)
+        except Exception:  # noqa: BLE001, S110 - Prefect's own start in the flow reports it
+            pass
+
+    thread = threading.Thread(target=start, name="sae-prefect-server", daemon=True)
+    _starting.append(thread)
+    thread.start()
+
+
+def wait_for_temporary_server() -> None:
+    """Wait until the server ``start_temporary_server_soon`` started answers (or its start failed)."""
+    while _starting:
+        _starting.pop().join()

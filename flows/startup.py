@@ -3,12 +3,14 @@
 1. The preflight (``pipeline.preflight.check_run``): bad input exits 2 before anything heavy is imported.
 2. SIGINT and SIGTERM become an interruption the run records (``pipeline.interrupts``; the CLI's ``main``
    restores the handlers when the command returns).
-3. Prefect's temporary server, if one starts, gets its own session and a watchdog (``server_guard``).
-4. MLflow's store is created, and model logging and plotting warmed, on a thread while that server starts
-   (after step 3: it imports Prefect's server models, which that thread must find whole).
-5. With a temporary server to wait for, the raw-input probe (it needs the data alone) is fitted meanwhile on
-   another thread (``pipeline.evaluate.raw_probe_ahead``); with a lasting server it would compete with the
-   first layer's training instead, so the run fits it at the end as usual.
+3. Prefect's temporary server, if one will serve the flow, gets its own session and a watchdog
+   (``server_guard``), and starts on a thread at once: it takes ~7 s, during which this process imports the
+   flow's code (Lightning, MLflow: ~3 s) instead of waiting.
+4. MLflow's store is created, and model logging and plotting warmed, on another thread (after step 3's import
+   of Prefect's server models, which that thread must find whole).
+5. While a temporary server starts, the raw-input probe (it needs the data alone) is fitted on a third thread
+   (``pipeline.evaluate.raw_probe_ahead``); with a lasting server it would compete with the first layer's
+   training instead, so the run fits it at the end as usual.
 6. The flow then uses the data the preflight read, and sends no heartbeats to a temporary server.
 """
 
@@ -31,22 +33,29 @@ def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[Loa
 
     data = check_run(config)
     interrupts.install()
-    from flows.pretrain import preloaded
     from flows.server_guard import (
         guard_temporary_server,
         no_heartbeats_on_temporary_server,
         quiet_tracebacks,
+        start_temporary_server_soon,
         temporary_server_expected,
+        wait_for_temporary_server,
     )
-    from pipeline.evaluate import raw_probe_ahead
 
     guard_temporary_server()
+    temporary = temporary_server_expected()
+    if temporary:
+        start_temporary_server_soon()
+    prepare_tracking_soon(config)
+    from flows.pretrain import preloaded
+    from pipeline.evaluate import raw_probe_ahead
+
     if not debug:
         quiet_tracebacks()
-    prepare_tracking_soon(config)
     with ExitStack() as stack:
-        if temporary_server_expected():
+        if temporary:
             stack.enter_context(raw_probe_ahead(data, seed=config.seed, accelerator=config.trainer.accelerator))
+        wait_for_temporary_server()
         stack.enter_context(preloaded(config, data))
         stack.enter_context(no_heartbeats_on_temporary_server())
         yield data

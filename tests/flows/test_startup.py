@@ -1,8 +1,14 @@
 """What `run` and `tune` share before their flow: signal routing given back, heartbeats, the raw probe ahead."""
 
+import json
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from prefect.settings import get_current_settings, temporary_settings
 
 import flows.tune
@@ -11,6 +17,8 @@ from flows.cli import main as cli_main
 from flows.server_guard import no_heartbeats_on_temporary_server
 from pipeline import evaluate, interrupts
 from pipeline.config import PipelineConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path) -> PipelineConfig:
@@ -58,3 +66,19 @@ def test_the_raw_probe_is_fitted_ahead_only_while_a_temporary_server_starts(tmp_
         assert flows.pretrain.preloaded_data(_config(tmp_path)) is data
     assert not evaluate._AHEAD
     interrupts.uninstall()
+
+
+@pytest.mark.slow
+def test_run_on_a_fresh_machine_starts_one_temporary_server_ahead_and_finishes(tmp_path):
+    config = yaml.safe_load(_config(tmp_path).to_yaml())
+    config.pop("search")
+    config["defaults"] = {"epochs": 2}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no server: `make run` on a fresh clone
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT), DO_NOT_TRACK="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "run.yaml"), "--json"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["model_version"] == "1"
+    assert done.stderr.count("Stopping temporary server") == 1  # one server, started ahead, served the flow
