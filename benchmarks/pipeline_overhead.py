@@ -63,7 +63,10 @@ TIMED = (
     ("pipeline.greedy", "train_autoencoder", "layer training"),
     ("pipeline.greedy", "encode_layer", "codes"),
     ("pipeline.greedy", "finetune_stack", "fine-tuning, other"),
-    ("pipeline.greedy", "probe_accuracies", "probes"),
+    ("pipeline.greedy", "probe_accuracies", "probes"),  # on a thread while the models are logged: background
+    ("pipeline.greedy", "evaluate", "probes"),  # exclusive: the wait for those probes, beyond the model logging
+    ("pipeline.evaluate", "_probe", "each probe (on threads, summed)"),  # the raw one fitted ahead included
+    ("pipeline.tracking.pyfunc", "warm_requirement_checks", "warm-ups (store thread)"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
     ("pipeline.tracking.runs.BufferedMLFlowLogger", "*", "tracking"),
@@ -78,6 +81,7 @@ TIMED = (
     ("flows.pretrain", "publish_results", "Prefect"),
     ("flows.pretrain", "publish_run_link", "Prefect"),
     ("prefect.server.api.server.SubprocessASGIServer", "start", SERVER),
+    ("flows.server_guard", "wait_for_temporary_server", SERVER),  # started on a thread by flows.startup
 )
 
 
@@ -233,8 +237,7 @@ def real_size(overrides: list[str]) -> None:
             f"data.source={MNIST}", "data.features=images", "data.labels=labels",
             "layers.0.hidden=200", "layers.1.hidden=200", *overrides])
         from flows import pretrain_flow  # imported here: after PREFECT_HOME is set
-        from flows.pretrain import preloaded
-        from pipeline import preflight
+        from flows.startup import flow_session
 
         timers = PartTimers()
         missing = timers.install(TIMED)
@@ -247,13 +250,12 @@ def real_size(overrides: list[str]) -> None:
         load = os.getloadavg()
         start, cpu = time.perf_counter(), time.process_time()
         try:
-            # As `sae-pipeline run` does: the preflight reads the data and starts building the MLflow store on a
-            # thread, then the flow (whose temporary Prefect server starts meanwhile) uses both.
+            # As `sae-pipeline run` does (flows.startup.flow_session): the preflight reads the data, an MLflow
+            # store is built on a thread while the temporary Prefect server starts, then the flow uses both.
             # Prefect imports its server's code (~1.5-3 s here) only to start the temporary server: that import
             # belongs to the server start, so it is timed as part of it (it would otherwise read as glue).
             timers.call(SERVER, lambda: importlib.import_module("prefect.server.api.server"))
-            data = preflight.check_run(config)
-            with preloaded(config, data):
+            with flow_session(config):
                 result = pretrain_flow(config)
         finally:
             timers.uninstall()
@@ -277,10 +279,10 @@ def real_size(overrides: list[str]) -> None:
         print(f"| {part} | {seconds:.1f} | {share} |")
     print(f"| **wall** | {wall:.1f} (CPU {cpu:.1f}) | |")
     top = sorted(((seconds, part, name) for (part, name), seconds in timers.by_function.items()
-                  if part not in TRAINING_PARTS and seconds >= 0.2), reverse=True)
+                  if part not in TRAINING_PARTS and seconds >= 0.05), reverse=True)
     if top:
         print("\nlargest functions outside training: " + "; ".join(f"{part}: {name} {seconds:.1f} s"
-                                                               for seconds, part, name in top[:12]))
+                                                               for seconds, part, name in top[:16]))
     timers.background = {part: seconds for part, seconds in timers.background.items() if seconds >= 0.05}
     if timers.background:
         print("\non a background thread, overlapping the above (not in the wall split): " + "; ".join(
