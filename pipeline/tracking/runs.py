@@ -123,14 +123,18 @@ class MlflowTracking(PipelineHooks):
         """Parent metrics, artifacts and models (``on_register`` registers and closes the run)."""
         if self.run_id is None or self.config is None or self.ended:
             return
-        self._log_batch(self.run_id, describe.summary_points(describe.parent_summary(result)))
-        with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
-            self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
         logged = self._models
         if logged is None or logged[0] is not result.encoder or logged[1] is not result.finetuned:
             self.on_encoders(result.data, result.encoder, result.finetuned)  # called without on_encoders first
         assert self._models is not None
         infos = self._models[2]
+        points = describe.summary_points(describe.parent_summary(result))
+        # Logging a model links the run's metrics to it (the run page's Models column, the model's metrics);
+        # the models were logged first, while the probes ran, so the summary is linked to them here.
+        self._log_batch(self.run_id, points + [Metric(p.key, p.value, p.timestamp, p.step, model_id=info.model_id)
+                                               for info in infos.values() for p in points])
+        with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
+            self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
         kind, why = result.encoder_choice  # register.encoder, decided on validation accuracy
         chosen = "encoder-finetuned" if kind == "finetuned" and "encoder-finetuned" in infos else "encoder"
         self.client.set_tag(self.run_id, "sae.registered_encoder", f"{chosen}: {why}")

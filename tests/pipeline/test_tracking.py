@@ -231,6 +231,14 @@ def test_a_version_is_linked_to_its_logged_model_both_ways(run):
     assert logged.source_run_id == parent.info.run_id
 
 
+def test_both_logged_models_carry_the_parent_runs_summary_metrics(run):
+    result, client, parent = run
+    for uri in result.tracked.logged_models.values():  # logged while the probes ran, before the summary
+        metrics = {m.key: m.value for m in client.get_logged_model(uri.removeprefix("models:/")).metrics}
+        assert metrics["probe_accuracy.layer_1"] == pytest.approx(result.probes["layer_1"])
+        assert set(metrics) == set(parent.data.metrics)  # the run page's Models column links each of them
+
+
 def test_the_signature_names_the_training_columns(run, store):
     result, _, _ = run
     uri, _ = store
