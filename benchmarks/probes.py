@@ -88,7 +88,7 @@ def main() -> None:
         sk, th = statistics.median(sk_s), statistics.median(th_s)
         print(f"\n{what} {features[splits[0]].shape}:")
         print(f"  scikit-learn: {sk:7.3f} s  C={sk_c:<6g} test accuracy {sk_acc:.4f}")
-        print(f"  torch L-BFGS: {th:7.3f} s  C={fit.c:<6g} test accuracy {fit.test_accuracy:.4f}  "
+        print(f"  torch probe:  {th:7.3f} s  C={fit.c:<6g} test accuracy {fit.test_accuracy:.4f}  "
               f"({fit.iterations} iterations along the path)")
         diff = abs(fit.test_accuracy - sk_acc)
         verdict = "PASS" if sk / th >= SPEEDUP_TARGET and diff <= ACCURACY_TOLERANCE else "FAIL"
