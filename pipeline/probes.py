@@ -11,6 +11,7 @@ smooth curve with one clear minimum. The test split is only scored.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,21 +66,32 @@ def probe_device(accelerator: str) -> torch.device:
             raise ValueError(f"unknown accelerator {accelerator!r}; choose auto, cpu or gpu")
 
 
+_ONE_THREAD = threading.Lock()
+_one_thread_users = [0, 0]  # [blocks inside one_cpu_thread now, the thread count to restore when none is]
+
+
 @contextmanager
 def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """One intra-op thread on CPU: these fits are latency-bound, and a second thread spinning against a busy
     core made them 20-50x slower on the shared 2-core machine (measured: 3.6 s vs 0.08 s for the same path).
-    Probes fitted on several Python threads at once need it entered once around them all (the setting is
-    process-wide): each probe's own entry then saves and restores the same single thread."""
+    The setting is process-wide, and probes run on several Python threads at once (the run's probes, the raw
+    one fitted ahead, parallel tuning trials): the first block to enter saves the count, the last to leave
+    restores it, whatever order they end in."""
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _ONE_THREAD:
+        if _one_thread_users[0] == 0:
+            _one_thread_users[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread_users[0] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _ONE_THREAD:
+            _one_thread_users[0] -= 1
+            if _one_thread_users[0] == 0:
+                torch.set_num_threads(_one_thread_users[1])
 
 
 def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:

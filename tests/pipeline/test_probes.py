@@ -141,3 +141,18 @@ def test_a_raw_probe_fitted_ahead_is_taken_instead_of_fitted_again(codes, monkey
         assert evaluate.probe_accuracies(data, layers, seed=5)["raw"] == expected["raw"]  # another seed: fitted
     assert sorted(widths) == [48, 48, 64, 64, 96, 96]  # raw once ahead, once for seed 5; each layer twice
     assert not evaluate._AHEAD  # leaving the block forgets it
+
+
+def test_one_cpu_thread_blocks_ending_in_any_order_give_the_thread_count_back() -> None:
+    from pipeline.probes import one_cpu_thread
+
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    first, second = one_cpu_thread(cpu), one_cpu_thread(cpu)
+    first.__enter__()
+    second.__enter__()  # e.g. a raw probe fitted ahead and a tuning trial's probe, on two threads
+    assert torch.get_num_threads() == 1
+    first.__exit__(None, None, None)  # the first one ends first: the other still runs on one thread
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == before
