@@ -104,7 +104,7 @@ def no_heartbeats_on_temporary_server() -> Iterator[None]:
 
 def temporary_server_expected() -> bool:
     """True when flows here will report to a temporary Prefect server (no ``PREFECT_API_URL``): the first one
-    then waits seconds for it to start, with the CPU idle."""
+    then waits seconds for it to start, with a core idle."""
     from prefect.settings import get_current_settings
 
     return not get_current_settings().api.url

@@ -68,7 +68,7 @@ _AHEAD: dict[int, tuple[LoadedData, Future[float], tuple[int, str]]] = {}
 @contextmanager
 def raw_probe_ahead(data: LoadedData, *, seed: int = 0, accelerator: str = "cpu") -> Iterator[None]:
     """Fit the raw-input probe of labelled ``data`` on a thread now: it needs the data alone, and the CLI starts
-    it while Prefect starts its temporary server (seconds of idle CPU). ``probe_accuracies`` calls for the same
+    it while Prefect starts its temporary server (seconds with a core idle). ``probe_accuracies`` calls for the same
     data, seed and accelerator in the block take its result instead of fitting it again at the end of the run;
     leaving the block drops it."""
     if data.y_train is None or data.y_val is None or data.y_test is None:

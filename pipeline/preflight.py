@@ -61,7 +61,7 @@ def check_store(config: PipelineConfig) -> None:
 def prepare_tracking_soon(config: PipelineConfig) -> None:
     """On a thread, while Prefect starts its temporary server: create a new sqlite store's tables (under a file
     lock: runs may race; the first MLflow client waits for them), then warm what the first model log and the
-    first plots would otherwise pay on the run's critical path (MLflow's map of installed packages, ~0.4 s;
+    first plots would otherwise pay for on the run's critical path (MLflow's map of installed packages, ~0.4 s;
     matplotlib's import, ~0.3 s). Call it after Prefect's server module is imported (see
     ``create_sqlite_store_soon``)."""
     from pipeline.tracking.probe import create_schema_once

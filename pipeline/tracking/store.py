@@ -101,7 +101,7 @@ def create_sqlite_store_soon(uri: str, create: Callable[[str], None] | None = No
                              then: Sequence[Callable[[], object]] = ()) -> threading.Thread:
     """Run ``create(uri)`` (default: ``create_sqlite_store``) on a thread, then each of ``then`` (warm-ups: work
     the run would otherwise do later on its critical path); this process's next ``client(uri)`` waits for the
-    store only. The CLI starts it while Prefect starts its temporary server, which leaves the CPU idle for
+    store only. The CLI starts it while Prefect starts its temporary server, which leaves a core idle for
     seconds.
 
     Start it after Prefect's server module is imported, when one will be: MLflow's store modules are imported
