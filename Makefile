@@ -8,7 +8,8 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DO_NOT_TRACK := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 # OpenMP threads that spin while waiting made small layers 5-20x slower whenever the other core was busy.
-export OMP_WAIT_POLICY := PASSIVE
+# An OMP_WAIT_POLICY already in the environment wins (README: Measured numbers, thread wait policy).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test lint ui servers servers-stop benchmarks readme-config clean
 
