@@ -14,12 +14,14 @@ included, is the child run's ``history.json`` and its log-scale ``loss_curve.png
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunStatus
 
+from pipeline import interrupts
 from pipeline.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -139,3 +141,12 @@ def failed_description(config: PipelineConfig, source: str, overrides: Sequence[
     """The description of a run that raised."""
     return (f"**{config.name}** on `{source}`: **failed**: `{type(error).__name__}: {str(error)[:300]}`\n\n"
             f"{overrides_text(overrides)}\n")
+
+
+def failure(error: BaseException) -> tuple[str, str, bool]:
+    """How a run that raised ``error`` ends: (MLflow status, the ``error`` tag, interrupted?). Ctrl-C is KILLED,
+    SIGTERM and everything else FAILED; a signal is named rather than the exception it became."""
+    signum = interrupts.signal_of(error)
+    status = RunStatus.to_string(RunStatus.KILLED if signum == signal.SIGINT else RunStatus.FAILED)
+    message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
+    return status, message[:5000], signum is not None or isinstance(error, KeyboardInterrupt | SystemExit)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import tempfile
 import time
 import traceback
@@ -29,7 +28,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline import interrupts
 from pipeline.hooks import PipelineHooks
 from pipeline.results import TrackedRun
 from pipeline.tracking import describe, registry, run_files, store, versions
@@ -46,8 +44,7 @@ if TYPE_CHECKING:
     from sae.stack import StackedEncoder
 
 log = logging.getLogger(__name__)
-FAILED, FINISHED = RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunStatus.FINISHED)
-KILLED = RunStatus.to_string(RunStatus.KILLED)
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens "custom_model_development" experiments on their runs
 MODEL_TRAINING = "custom_model_development"
@@ -184,14 +181,11 @@ class MlflowTracking(PipelineHooks):
         try:
             if self.run_id is None or self.ended:
                 return
-            signum = interrupts.signal_of(error)
-            status = KILLED if signum == signal.SIGINT else FAILED
-            message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
-            tags = [RunTag("error", message[:5000])]
+            status, message, interrupted = describe.failure(error)
+            tags = [RunTag("error", message)]
             for name, run_id in list(self.children.items()):
                 self.client.log_batch(run_id, tags=tags)
                 self._end(name, status)
-            interrupted = signum is not None or isinstance(error, KeyboardInterrupt | SystemExit)
             tags.append(RunTag("sae.interrupted", str(interrupted).lower()))
             if self.config is not None and self.data is not None:
                 note = describe.failed_description(self.config, str(self.data.source), self.overrides, error)

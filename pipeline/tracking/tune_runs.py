@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from pipeline.tracking import store
+from pipeline.tracking import describe, store
 from pipeline.tracking.tune_recall import RecalledStack, recall_stack, remember_stack, stack_digest
 from pipeline.tune.search import TuneHooks
 
@@ -137,14 +137,16 @@ class TuneTracking(TuneHooks):
         return recall_stack(self.client, self.experiment_id, self.uri, stack_digest(best_config, self.data_fingerprint))
 
     def on_search_failed(self, error: BaseException) -> None:
-        """Close open layer runs and the parent FAILED, the error as a tag."""
+        """Close open layer runs and the parent as a run's are closed: KILLED after Ctrl-C, FAILED otherwise,
+        the error (or the signal) as a tag."""
         if self.run_id is None:
             return
         try:
-            tags = [RunTag("error", f"{type(error).__name__}: {error}"[:5000])]
+            status, message, interrupted = describe.failure(error)
+            tags = [RunTag("error", message), RunTag("sae.interrupted", str(interrupted).lower())]
             for run_id in [*self.layer_runs.values(), self.run_id]:
                 self.client.log_batch(run_id, tags=tags)
-                self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                self.client.set_terminated(run_id, status)
         except Exception as problem:  # noqa: BLE001 - never hide the search's own error behind ours
             log.warning("could not record the failure in MLflow: %s", problem)
         self.layer_runs, self.run_id = {}, None

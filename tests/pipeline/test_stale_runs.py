@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from pipeline import interrupts
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
+from pipeline.search_config import SearchConfig
 from pipeline.tracking.runs import MlflowTracking
 from pipeline.tracking.stale import HOST_TAG, PID_TAG, REASON, close_stale_runs, pid_alive
 
@@ -100,3 +101,32 @@ def test_ctrl_c_closes_the_run_killed(client, store):
     assert interrupts.received() is None
     run = client.get_run(tracking.run_id)
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted by SIGINT"
+
+
+def test_ctrl_c_during_a_search_closes_its_runs_killed_as_a_run_is(client, store):
+    from pipeline.tracking.tune_runs import TuneTracking
+
+    config = config_for(store, "stale-tune-ctrl-c").model_copy(
+        update={"search": SearchConfig.model_validate({"trials": 2, "defaults": {"hidden": [4, 8]}})})
+    tracking = TuneTracking()
+    tracking.on_search_start(config, load_data(config.data, config.seed), "probe")
+    tracking.on_layer_start(0, "study-1")
+    layer_run = tracking.layer_runs[0]
+    try:
+        interrupts.install()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        search_run = tracking.run_id
+        tracking.on_search_failed(KeyboardInterrupt("received SIGINT"))
+    finally:
+        interrupts.uninstall()
+    for run_id in (search_run, layer_run):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted by SIGINT"
+        assert run.data.tags["sae.interrupted"] == "true"
+    tracking = TuneTracking()
+    tracking.on_search_start(config, load_data(config.data, config.seed), "probe")
+    failed = tracking.run_id
+    tracking.on_search_failed(RuntimeError("boom"))
+    assert client.get_run(failed).info.status == "FAILED"
+    assert client.get_run(failed).data.tags["error"] == "RuntimeError: boom"
