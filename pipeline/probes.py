@@ -150,12 +150,11 @@ def _fit_path(
     varying = torch.nonzero(std > 0).squeeze(1)
     if varying.numel() < x.shape[1]:
         x, mean, std = x[:, varying], mean[varying], std[varying]
-    scale = torch.where(std > 0, std, torch.ones_like(std))
-    x = (x - mean) / scale
+    x = (x - mean) / std
 
     def features(rows: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=device)
-        return ((t if varying.numel() == t.shape[1] else t[:, varying]) - mean) / scale
+        return ((t if varying.numel() == t.shape[1] else t[:, varying]) - mean) / std
 
     xv, yv = features(val), labels(y_val)
     n, k = x.shape[0], len(classes)
