@@ -47,7 +47,7 @@ benchmarks: $(STAMP)
 
 # The README's config block is generated from the schema and the digits example (a test fails while it is stale).
 readme-config: $(STAMP)
-	$(BIN)/python -m pipeline.docs
+	$(BIN)/python -m pipeline.config.docs
 
 clean:
 	rm -rf .sae-cache outputs lightning_logs .pytest_cache .ruff_cache

@@ -50,7 +50,7 @@ def child(path: str, in_memory: bool) -> None:
     """One measured pipeline run (in its own process); prints a JSON line."""
     import pipeline.data.loading
     from pipeline.config import PipelineConfig
-    from pipeline.greedy import pretrain_stack
+    from pipeline.run.greedy import pretrain_stack
 
     if in_memory:  # take the small-file path: the whole array read into RAM and split by shuffling
         pipeline.data.loading.LARGE_FILE_BYTES = 2**62

@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import PipelineConfig, load_default_config  # noqa: E402
 from pipeline.data.loading import load_data  # noqa: E402
-from pipeline.evaluate import probe_accuracies  # noqa: E402
-from pipeline.greedy import sae_config  # noqa: E402
+from pipeline.evaluation.layer_probes import probe_accuracies  # noqa: E402
+from pipeline.run.greedy import sae_config  # noqa: E402
 from sae import SparseAutoencoder  # noqa: E402
 from sae.classifier import StackClassifier, fit_softmax  # noqa: E402
 from sae.stack import StackedEncoder  # noqa: E402
@@ -60,15 +60,15 @@ OUTSIDE_TRAINING_TARGET = 0.15
 TRAINING_PARTS = ("layer training", "fine-tuning epochs")
 SERVER = "temporary Prefect server start"
 # (module, factory, method, part): a method of the objects a factory returns (the fine-tuning Trainer's fit).
-TIMED_RESULTS = (("pipeline.finetune", "quiet_trainer", "fit", "fine-tuning epochs"),)
+TIMED_RESULTS = (("pipeline.run.finetune", "quiet_trainer", "fit", "fine-tuning epochs"),)
 # (module, attribute, part): the functions each part of the wall time is spent in.
 TIMED = (
-    ("pipeline.greedy", "train_autoencoder", "layer training"),
-    ("pipeline.greedy", "encode_layer", "codes"),
-    ("pipeline.greedy", "finetune_stack", "fine-tuning, other"),
-    ("pipeline.greedy", "probe_accuracies", "probes"),  # on a thread while the models are logged: background
-    ("pipeline.greedy", "evaluate", "probes"),  # exclusive: the wait for those probes, beyond the model logging
-    ("pipeline.evaluate", "_probe", "each probe (on threads, summed)"),  # the raw one fitted ahead included
+    ("pipeline.run.greedy", "train_autoencoder", "layer training"),
+    ("pipeline.run.greedy", "encode_layer", "codes"),
+    ("pipeline.run.greedy", "finetune_stack", "fine-tuning, other"),
+    ("pipeline.run.greedy", "probe_accuracies", "probes"),  # on a thread while the models are logged: background
+    ("pipeline.run.greedy", "evaluate", "probes"),  # exclusive: the wait for those probes, beyond the model logging
+    ("pipeline.evaluation.layer_probes", "_probe", "each probe (on threads, summed)"),  # the raw one fitted ahead included
     ("pipeline.tracking.pyfunc", "warm_requirement_checks", "warm-ups (store thread)"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
@@ -76,10 +76,10 @@ TIMED = (
     ("pipeline.tracking.store", "create_sqlite_store", "MLflow database creation"),
     ("pipeline.tracking.runs", "log_encoder_model", "model logging"),
     ("pipeline.tracking.registry", "register_model", "registry"),
-    ("pipeline.layer_store", "save_layer", "layer cache"),
-    ("pipeline.layer_store", "load_layer", "layer cache"),
+    ("pipeline.run.layer_store", "save_layer", "layer cache"),
+    ("pipeline.run.layer_store", "load_layer", "layer cache"),
     ("flows.pretrain", "load_data", "data loading"),
-    ("pipeline.preflight", "check_run", "preflight (data loading and checks)"),
+    ("pipeline.app.preflight", "check_run", "preflight (data loading and checks)"),
     ("pipeline.tracking.store", "wait_for_store", "MLflow database creation"),
     ("flows.pretrain", "publish_results", "Prefect"),
     ("flows.pretrain", "publish_run_link", "Prefect"),

@@ -1,4 +1,4 @@
-"""Is the torch probe (pipeline.probes) at least 5x faster than the scikit-learn one, at the same accuracy?
+"""Is the torch probe (pipeline.evaluation.probes) at least 5x faster than the scikit-learn one, at the same accuracy?
 
 Codes: a 784 -> 200 kl layer trained for a few epochs on ../shared/data/mnist-5k.npz (4,000 train / 500
 validation / 500 test rows), so the probe sees 4,000 x 200 codes. Without that file the same shapes come
@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.probes import PROBE_CS, fit_probe  # noqa: E402
+from pipeline.evaluation.probes import PROBE_CS, fit_probe  # noqa: E402
 from sae import SAEConfig, train_autoencoder  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist-5k.npz"

@@ -34,9 +34,9 @@ from sklearn.svm import SVC
 
 from pipeline.config import PipelineConfig, default_config_path
 from pipeline.data.loading import LoadedData
-from pipeline.greedy import pretrain_stack
-from pipeline.probes import fit_probe
-from pipeline.results import PretrainResult
+from pipeline.evaluation.probes import fit_probe
+from pipeline.run.greedy import pretrain_stack
+from pipeline.run.results import PretrainResult
 from pipeline.tracking.plots import filter_grid
 
 ROOT = Path(__file__).resolve().parents[1]

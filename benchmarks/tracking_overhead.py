@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import PipelineConfig, load_default_config
-from pipeline.greedy import pretrain_stack
-from pipeline.hooks import PipelineHooks
+from pipeline.run.greedy import pretrain_stack
+from pipeline.run.hooks import PipelineHooks
 from pipeline.tracking.runs import MlflowTracking
 
 TARGET_FRACTION, TARGET_SECONDS = 0.10, 3.0

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import layer_store
 from pipeline.config import PipelineConfig, default_config_path
 from pipeline.data.loading import LoadedData, load_data
-from pipeline.evaluate import probe_accuracies
-from pipeline.greedy import layer_inputs, layer_seed
-from pipeline.results import LayerResult
+from pipeline.evaluation.layer_probes import probe_accuracies
+from pipeline.run import layer_store
+from pipeline.run.greedy import layer_inputs, layer_seed
+from pipeline.run.results import LayerResult
 from pipeline.tune.objective import probe_val_accuracy
 from pipeline.tune.search import TuneHooks, tune_stack
 

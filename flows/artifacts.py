@@ -14,7 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_UI_URL
 
-from pipeline.results import PretrainResult
+from pipeline.run.results import PretrainResult
 from pipeline.tables import markdown_table
 from pipeline.tracking.store import is_server, run_page_url, ui_base_url, ui_command
 

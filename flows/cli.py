@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli import EXIT_OK, add_config_arguments, load_config
-from pipeline.cli import main as pipeline_main
-from pipeline.runtime import quiet_runtime
+from pipeline.app.cli import EXIT_OK, add_config_arguments, load_config
+from pipeline.app.cli import main as pipeline_main
+from pipeline.process.runtime import quiet_runtime
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The pretraining flow: load data, one task per layer, finish (stack, fine-tune, evaluate, register).
 
-Layers are cached in ``pipeline.layer_store`` under ``<cache_dir>/layers/<key>`` (weights as safetensors,
+Layers are cached in ``pipeline.run.layer_store`` under ``<cache_dir>/layers/<key>`` (weights as safetensors,
 codes as .npy, sha256 checksums written last), keyed by ``layer_cache_key`` (data, the layer's resolved
 settings, its seed, the key below). The flow decides reuse from that store alone: a sound entry is reused,
 a missing or damaged one is retrained together with every layer above it. Prefect persists no task result
@@ -27,14 +27,14 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
-from pipeline import greedy, layer_store
+from pipeline.app.progress import ProgressPrinter
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.loading import LoadedData, Splits, load_data
-from pipeline.finetune import FinetuneResult
-from pipeline.greedy import Steps, pretrain_stack
-from pipeline.hooks import CompositeHooks, PipelineHooks
-from pipeline.progress import ProgressPrinter
-from pipeline.results import LayerResult, PretrainResult
+from pipeline.run import greedy, layer_store
+from pipeline.run.finetune import FinetuneResult
+from pipeline.run.greedy import Steps, pretrain_stack
+from pipeline.run.hooks import CompositeHooks, PipelineHooks
+from pipeline.run.results import LayerResult, PretrainResult
 from pipeline.tracking.runs import MlflowTracking
 from sae.stack import StackedEncoder
 
@@ -244,7 +244,7 @@ class CachedLayers:
 
 def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: PipelineHooks, refresh_cache: bool
                ) -> Steps:
-    """The pipeline's steps as Prefect tasks (layers cached), chained; the loop itself is pipeline.greedy's."""
+    """The pipeline's steps as Prefect tasks (layers cached), chained; the loop itself is pipeline.run.greedy's."""
     chain = Chain()
     layers = CachedLayers(config, hooks, refresh_cache, chain)
     last = f"train-layer-{len(config.layers)}"

@@ -1,7 +1,7 @@
 """What ``sae-pipeline run`` and ``tune`` do before their flow starts, in this order.
 
-1. The preflight (``pipeline.preflight.check_run``): bad input exits 2 before anything heavy is imported.
-2. SIGINT and SIGTERM become an interruption the run records (``pipeline.interrupts``; the CLI's ``main``
+1. The preflight (``pipeline.app.preflight.check_run``): bad input exits 2 before anything heavy is imported.
+2. SIGINT and SIGTERM become an interruption the run records (``pipeline.process.interrupts``; the CLI's ``main``
    restores the handlers when the command returns).
 3. Prefect's temporary server, if one will serve the flow, gets its own session and a watchdog
    (``server_guard``), and starts on a thread at once: it takes ~7 s, during which this process imports the
@@ -9,7 +9,7 @@
 4. MLflow's store is created, and model logging and plotting warmed, on another thread (after step 3's import
    of Prefect's server models, which that thread must find whole).
 5. While a temporary server starts, the raw-input probe (it needs the data alone) is fitted on a third thread
-   (``pipeline.evaluate.raw_probe_ahead``); with a lasting server it would compete with the first layer's
+   (``pipeline.evaluation.layer_probes.raw_probe_ahead``); with a lasting server it would compete with the first layer's
    training instead, so the run fits it at the end as usual.
 6. The flow then uses the data the preflight read, and sends no heartbeats to a temporary server.
 """
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 @contextmanager
 def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[LoadedData]:
     """Steps 1-6 above; yields the checked data. Flows started in the block use it instead of reading again."""
-    from pipeline import interrupts
-    from pipeline.preflight import check_run, prepare_tracking_soon
+    from pipeline.app.preflight import check_run, prepare_tracking_soon
+    from pipeline.process import interrupts
 
     data = check_run(config)
     interrupts.install()
@@ -48,7 +48,7 @@ def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[Loa
         start_temporary_server_soon()
     prepare_tracking_soon(config)
     from flows.pretrain import preloaded
-    from pipeline.evaluate import raw_probe_ahead
+    from pipeline.evaluation.layer_probes import raw_probe_ahead
 
     if not debug:
         quiet_tracebacks()

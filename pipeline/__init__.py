@@ -8,19 +8,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
     from pipeline.errors import InputError
-    from pipeline.greedy import pretrain_stack
-    from pipeline.hooks import PipelineHooks
-    from pipeline.results import PretrainResult
-    from pipeline.transformer import SAETransformer
+    from pipeline.run.greedy import pretrain_stack
+    from pipeline.run.hooks import PipelineHooks
+    from pipeline.run.results import PretrainResult
+    from pipeline.serving.transformer import SAETransformer
 
 # Resolved on first use so that `sae-pipeline --help` does not pay for importing torch and Lightning.
 _EXPORTS = {
     "InputError": "pipeline.errors",
     "PipelineConfig": "pipeline.config",
-    "PipelineHooks": "pipeline.hooks",
-    "PretrainResult": "pipeline.results",
-    "SAETransformer": "pipeline.transformer",
-    "pretrain_stack": "pipeline.greedy",
+    "PipelineHooks": "pipeline.run.hooks",
+    "PretrainResult": "pipeline.run.results",
+    "SAETransformer": "pipeline.serving.transformer",
+    "pretrain_stack": "pipeline.run.greedy",
 }
 __all__ = ["InputError", "PipelineConfig", "PipelineHooks", "PretrainResult", "SAETransformer", "pretrain_stack"]
 

@@ -1,5 +1,5 @@
 """Suite-wide process settings, applied before any test module imports torch."""
 
-from pipeline.runtime import quiet_runtime
+from pipeline.process.runtime import quiet_runtime
 
 quiet_runtime()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 PACKAGES = ("sae", "pipeline", "flows")
 # Top-level import names each package may not use. Lightning is imported as `pytorch_lightning` here
 # (mixing it with `lightning.pytorch` breaks isinstance checks), so both spellings are listed.

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, RunStatus
 
-from pipeline import interrupts
+from pipeline.process import interrupts
 from pipeline.tables import markdown_table
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
-    from pipeline.results import PretrainResult, Registration
+    from pipeline.run.results import PretrainResult, Registration
 
 HEADLINE, TEST, SECONDS = "headline/", "test/", "seconds"
 # MLflow 3.17's UI picks GenAI or model-training pages from a browser-wide toggle (default GenAI), not from

@@ -29,7 +29,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from pipeline.results import Registration
+from pipeline.run.results import Registration
 from pipeline.tracking import versions
 from pipeline.tracking.store import use_tracking_uri
 

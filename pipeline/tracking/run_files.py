@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from pipeline.tables import markdown_table
 
 if TYPE_CHECKING:
-    from pipeline.results import LayerResult, PretrainResult
+    from pipeline.run.results import LayerResult, PretrainResult
     from sae import SparseAutoencoder
 
 

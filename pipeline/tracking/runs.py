@@ -28,8 +28,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline.hooks import PipelineHooks
-from pipeline.results import TrackedRun
+from pipeline.run.hooks import PipelineHooks
+from pipeline.run.results import TrackedRun
 from pipeline.tracking import describe, registry, run_files, store, versions
 from pipeline.tracking.pyfunc import log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
@@ -38,9 +38,9 @@ from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
     from pipeline.data.loading import LoadedData
-    from pipeline.finetune import FinetuneResult
-    from pipeline.greedy import LayerResult
-    from pipeline.results import PretrainResult
+    from pipeline.run.finetune import FinetuneResult
+    from pipeline.run.greedy import LayerResult
+    from pipeline.run.results import PretrainResult
     from sae.stack import StackedEncoder
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 It imports only torch, numpy, safetensors, pandas and mlflow (never ``sae`` or ``pipeline``), so a model logged
 by sae-pipeline loads, serves and builds a Docker image where sae-pipeline is not installed. It reads the
 ``StackedEncoder.save`` format (``config.json`` + ``model.safetensors``) and mirrors ``StackedEncoder.forward``:
-scale the raw features, then each layer's encoder half. ``tests/pipeline/test_portable_encoder.py`` holds the
+scale the raw features, then each layer's encoder half. ``tests/pipeline/tracking/test_portable_encoder.py`` holds the
 two implementations to the same codes.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow.entities import RunStatus, RunTag
 
-from pipeline.processes import pid_alive
+from pipeline.process.pids import pid_alive
 
 log = logging.getLogger(__name__)
 PID_TAG, HOST_TAG = "sae.pid", "sae.host"

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.exceptions import MlflowException
 
-from pipeline.results import Registration, TrackedRun
+from pipeline.run.results import Registration, TrackedRun
 from pipeline.tracking import store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from pipeline.config import PipelineConfig
-    from pipeline.results import PretrainResult
+    from pipeline.run.results import PretrainResult
 
 DIGEST_TAG = "sae.tune.stack_digest"
 HEADLINE_TAG = "sae.tune.headline"

@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from pipeline.data.loading import Splits
-from pipeline.probes import PROBE_CS, PROBE_MAX_ITER, fit_probe
+from pipeline.evaluation.probes import PROBE_CS, PROBE_MAX_ITER, fit_probe
 from sae.batches import row_chunks
 
 EPOCH_PROBE_C = 1.0  # the per-epoch probe fits one C; the final one picks the best of evaluate's PROBE_CS
@@ -39,8 +39,8 @@ def direction(objective: str) -> str:
 def probe_val_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, y_val: np.ndarray, *,
                        seed: int = 0, max_rows: int = PROBE_MAX_TRAIN, max_iter: int = PROBE_MAX_ITER,
                        cs: tuple[float, ...] = PROBE_CS) -> float:
-    """Validation accuracy of ``pipeline.probes.fit_probe`` on codes fitted on ``train`` (at most ``max_rows``
-    seeded rows): C chosen as ``pipeline.evaluate`` chooses it, so the objective ranks layers as the report does."""
+    """Validation accuracy of ``pipeline.evaluation.probes.fit_probe`` on codes fitted on ``train`` (at most ``max_rows``
+    seeded rows): C chosen as ``pipeline.evaluation.layer_probes`` chooses it, so the objective ranks layers as the report does."""
     rows = np.arange(train.shape[0])
     if rows.size > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows.size, max_rows, replace=False))

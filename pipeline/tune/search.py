@@ -2,7 +2,7 @@
 
 Each layer has its own Optuna study in persistent storage, named from the config, the layer and the layer
 below (``space.study_name``), so a killed search resumes: finished trials stay finished and only the
-missing ones run. Trials train into the layer cache (``pipeline.layer_store``), so the best layer is
+missing ones run. Trials train into the layer cache (``pipeline.run.layer_store``), so the best layer is
 loaded, never retrained, and a trial proposing settings already trained is recalled. How a batch of
 trials runs is pluggable (``Runner``): plain calls or threads here, Prefect tasks in ``flows.tune``.
 """
@@ -22,15 +22,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import layer_store
 from pipeline.config import PipelineConfig
+from pipeline.config.layer import ResolvedLayer
+from pipeline.config.search import Range
 from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
-from pipeline.greedy import inputs_for, layer_seed
-from pipeline.layer_config import ResolvedLayer
-from pipeline.processes import pid_alive
-from pipeline.results import LayerResult
-from pipeline.search_config import Range
+from pipeline.process.pids import pid_alive
+from pipeline.run import layer_store
+from pipeline.run.greedy import inputs_for, layer_seed
+from pipeline.run.results import LayerResult
 from pipeline.tune.objective import direction
 from pipeline.tune.space import config_point, study_name, suggest, with_layer_params
 from pipeline.tune.table import search_table

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from pipeline.config import PipelineConfig
-from pipeline.search_config import Range, field_annotations, is_int_field
+from pipeline.config.search import Range, field_annotations, is_int_field
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: dict[str, list[Any] | Range]) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from typing import Any
 import optuna
 from pytorch_lightning.callbacks import Callback
 
-from pipeline import layer_store
 from pipeline.config import ResolvedLayer
 from pipeline.data.loading import Splits
-from pipeline.hooks import PipelineHooks
+from pipeline.run import layer_store
+from pipeline.run.hooks import PipelineHooks
 from pipeline.tune.objective import EpochReporter, final_value
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import servers
+from pipeline.app import servers
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TERMINAL_BAD = {"FAILED", "CRASHED"}  # CANCELLED: a scheduled run skipped while another one ran
 
 
@@ -83,7 +83,7 @@ def running_servers(directory: Path):
 
 
 def server_pids(directory: Path) -> list[int]:
-    """Pids recorded by ``pipeline.servers.start``."""
+    """Pids recorded by ``pipeline.app.servers.start``."""
     return [json.loads(p.read_text())["pid"] for p in sorted(directory.glob("*.pid"))]
 
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import PipelineConfig
-from pipeline.greedy import pretrain_stack
+from pipeline.run.greedy import pretrain_stack
 from pipeline.tracking.encoders import encode_file
 from pipeline.tracking.runs import MlflowTracking
 from tests.e2e._support import free_port, serving

@@ -17,9 +17,9 @@ from prefect.settings import PREFECT_API_URL
 from safetensors.torch import load_file, save_file
 
 from flows import pretrain_flow
-from pipeline import layer_store
+from pipeline.run import layer_store
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "flows.cli"]
 
 

@@ -20,11 +20,10 @@ from prefect.settings import PREFECT_UI_URL
 
 from flows import pretrain_flow
 from pipeline.config import PipelineConfig
+from pipeline.config.overrides import apply_overrides
 from pipeline.errors import InputError
-from pipeline.greedy import pretrain_stack
-from pipeline.overrides import apply_overrides
-
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.run.greedy import pretrain_stack
+from tests import ROOT
 
 
 def tiny(tmp: Path, name: str = "tiny") -> dict:
@@ -258,7 +257,7 @@ from pytorch_lightning.callbacks import Callback
 from flows import extra_hooks, pretrain_flow
 from flows.server_guard import guard_temporary_server
 guard_temporary_server()  # as `sae-pipeline run` does: the temporary server must not outlive this process
-from pipeline.hooks import PipelineHooks
+from pipeline.run.hooks import PipelineHooks
 
 config, marker, index = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,10 +14,10 @@ import flows.tune
 from flows import startup
 from flows.cli import main as cli_main
 from flows.server_guard import no_heartbeats_on_temporary_server
-from pipeline import evaluate, interrupts
 from pipeline.config import PipelineConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.evaluation import layer_probes
+from pipeline.process import interrupts
+from tests import ROOT
 
 
 def _config(tmp_path) -> PipelineConfig:
@@ -62,9 +61,9 @@ def test_heartbeats_are_off_for_a_temporary_server_only():
 def test_the_raw_probe_is_fitted_ahead_only_while_a_temporary_server_starts(tmp_path, monkeypatch, temporary):
     monkeypatch.setattr("flows.server_guard.temporary_server_expected", lambda: temporary)
     with startup.flow_session(_config(tmp_path)) as data:
-        assert (id(data) in evaluate._AHEAD) is temporary
+        assert (id(data) in layer_probes._AHEAD) is temporary
         assert flows.pretrain.preloaded_data(_config(tmp_path)) is data
-    assert not evaluate._AHEAD
+    assert not layer_probes._AHEAD
     interrupts.uninstall()
 
 

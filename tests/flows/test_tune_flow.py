@@ -20,11 +20,10 @@ from safetensors.torch import load_file
 from flows import pretrain_flow, tune_flow
 from flows.cli import main as cli_main
 from flows.tune import tune_deployment
-from pipeline import layer_store
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.run import layer_store
+from tests import ROOT
 
 STATE = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}

@@ -1,0 +1,102 @@
+"""Everything a run can find wrong before a server starts or a layer trains: one InputError, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from pipeline.data.headers import check_names
+from pipeline.data.paths import source_path
+from pipeline.errors import InputError
+from pipeline.tracking.reachable import check_tracking_server, configured_uri
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+    from pipeline.data.loading import LoadedData
+
+
+def check_accelerator(config: PipelineConfig) -> None:
+    """``accelerator: gpu`` needs a GPU that torch can see."""
+    wanted = [s.index for s in config.resolved_layers() if s.trainer.accelerator == "gpu"]
+    if not wanted:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(f"layers.{wanted[0]}.trainer.accelerator=gpu, but torch sees no GPU on this machine "
+                         f"(torch {torch.__version__}); set trainer.accelerator: auto or cpu")
+
+
+def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
+    """Unscaled inputs for a sigmoid decoder must lie in [0, 1]: it cannot output anything else."""
+    if config.data.scale != "none" or config.layer_settings(0).decoder_activation != "sigmoid":
+        return
+    from pipeline.data.scaling import column_range
+
+    lo, hi = column_range(data.X_train)
+    outside = [(j, float(lo[j]), float(hi[j])) for j in range(lo.shape[0]) if lo[j] < 0.0 or hi[j] > 1.0]
+    if outside:
+        j, low, high = outside[0]
+        raise InputError(
+            f"{data.source}: column {data.feature_names[j]!r} (and {len(outside) - 1} more) holds values in "
+            f"[{low:.4g}, {high:.4g}], but data.scale=none feeds them unscaled to layers.0's sigmoid decoder, "
+            "which only outputs [0, 1]; set data.scale: unit, or layers.0.decoder_activation: linear"
+        )
+
+
+def check_store(config: PipelineConfig) -> None:
+    """A local sqlite store's folder (and the artifact folder beside it) must be writable."""
+    from pipeline.tracking.reachable import check_local_store
+    from pipeline.tracking.store import artifact_location, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(config.tracking_uri)
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    location = artifact_location(uri, config.name)
+    check_local_store(uri, db.parent / "mlruns" if location is None else _path(location))
+
+
+def prepare_tracking_soon(config: PipelineConfig) -> None:
+    """On a thread, while Prefect starts its temporary server: create a new sqlite store's tables (under a file
+    lock: runs may race; the first MLflow client waits for them), then warm what the first model log and the
+    first plots would otherwise pay for on the run's critical path (MLflow's map of installed packages, ~0.4 s;
+    matplotlib's import, ~0.3 s). Call it after Prefect's server module is imported (see
+    ``create_sqlite_store_soon``)."""
+    from pipeline.tracking.reachable import create_schema_once
+    from pipeline.tracking.store import create_sqlite_store_soon, resolve_tracking_uri
+
+    create_sqlite_store_soon(resolve_tracking_uri(config.tracking_uri), create_schema_once,
+                             then=(_warm_model_logging, _warm_plots))
+
+
+def _warm_model_logging() -> None:
+    from pipeline.tracking.pyfunc import warm_requirement_checks
+
+    warm_requirement_checks()
+
+
+def _warm_plots() -> None:
+    from pipeline.tracking import plots  # noqa: F401
+
+
+def check_run(config: PipelineConfig) -> LoadedData:
+    """Probe the tracking server, check the accelerator, read and check the data, check the store's folder."""
+    for source, field_name in ((config.data.source, "data.source"), (config.data.test_source, "data.test_source")):
+        if source is not None:  # the common mistakes answer before torch is imported
+            path = source_path(source, field_name)
+            if path is not None:
+                check_names(path, config.data.features, config.data.labels)
+    check_tracking_server(configured_uri(config.tracking_uri))
+    check_accelerator(config)
+    from pipeline.data.loading import load_data
+
+    data = load_data(config.data, config.seed)
+    check_decoder_range(config, data)
+    check_store(config)
+    return data
+
+
+def _path(file_uri: str) -> Path:
+    return Path(unquote(urlparse(file_uri).path))

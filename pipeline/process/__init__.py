@@ -1,0 +1,1 @@
+"""Operating-system plumbing: signals, process ids, the quiet runtime."""
