@@ -23,7 +23,7 @@ from pipeline.config import PipelineConfig, default_config_path
 from pipeline.data.loading import LoadedData, load_data
 from pipeline.evaluation.layer_probes import probe_accuracies
 from pipeline.run import layer_store
-from pipeline.run.greedy import layer_inputs, layer_seed
+from pipeline.run.greedy import layer_inputs, layer_seed, layer_trainer
 from pipeline.run.results import LayerResult
 from pipeline.tune.objective import probe_val_accuracy
 from pipeline.tune.search import TuneHooks, tune_stack
@@ -57,7 +57,7 @@ def stack_from_cache(config: PipelineConfig, data: LoadedData) -> list[LayerResu
         directory = layer_store.layer_dir(config.cache_dir, key)
         reused = layer_store.is_complete(directory)
         if not reused:
-            layer_store.train_into(directory, settings, inputs, seed=seed, key=key, parent_key=parent)
+            layer_store.train_into(directory, layer_trainer(settings, inputs, seed=seed), seed=seed, key=key, parent_key=parent)
         layers.append(layer_store.load_layer(directory, settings, reused=reused))
         parent = key
     return layers

@@ -63,25 +63,25 @@ def _tune(args: argparse.Namespace) -> int:
         from flows.tune import tune_flow
 
         result = tune_flow(config, trials=args.trials, parallel=args.parallel)
-    from pipeline.tune.table import trial_rows
+    from pipeline.tune.table import search_table, trial_rows
 
     out = Path(args.out).resolve()
     out.write_text(result.best_yaml())
-    tracked = result.pretrain and result.pretrain.tracked
+    tracked = result.best_stack and result.best_stack.tracked
     reg = tracked and tracked.registration
     if args.json:
         print(json.dumps({"best_config": str(out), "objective": result.objective, "seconds": result.seconds,
                           "trials": trial_rows(result), "run_id": tracked and tracked.run_id,
                           "model_version": reg and reg.model_version,
-                          "recalled": bool(getattr(result.pretrain, "recalled", False))}))
+                          "recalled": bool(result.best_stack and result.best_stack.recalled)}))
         return EXIT_OK
-    print(result.table())
+    print(search_table(result))
     print(f"\nobjective: {result.objective} (validation); searched in {result.seconds:.1f} s")
     print(f"best config: {out} (`sae-pipeline run {out}` reuses the cached layers)")
-    if result.pretrain is not None:
-        name, value, _ = result.pretrain.headline()
+    if result.best_stack is not None:
+        name, value, _ = result.best_stack.headline()
         print(f"best stack {name}: {value:.4f}" + (f"; registered version {reg.model_version} @{reg.alias}" if reg else ""))
-        if getattr(result.pretrain, "recalled", False):
+        if result.best_stack.recalled:
             print(f"(recalled from MLflow run {tracked.run_id}: an identical search already fine-tuned, evaluated and "
                   f"registered this stack; `sae-pipeline run {out}` runs it again)")
     return EXIT_OK

@@ -122,8 +122,8 @@ def train_layer_task(
     if reuse:
         return {"key": key, "trained": False}
     directory = layer_store.layer_dir(cache_dir, key)
-    layer_store.train_into(directory, settings, inputs, seed=seed, hooks=hooks, key=key, parent_key=parent_key,
-                           replace=True)
+    layer_store.train_into(directory, greedy.layer_trainer(settings, inputs, seed=seed, hooks=hooks), seed=seed,
+                           key=key, parent_key=parent_key, replace=True)
     return {"key": key, "trained": True}
 
 
@@ -139,21 +139,21 @@ ONCE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}  # no
 @task(name="stack", task_run_name="stack", **ONCE)
 def stack_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
     """Stack the trained layers behind the data's scaling."""
-    return greedy.stack(config, data, layers)
+    return greedy.stack_encoder(config, data, layers)
 
 
 @task(name="finetune", task_run_name="finetune", **ONCE)
 def finetune_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
                   hooks: PipelineHooks) -> FinetuneResult | None:
     """Fine-tune the stack with a softmax head (None when the data has no labels or finetune.epochs is 0)."""
-    return greedy.finetune(config, data, encoder, hooks, layers[-1].codes)
+    return greedy.finetune_if_labelled(config, data, encoder, hooks, layers[-1].codes)
 
 
 @task(name="evaluate", task_run_name="evaluate", **ONCE)
 def evaluate_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
                   finetuned: FinetuneResult | None, hooks: PipelineHooks, started: float) -> PretrainResult:
     """Probe every layer's codes, assemble the result, log it and its models to MLflow."""
-    return greedy.evaluate(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
+    return greedy.evaluate_run(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
 
 
 @task(name="register", task_run_name="register", **ONCE)

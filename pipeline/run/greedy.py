@@ -28,8 +28,6 @@ from sae import SAEConfig, SparseAutoencoder, train_autoencoder
 from sae.scaling import Scaling
 from sae.stack import StackedEncoder
 
-SPLITS = ("train", "val", "test")
-
 
 def sae_config(settings: ResolvedLayer, d_in: int) -> SAEConfig:
     """The SAEConfig of a resolved layer fed ``d_in`` features."""
@@ -95,6 +93,12 @@ def train_layer(
     return encode_layer(settings, model, inputs, codes_dir=codes_dir, seconds=time.perf_counter() - start)
 
 
+def layer_trainer(settings: ResolvedLayer, inputs: Splits, *, seed: int, hooks: PipelineHooks | None = None
+                  ) -> Callable[[Path], LayerResult]:
+    """``train_layer`` as the layer store calls it: given where the codes go, train and encode the layer."""
+    return lambda codes_dir: train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=codes_dir)
+
+
 def encode_layer(
     settings: ResolvedLayer,
     model: SparseAutoencoder,
@@ -109,12 +113,12 @@ def encode_layer(
     codes = Splits(*(
         encode_in_chunks(model.encode, x, settings.hidden,
                          out_path=None if codes_dir is None else codes_dir / f"{split}_codes.npy")
-        for split, x in zip(SPLITS, inputs, strict=True)
+        for split, x in zip(Splits._fields, inputs, strict=True)
     ))
     return LayerResult(settings, model, codes, layer_test_metrics(model, inputs.test, codes.test), seconds, reused)
 
 
-def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
+def stack_encoder(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -> StackedEncoder:
     """The trained layers as one encoder, with the data's scaling in front."""
     return StackedEncoder.from_autoencoders(
         data.scaling,
@@ -125,7 +129,7 @@ def stack(config: PipelineConfig, data: LoadedData, layers: list[LayerResult]) -
     )
 
 
-def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks,
+def finetune_if_labelled(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks,
              top_codes: Splits | None = None) -> FinetuneResult | None:
     """Fine-tune a copy of ``encoder`` with a softmax head when the data is labelled (None otherwise); the top
     layer's ``top_codes`` (when given) start it without encoding the splits again."""
@@ -138,7 +142,7 @@ def finetune(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, 
     return finetuned
 
 
-def evaluate(
+def evaluate_run(
     config: PipelineConfig,
     data: LoadedData,
     layers: list[LayerResult],
@@ -172,24 +176,6 @@ def evaluate(
     return result
 
 
-def stack_and_evaluate(
-    config: PipelineConfig,
-    data: LoadedData,
-    layers: list[LayerResult],
-    *,
-    hooks: PipelineHooks | None = None,
-    started: float | None = None,
-) -> PretrainResult:
-    """Stack the trained layers, fine-tune when labelled, evaluate and register: the steps after the layers."""
-    hooks = hooks or PipelineHooks()
-    started = time.perf_counter() if started is None else started
-    encoder = stack(config, data, layers)
-    finetuned = finetune(config, data, encoder, hooks, layers[-1].codes)
-    result = evaluate(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
-    hooks.on_register(result)
-    return result
-
-
 LayerStep = Callable[[ResolvedLayer, Splits, int], LayerResult]
 
 
@@ -216,9 +202,9 @@ def plain_steps(hooks: PipelineHooks) -> Steps:
         start=hooks.on_run_start,
         layer=lambda settings, inputs, seed: train_layer(settings, inputs, seed=seed, hooks=hooks),
         record=hooks.on_layer_end,
-        stack=stack,
-        finetune=lambda config, data, layers, encoder: finetune(config, data, encoder, hooks, layers[-1].codes),
-        evaluate=lambda config, data, layers, encoder, finetuned, started: evaluate(
+        stack=stack_encoder,
+        finetune=lambda config, data, layers, encoder: finetune_if_labelled(config, data, encoder, hooks, layers[-1].codes),
+        evaluate=lambda config, data, layers, encoder, finetuned, started: evaluate_run(
             config, data, layers, encoder, finetuned, hooks=hooks, started=started),
         register=hooks.on_register,
     )
@@ -248,5 +234,5 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
         raise
 
 
-__all__ = ["Steps", "encode_layer", "evaluate", "finetune", "inputs_for", "plain_steps", "pretrain_stack", "stack",
-           "stack_and_evaluate", "train_layer"]
+__all__ = ["Steps", "encode_layer", "evaluate_run", "finetune_if_labelled", "inputs_for", "layer_trainer",
+           "plain_steps", "pretrain_stack", "stack_encoder", "train_layer"]

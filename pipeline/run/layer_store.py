@@ -17,8 +17,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from safetensors.torch import load_file, save_file
@@ -27,18 +28,14 @@ from pipeline.config import ResolvedLayer
 from pipeline.data.codes import MEMMAP_BYTES
 from pipeline.data.loading import LoadedData, Splits
 from pipeline.process.pids import pid_alive
-from pipeline.run.greedy import SPLITS, train_layer
 from pipeline.run.results import LayerResult
 from sae import SAEConfig, SparseAutoencoder
-
-if TYPE_CHECKING:
-    from pipeline.run.hooks import PipelineHooks
 
 # Bump when the on-disk layout or the training code changes what a key means. 3: searches before it trained
 # upper layers on the codes below without their code_scaling, under the key of the scaled inputs.
 CACHE_VERSION = 3
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
-CODE_FILES = tuple(f"{split}_codes.npy" for split in SPLITS)
+CODE_FILES = tuple(f"{split}_codes.npy" for split in Splits._fields)
 FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)
 CHECKSUMS_FILE = "checksums.json"  # written last: its presence and contents vouch for the files above
 PARTIAL = ".partial-"  # <key>.partial-<host>-<pid>: a layer being trained
@@ -122,27 +119,26 @@ def write_checksums(directory: Path) -> None:
 
 def train_into(
     directory: Path,
-    settings: ResolvedLayer,
-    inputs: Splits,
+    train: Callable[[Path], LayerResult],
     *,
     seed: int,
-    hooks: PipelineHooks | None = None,
     key: str = "",
     parent_key: str | None = None,
     replace: bool = False,
 ) -> Path:
-    """Train one layer and write it to ``directory`` atomically (partial sibling, then rename).
+    """Write the layer ``train(codes_dir)`` trains (``greedy.layer_trainer``) to ``directory`` atomically: it
+    trains into a partial sibling, which is renamed into place.
 
     An existing sound entry (a concurrent run stored the same key first) is kept unless ``replace``; an
     unsound one is always replaced.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(directory)
-    partial = _sibling(directory, PARTIAL)
+    partial = sibling(directory, PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)  # a dead run that had our pid
     partial.mkdir()
     try:
-        result = train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=partial)
+        result = train(partial)
         save_layer(partial, result, key=key, parent_key=parent_key, seed=seed)
         write_checksums(partial)
         _install(partial, directory, replace)
@@ -152,14 +148,15 @@ def train_into(
     return directory
 
 
-def _sibling(directory: Path, kind: str) -> Path:
-    return directory.with_name(f"{directory.name}{kind}{socket.gethostname()}-{os.getpid()}")
+def sibling(directory: Path, kind: str, host: str | None = None, pid: int | None = None) -> Path:
+    """``<key><kind><host>-<pid>`` beside the entry (``PARTIAL`` or ``REPLACED``); this process by default."""
+    return directory.with_name(f"{directory.name}{kind}{host or socket.gethostname()}-{pid or os.getpid()}")
 
 
 def _install(partial: Path, directory: Path, replace: bool) -> None:
     """Rename ``partial`` to ``directory``, moving an existing entry aside first when it must go."""
     if directory.exists() and (replace or not is_complete(directory)):
-        old = _sibling(directory, REPLACED)
+        old = sibling(directory, REPLACED)
         shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):  # a concurrent run moved it first
             directory.rename(old)
@@ -180,9 +177,6 @@ def _remove_stale_partials(directory: Path) -> None:
             pid = stale.name.removeprefix(prefix)
             if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
-
-
-    return True
 
 
 def save_layer(directory: Path, result: LayerResult, *, key: str = "", parent_key: str | None = None,

@@ -75,6 +75,7 @@ class PretrainResult:
     seconds: float = 0.0
     tracked: TrackedRun | None = None  # filled by the tracking hooks
     encoder_choice: tuple[str, str] = ("pretrained", "")  # (pretrained | finetuned, why): register.encoder
+    recalled = False  # trained in this run (not a dataclass field); a recalled stack says True
 
     @property
     def registered_encoder(self) -> StackedEncoder:

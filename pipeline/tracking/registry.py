@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -32,6 +30,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from pipeline.run.results import Registration
 from pipeline.tracking import versions
 from pipeline.tracking.store import use_tracking_uri
+from pipeline.tracking.versions import Headline
 
 try:
     import fcntl
@@ -41,39 +40,6 @@ except ImportError:  # Windows: no flock; only the optimistic re-check guards th
 log = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
-HEADLINE_NAME, HEADLINE_VALUE, HEADLINE_GREATER = "headline.metric", "headline.value", "headline.greater_is_better"
-
-
-@dataclass(frozen=True)
-class Headline:
-    """The one number that ranks versions: metric name, value, and whether greater is better."""
-
-    metric: str
-    value: float
-    greater_is_better: bool
-
-    def beats(self, other: Headline) -> bool:
-        """Strictly better than ``other`` (same metric assumed); NaN never wins, anything beats NaN."""
-        if math.isnan(self.value):
-            return False
-        if math.isnan(other.value):
-            return True
-        return self.value > other.value if self.greater_is_better else self.value < other.value
-
-    def tags(self) -> dict[str, str]:
-        """As model version tags."""
-        return {HEADLINE_NAME: self.metric, HEADLINE_VALUE: repr(self.value),
-                HEADLINE_GREATER: str(self.greater_is_better).lower()}
-
-    @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> Headline | None:
-        """Read back from version tags; None when they are missing or unreadable."""
-        try:
-            return cls(tags[HEADLINE_NAME], float(tags[HEADLINE_VALUE]), tags[HEADLINE_GREATER] == "true")
-        except (KeyError, ValueError):
-            return None
-
-
 def ensure_registered_model(client: MlflowClient, name: str) -> None:
     """Create registered model ``name`` unless it exists."""
     try:

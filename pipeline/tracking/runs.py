@@ -212,23 +212,10 @@ class MlflowTracking(PipelineHooks):
             return None
         return f"{base.rstrip('/')}/{describe.run_page(str(self.experiment_id), self.run_id)}"
 
-    def experiment_url(self, ui_url: str | None = None) -> str | None:
-        """The experiment's run list, like ``run_url`` (both open the UI's model-training pages)."""
-        base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
-        if base is None or self.experiment_id is None:
-            return None
-        return f"{base.rstrip('/')}/{describe.experiment_page(str(self.experiment_id))}"
-
     def _linked(self, note: str) -> str:
         """``note`` plus a link to the Prefect flow run that ran this (tags truncate URLs in the MLflow UI)."""
         url = self.run_tags.get("sae.prefect.flow_run_url")
         return note if url is None else f"{note}\n\nPrefect flow run: [{self.run_name}]({url})"
-
-    def set_run_tags(self, tags: Mapping[str, str]) -> None:
-        """Tag the parent run (now if it is open, and at creation if it is not yet): e.g. the flow run's URL."""
-        self.run_tags |= dict(tags)
-        if self.run_id is not None and not self.ended:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     # -- layers and fine-tuning -------------------------------------------------------------------------
 

@@ -21,13 +21,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pipeline.tracking import describe, store
 from pipeline.tracking.tune_recall import RecalledStack, recall_stack, remember_stack, stack_digest
 from pipeline.tune.search import TuneHooks
+from pipeline.tune.table import search_table
 
 if TYPE_CHECKING:
     import optuna
 
     from pipeline.config import PipelineConfig
     from pipeline.data.loading import LoadedData
-    from pipeline.tune.search import LayerSearch, TuneResult
+    from pipeline.tune.result import LayerSearch, TuneResult
     from pipeline.tune.trial import TrialOutcome
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,16 @@ class TuneTracking(TuneHooks):
         """best.yaml, the trial table, the link to the best stack's run; close the parent FINISHED."""
         assert self.run_id is not None
         self.client.log_text(self.run_id, result.best_yaml(), "best.yaml")
-        self.client.log_text(self.run_id, result.table() + "\n", "trials.txt")
+        self.client.log_text(self.run_id, search_table(result) + "\n", "trials.txt")
         self.client.log_metric(self.run_id, "seconds", result.seconds)
-        tracked = getattr(result.pretrain, "tracked", None)
-        if tracked is not None:
-            recalled = isinstance(result.pretrain, RecalledStack)
+        tracked = result.best_stack and result.best_stack.tracked
+        if tracked:
+            recalled = result.best_stack.recalled
             self.client.set_tag(self.run_id, "sae.best_run", tracked.run_id)
             self.client.set_tag(self.run_id, "sae.best_run.recalled", str(recalled).lower())
             if not recalled:  # a recalled run keeps pointing at the search that ran it
                 self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
-                remember_stack(self.client, result.pretrain, stack_digest(result.best_config, self.data_fingerprint))
+                remember_stack(self.client, result.best_stack, stack_digest(result.best_config, self.data_fingerprint))
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
         self.run_id = None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
@@ -16,11 +18,41 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from pipeline.tracking import describe
 
 if TYPE_CHECKING:
-    from pipeline.tracking.registry import Headline
     from sae.stack import StackedEncoder
 
 WEIGHTS_TAG = "weights_sha256"
 RUN_TAG = "run_id"
+HEADLINE_NAME, HEADLINE_VALUE, HEADLINE_GREATER = "headline.metric", "headline.value", "headline.greater_is_better"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one number that ranks versions: metric name, value, and whether greater is better."""
+
+    metric: str
+    value: float
+    greater_is_better: bool
+
+    def beats(self, other: Headline) -> bool:
+        """Strictly better than ``other`` (same metric assumed); NaN never wins, anything beats NaN."""
+        if math.isnan(self.value):
+            return False
+        if math.isnan(other.value):
+            return True
+        return self.value > other.value if self.greater_is_better else self.value < other.value
+
+    def tags(self) -> dict[str, str]:
+        """As model version tags."""
+        return {HEADLINE_NAME: self.metric, HEADLINE_VALUE: repr(self.value),
+                HEADLINE_GREATER: str(self.greater_is_better).lower()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Headline | None:
+        """Read back from version tags; None when they are missing or unreadable."""
+        try:
+            return cls(tags[HEADLINE_NAME], float(tags[HEADLINE_VALUE]), tags[HEADLINE_GREATER] == "true")
+        except (KeyError, ValueError):
+            return None
 
 
 def weights_digest(encoder: StackedEncoder) -> str:
@@ -95,13 +127,3 @@ def link_logged_model(client: MlflowClient, model_id: str, name: str, version: i
     if not any(entry.get("name") == name and str(entry.get("version")) == str(version) for entry in linked):
         linked.append({"name": name, "version": version})
         client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
-
-
-def version_model_id(version: ModelVersion) -> str | None:
-    """The logged model a version was registered from (``model_id``, else parsed from a models:/<id> source)."""
-    # SQL registry stores keep no model_id column (it reads back None even after mlflow.register_model);
-    # the models:/<id> source they do keep names the same logged model.
-    if version.model_id:
-        return version.model_id
-    rest = (version.source or "").removeprefix("models:/")
-    return rest if rest != version.source and rest and "/" not in rest else None

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,51 +29,15 @@ from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
 from pipeline.process.pids import pid_alive
 from pipeline.run import layer_store
-from pipeline.run.greedy import inputs_for, layer_seed
+from pipeline.run.greedy import inputs_for, layer_seed, layer_trainer
 from pipeline.run.results import LayerResult
 from pipeline.tune.objective import direction
+from pipeline.tune.result import STATES, LayerSearch, TuneResult
 from pipeline.tune.space import config_point, study_name, suggest, with_layer_params
-from pipeline.tune.table import search_table
 from pipeline.tune.trial import COMPLETE, FAILED, PRUNED, TrialJob, TrialOutcome, run_trial
 
 Runner = Callable[[list[TrialJob]], list[TrialOutcome]]
-STATES = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED,
-          TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 _TELL = {COMPLETE: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
-
-
-@dataclass
-class LayerSearch:
-    """One layer's study: every trial in it (earlier runs included), the best one, and those run now."""
-
-    index: int
-    study_name: str
-    direction: str
-    trials: list[optuna.trial.FrozenTrial]
-    best: optuna.trial.FrozenTrial
-    ran: list[TrialOutcome] = field(default_factory=list)
-    best_key: str = ""
-
-
-@dataclass
-class TuneResult:
-    """The search: per-layer studies, the best config (what best.yaml holds) and the final run's result."""
-
-    config: PipelineConfig
-    best_config: PipelineConfig
-    objective: str
-    storage: str
-    layers: list[LayerSearch]
-    seconds: float
-    pretrain: Any = None  # the PretrainResult of the best stack (finish step), when one ran
-
-    def table(self) -> str:
-        """Per layer: trial, params, objective, state, whether trained or recalled; the best marked *."""
-        return search_table(self)
-
-    def best_yaml(self) -> str:
-        """The best config as YAML (no search section): ``sae-pipeline run`` on it reuses the cached layers."""
-        return self.best_config.to_yaml()
 
 
 class TuneHooks:
@@ -129,7 +93,7 @@ def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
         pid, host, key = (trial.user_attrs.get(k) for k in ("pid", "host", "key"))
         if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
             if key:
-                partial = layer_store.layer_dir(cache_dir, key).with_name(f"{key}{layer_store.PARTIAL}{host}-{pid}")
+                partial = layer_store.sibling(layer_store.layer_dir(cache_dir, key), layer_store.PARTIAL, host, pid)
                 shutil.rmtree(partial, ignore_errors=True)
             study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -244,7 +208,8 @@ def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, below:
     key = layer_store.layer_cache_key(ctx.fingerprint, settings, layer_seed(best_config, settings), parent_key)
     directory = layer_store.layer_dir(ctx.cache_dir, key)
     if not layer_store.is_complete(directory):  # the cache was cleared since the trial ran
-        layer_store.train_into(directory, settings, inputs(settings), seed=layer_seed(best_config, settings), key=key,
+        seed = layer_seed(best_config, settings)
+        layer_store.train_into(directory, layer_trainer(settings, inputs(settings), seed=seed), seed=seed, key=key,
                                parent_key=parent_key)
     layer = layer_store.load_layer(directory, settings, reused=True)
     result = LayerSearch(index, name, direction(ctx.objective), study.get_trials(), best, ran, key)
@@ -292,7 +257,7 @@ def tune_stack(
         best_config = best_config.model_copy(update={"search": None, "cache_dir": str(ctx.cache_dir)})
         result = TuneResult(config, best_config, objective, storage, layers, 0.0)
         if finish is not None:
-            result.pretrain = finish(best_config)
+            result.best_stack = finish(best_config)
         result.seconds = time.perf_counter() - started
         for h in hooks:
             h.on_search_end(result)

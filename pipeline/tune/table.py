@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.tables import format_rows
-
-if TYPE_CHECKING:
-    from pipeline.tune.search import TuneResult
+from pipeline.tune.result import STATES, TuneResult
 
 HEADER = ["layer", "trial", "params", "objective", "state", "layer from", "seconds"]
 
@@ -18,8 +16,6 @@ def _value(v: Any) -> str:
 
 def trial_rows(result: TuneResult) -> list[dict[str, Any]]:
     """Every trial of every layer's study, in order, as plain values."""
-    from pipeline.tune.search import STATES
-
     rows = []
     for layer in result.layers:
         for t in layer.trials:

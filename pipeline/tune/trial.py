@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import Callback
 from pipeline.config import ResolvedLayer
 from pipeline.data.loading import Splits
 from pipeline.run import layer_store
+from pipeline.run.greedy import layer_trainer
 from pipeline.run.hooks import PipelineHooks
 from pipeline.tune.objective import EpochReporter, final_value
 
@@ -99,8 +100,8 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     try:
         outcome.recalled = layer_store.is_complete(directory)
         if not outcome.recalled:
-            layer_store.train_into(directory, job.settings, job.inputs, seed=job.seed, key=key,
-                                   parent_key=job.parent_key, hooks=_TrialHooks(reporter, job.hooks))
+            train = layer_trainer(job.settings, job.inputs, seed=job.seed, hooks=_TrialHooks(reporter, job.hooks))
+            layer_store.train_into(directory, train, seed=job.seed, key=key, parent_key=job.parent_key)
         layer = layer_store.load_layer(directory, job.settings, reused=outcome.recalled)
         outcome.history, outcome.epochs = layer.history, len(layer.history)
         outcome.value = final_value(job.objective, layer.codes, layer.history, job.labels, job.seed)

@@ -13,7 +13,8 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.tracking.pyfunc import log_encoder_model
-from pipeline.tracking.registry import Headline, register_model
+from pipeline.tracking.registry import register_model
+from pipeline.tracking.versions import Headline
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.scaling import Scaling

@@ -72,7 +72,7 @@ def test_trials_are_mlflow_runs_pruned_ones_marked_and_best_yaml_reproduces_the_
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"best.yaml", "trials.txt", "config.yaml", "plots"} <= artifacts
     assert {"plots/layer-1-objective.png", "plots/layer-2-objective.png", "plots/layer-1-importance.png"} <= plots
-    assert result.pretrain.tracked.registration is not None  # the best stack was registered as `run` does
+    assert result.best_stack.tracked.registration is not None  # the best stack was registered as `run` does
 
     best_yaml = tmp_path / "best.yaml"
     best_yaml.write_text(result.best_yaml())

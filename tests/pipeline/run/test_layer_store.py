@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
 from pipeline.run import layer_store
+from pipeline.run.greedy import layer_trainer
 from pipeline.run.hooks import PipelineHooks
 
 CONFIG = {
@@ -40,7 +41,7 @@ def stored(setup, tmp_path_factory):
     fingerprint = layer_store.input_fingerprint(data)
     key = layer_store.layer_cache_key(fingerprint, settings, 0, None)
     directory = layer_store.layer_dir(tmp_path_factory.mktemp("cache"), key)
-    layer_store.train_into(directory, settings, data.scaled(), seed=0, key=key)
+    layer_store.train_into(directory, layer_trainer(settings, data.scaled(), seed=0), seed=0, key=key)
     return directory, settings, data, key
 
 
@@ -120,7 +121,7 @@ def test_a_failing_layer_leaves_nothing_and_dead_partials_are_cleared(setup, tmp
             return []
 
     with pytest.raises(FloatingPointError):
-        layer_store.train_into(directory, settings, data.scaled(), seed=0, hooks=Probe())
+        layer_store.train_into(directory, layer_trainer(settings, data.scaled(), seed=0, hooks=Probe()), seed=0)
     assert Probe.seen == [False]
     assert list(tmp_path.joinpath("layers").iterdir()) == []
 
@@ -175,7 +176,7 @@ def test_replace_swaps_a_damaged_entry_for_the_fresh_one(stored, setup, tmp_path
     copy = layer_store.layer_dir(tmp_path, directory.name)
     shutil.copytree(directory, copy)
     _garbage_weights(copy)
-    layer_store.train_into(copy, settings, data.scaled(), seed=0, key=key, replace=True)
+    layer_store.train_into(copy, layer_trainer(settings, data.scaled(), seed=0), seed=0, key=key, replace=True)
     assert layer_store.check_entry(copy) is None
     fresh = load_file(str(copy / "model.safetensors"))
     assert not torch.all(fresh["encoder.weight"] == 0.5)
@@ -187,6 +188,6 @@ def test_without_replace_a_sound_entry_stored_first_is_kept(stored, tmp_path):
     copy = layer_store.layer_dir(tmp_path, directory.name)
     shutil.copytree(directory, copy)
     before = (copy / "checksums.json").read_bytes()
-    layer_store.train_into(copy, settings, data.scaled(), seed=0, key=key)  # a concurrent run's twin
+    layer_store.train_into(copy, layer_trainer(settings, data.scaled(), seed=0), seed=0, key=key)  # a concurrent run's twin
     assert (copy / "checksums.json").read_bytes() == before
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]

@@ -12,8 +12,9 @@ from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
 from pipeline.tracking.encoders import encode_file, resolve_encoder
 from pipeline.tracking.pyfunc import log_encoder_model
-from pipeline.tracking.registry import Headline, register_model
+from pipeline.tracking.registry import register_model
 from pipeline.tracking.store import experiment_id, use_tracking_uri
+from pipeline.tracking.versions import Headline
 from sae import SAEConfig, SparseAutoencoder
 from sae.stack import StackedEncoder
 

@@ -13,8 +13,9 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.tracking.pyfunc import MODEL_CODE, log_encoder_model, pip_requirements, signature
-from pipeline.tracking.registry import Headline, register_model
+from pipeline.tracking.registry import register_model
 from pipeline.tracking.sae_encoder_pyfunc import PortableEncoder
+from pipeline.tracking.versions import Headline
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.scaling import Scaling

@@ -14,9 +14,9 @@ from sklearn.datasets import load_digits
 import pipeline.tracking.registry as registry_module
 from pipeline.config import PipelineConfig
 from pipeline.run.greedy import pretrain_stack
-from pipeline.tracking.registry import CHALLENGER, Headline, choose_alias, register_model
+from pipeline.tracking.registry import CHALLENGER, choose_alias, register_model
 from pipeline.tracking.runs import MlflowTracking
-from pipeline.tracking.versions import weights_digest
+from pipeline.tracking.versions import Headline, weights_digest
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.scaling import Scaling

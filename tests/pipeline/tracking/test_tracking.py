@@ -19,13 +19,13 @@ from safetensors.numpy import load_file
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
 from pipeline.errors import InputError
-from pipeline.run.greedy import pretrain_stack, stack_and_evaluate, train_layer
+from pipeline.run.greedy import evaluate_run, pretrain_stack, stack_encoder, train_layer
 from pipeline.run.hooks import CompositeHooks, PipelineHooks
 from pipeline.serving.export import export_encoder, load_exported
 from pipeline.tracking.encoders import resolve_encoder
 from pipeline.tracking.runs import MlflowTracking
 from pipeline.tracking.store import artifact_location, create_sqlite_store, resolve_tracking_uri
-from pipeline.tracking.versions import version_model_id, weights_digest
+from pipeline.tracking.versions import weights_digest
 
 EPOCHS = 3
 OVERRIDES = ["defaults.lr=0.01", "layers.1.target=0.2"]
@@ -224,7 +224,7 @@ def test_a_version_is_linked_to_its_logged_model_both_ways(run):
     result, client, parent = run
     version = client.get_model_version("tracked-encoder", result.tracked.registration.model_version)
     model_id = result.tracked.logged_models["encoder-finetuned"].removeprefix("models:/")
-    assert version.source == f"models:/{model_id}" and version_model_id(version) == model_id
+    assert version.source == f"models:/{model_id}"
     logged = client.get_logged_model(model_id)
     linked = json.loads(logged.tags["mlflow.modelVersions"])  # what the logged model's page lists
     assert [(v["name"], str(v["version"])) for v in linked] == [("tracked-encoder", str(version.version))]
@@ -367,7 +367,8 @@ def test_a_layer_reused_from_a_cache_is_tagged_and_replays_its_epoch_history(sto
     # The layer's plots are made when the layer is recorded, not at the end of the run.
     assert {a.path for a in client.list_artifacts(layer1.info.run_id, "plots")} == {
         "plots/filter_grid.png", "plots/loss_curve.png", "plots/rho_hat_histogram.png"}
-    stack_and_evaluate(cfg, data, [cached], hooks=tracking)
+    result = evaluate_run(cfg, data, [cached], stack_encoder(cfg, data, [cached]), None, hooks=tracking, started=0.0)
+    tracking.on_register(result)
     layer1 = client.get_run(layer1.info.run_id)
     assert layer1.data.tags["sae.reused"] == "true" and layer1.data.params["hidden"] == "4"
     assert steps(client, layer1.info.run_id, "loss") == list(range(2, EPOCHS + 1))
@@ -415,11 +416,10 @@ def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui
     uri, _ = store
     cfg = config(uri, name="named")
     tracking = MlflowTracking(register=False, run_name="named-digits-20261127-120000",
-                              run_tags={"prefect.flow_run.id": "f-1"})
+                              run_tags={"prefect.flow_run.id": "f-1", "prefect.deployment": "nightly",
+                                        "prefect.flow_run.url": "http://127.0.0.1:4200/runs/flow-run/f-1"})
     assert tracking.run_url("http://127.0.0.1:5000") is None  # no run yet
-    tracking.set_run_tags({"prefect.deployment": "nightly"})  # before the run opens: applied at creation
     tracking.on_run_start(cfg, load_data(cfg.data, cfg.seed))
-    tracking.set_run_tags({"prefect.flow_run.url": "http://127.0.0.1:4200/runs/flow-run/f-1"})  # while open
     parent = MlflowClient(uri).get_run(tracking.run_id)
     assert parent.info.run_name == tracking.run_name == "named-digits-20261127-120000"
     assert {k: parent.data.tags[k] for k in ("prefect.flow_run.id", "prefect.deployment", "prefect.flow_run.url")} \
@@ -429,8 +429,6 @@ def test_a_given_run_name_and_tags_reach_the_parent_and_the_run_url_can_use_a_ui
     experiment = parent.info.experiment_id  # the query opens the UI's model-training pages, not GenAI's
     assert tracking.run_url("http://127.0.0.1:5000/") == (
         f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{tracking.run_id}?workflowType=machine_learning")
-    assert tracking.experiment_url("http://127.0.0.1:5000") == (
-        f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning")
     tracking.on_run_failed(RuntimeError("stop"))
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
 from pipeline.run import layer_store
-from pipeline.run.greedy import layer_inputs, layer_seed, stack
+from pipeline.run.greedy import layer_inputs, layer_seed, layer_trainer, stack_encoder
 from pipeline.tune.search import TuneHooks, plain_runner, tune_stack
 from pipeline.tune.space import with_layer_params
 from pipeline.tune.trial import TrialJob
@@ -67,7 +67,7 @@ def test_layer_two_trials_train_on_the_best_layer_one_codes(tmp_path):
     assert best.layers[1].hidden == second.best.params["hidden"]
     # The stacked best layers compute the codes the search scored: the registered encoder is the searched one.
     top = layer_store.load_layer(layer_store.layer_dir(config.cache_dir, second.best_key), best.layer_settings(1))
-    encoder = stack(best, data, [below, top])
+    encoder = stack_encoder(best, data, [below, top])
     np.testing.assert_allclose(encoder.transform(np.asarray(data.X_val, np.float32)), np.asarray(top.codes.val),
                                atol=1e-5)
 
@@ -251,8 +251,9 @@ def test_trial_one_is_the_config_layer_recalled_when_run_trained_it_and_the_best
     data = load_data(config.data, config.seed)
     settings = config.layer_settings(0)  # layer 1 as `run` would train it
     key = layer_store.layer_cache_key(layer_store.input_fingerprint(data), settings, layer_seed(config, settings), None)
-    layer_store.train_into(layer_store.layer_dir(config.cache_dir, key), settings, data.scaled(),
-                           seed=layer_seed(config, settings), key=key)
+    seed = layer_seed(config, settings)
+    layer_store.train_into(layer_store.layer_dir(config.cache_dir, key), layer_trainer(settings, data.scaled(), seed=seed),
+                           seed=seed, key=key)
     recorder = Recorder()
     result = tune_stack(config, f"sqlite:///{tmp_path / 'optuna.db'}", hooks=[recorder], data=data)
     first, second = result.layers
