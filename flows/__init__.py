@@ -6,12 +6,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flows.pretrain import extra_hooks, pretrain_flow
+    from flows.pretrain import pretrain_flow
     from flows.tune import tune_flow
 
 # Resolved on first use: the console entry (flows.cli) must run its setup before Prefect and torch load.
-_EXPORTS = {"extra_hooks": "flows.pretrain", "pretrain_flow": "flows.pretrain", "tune_flow": "flows.tune"}
-__all__ = ["extra_hooks", "pretrain_flow", "tune_flow"]
+_EXPORTS = {"pretrain_flow": "flows.pretrain", "tune_flow": "flows.tune"}
+__all__ = ["pretrain_flow", "tune_flow"]
 
 
 def __getattr__(name: str) -> Any:

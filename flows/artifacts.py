@@ -7,7 +7,6 @@ Artifacts are created from the flow's own body, so they hang off the flow run (n
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
@@ -16,7 +15,7 @@ from prefect.settings import PREFECT_UI_URL
 
 from pipeline.run.results import PretrainResult
 from pipeline.tables import markdown_table
-from pipeline.tracking.store import is_server, run_page_url, ui_base_url, ui_command
+from pipeline.tracking.uris import is_server, model_version_page, run_page_url, ui_base_url, ui_command
 
 LOCAL_PREFECT_UI = "http://127.0.0.1:4200"  # `prefect server start` serves the flow runs a temporary server kept
 
@@ -82,7 +81,7 @@ def publish_results(result: PretrainResult) -> None:
     reg = tracked.registration
     create_link_artifact(
         key=artifact_key(config_name, "model-version"),
-        link=f"{ui_base_url(tracked.tracking_uri)}/#/models/{quote(reg.model_name)}/versions/{reg.model_version}",
+        link=f"{ui_base_url(tracked.tracking_uri)}/{model_version_page(reg.model_name, reg.model_version)}",
         link_text=f"{reg.model_name} version {reg.model_version} (@{reg.alias}): {reg.model_uri}",
         description=f"{reg.reason}; {_where(tracked.tracking_uri)}",
     )

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _next_line(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """Where to look next: the run's page, served by the MLflow server or by `sae-pipeline ui` for a local store."""
-    from pipeline.tracking.store import run_page_url, ui_command
+    from pipeline.tracking.uris import run_page_url, ui_command
 
     page, command = run_page_url(tracking_uri, experiment_id, run_id), ui_command(tracking_uri)
     return f"MLflow run: {page}" if command is None else f"Next: {command}, then open the MLflow run: {page}"

@@ -15,8 +15,7 @@ record after its training.
 # No `from __future__ import annotations` here: deployments load this file by path and Prefect builds the
 # parameter model from the annotations, which must then be real classes rather than strings.
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
+from flows.session import FlowSession, current_session
 from pipeline.app.progress import ProgressPrinter
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.loading import LoadedData, Splits, load_data
@@ -37,19 +37,6 @@ from pipeline.run.hooks import CompositeHooks, PipelineHooks
 from pipeline.run.results import LayerResult, PretrainResult
 from pipeline.tracking.runs import MlflowTracking
 from sae.stack import StackedEncoder
-
-_extra_hooks: list[PipelineHooks] = []
-
-
-@contextmanager
-def extra_hooks(*hooks: PipelineHooks) -> Iterator[None]:
-    """Add hooks (progress, test probes) to flows run in this process inside the block."""
-    _extra_hooks.extend(hooks)
-    try:
-        yield
-    finally:
-        for h in hooks:
-            _extra_hooks.remove(h)
 
 
 def _as_config(config: PipelineConfig | dict[str, Any]) -> PipelineConfig:
@@ -72,32 +59,10 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_con
                               "cache_policy": NO_CACHE, "persist_result": False}
 
 
-_preloaded: dict[str, LoadedData] = {}
-
-
-def _data_key(config: PipelineConfig) -> str:
-    return f"{config.seed}:{config.data.model_dump_json()}"
-
-
-@contextmanager
-def preloaded(config: PipelineConfig, data: LoadedData) -> Iterator[None]:
-    """Flows in the block use ``data`` (read and checked before the flow started) instead of reading again."""
-    _preloaded[_data_key(config)] = data
-    try:
-        yield
-    finally:
-        _preloaded.pop(_data_key(config), None)
-
-
-def preloaded_data(config: PipelineConfig) -> LoadedData | None:
-    """The data the CLI read and checked for ``config`` (inside ``preloaded``), else None."""
-    return _preloaded.get(_data_key(config))
-
-
 @task(name="load-data", task_run_name="load-data", **IO_RETRIES)
-def load_data_task(config: PipelineConfig) -> LoadedData:
+def load_data_task(config: PipelineConfig, preloaded: LoadedData | None = None) -> LoadedData:
     """Read, validate, split and scale the data (retried: it is file I/O), unless the CLI already did."""
-    return preloaded_data(config) or load_data(config.data, config.seed)
+    return preloaded or load_data(config.data, config.seed)
 
 
 @task(name="start-tracking", task_run_name="start-tracking", **IO_RETRIES)
@@ -151,9 +116,11 @@ def finetune_task(config: PipelineConfig, data: LoadedData, layers: list[LayerRe
 
 @task(name="evaluate", task_run_name="evaluate", **ONCE)
 def evaluate_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
-                  finetuned: FinetuneResult | None, hooks: PipelineHooks, started: float) -> PretrainResult:
+                  finetuned: FinetuneResult | None, hooks: PipelineHooks, started: float,
+                  raw_probe: Future[float] | None) -> PretrainResult:
     """Probe every layer's codes, assemble the result, log it and its models to MLflow."""
-    return greedy.evaluate_run(config, data, layers, encoder, finetuned, hooks=hooks, started=started)
+    return greedy.evaluate_run(config, data, layers, encoder, finetuned, hooks=hooks, started=started,
+                               raw_probe=raw_probe)
 
 
 @task(name="register", task_run_name="register", **ONCE)
@@ -242,9 +209,10 @@ class CachedLayers:
             return None
 
 
-def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: PipelineHooks, refresh_cache: bool
-               ) -> Steps:
-    """The pipeline's steps as Prefect tasks (layers cached), chained; the loop itself is pipeline.run.greedy's."""
+def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: PipelineHooks, refresh_cache: bool,
+               session: FlowSession) -> Steps:
+    """The pipeline's steps as Prefect tasks (layers cached), chained; the loop itself is pipeline.run.greedy's.
+    ``session`` brings the data and the raw probe when the caller already has them."""
     chain = Chain()
     layers = CachedLayers(config, hooks, refresh_cache, chain)
     last = f"train-layer-{len(config.layers)}"
@@ -262,7 +230,7 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
                   after=(f"train-layer-{layer.index + 1}",))
 
     return Steps(
-        load=lambda config: chain.run(load_data_task, "load-data", config),
+        load=lambda config: chain.run(load_data_task, "load-data", config, session.data_of(config)),
         start=start,
         layer=layers,
         record=record,
@@ -271,7 +239,8 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
         finetune=lambda config, data, done, encoder: chain.run(finetune_task, "finetune", config, data, done,
                                                                encoder, hooks, after=("stack",)),
         evaluate=lambda config, data, done, encoder, finetuned, started: chain.run(
-            evaluate_task, "evaluate", config, data, done, encoder, finetuned, hooks, started, after=("finetune",)),
+            evaluate_task, "evaluate", config, data, done, encoder, finetuned, hooks, started,
+            session.raw_probe_of(config), after=("finetune",)),
         register=lambda result: chain.run(register_task, "register", hooks, result, after=("evaluate",)),
     )
 
@@ -285,7 +254,8 @@ def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False, overrides
     # One name for both: the MLflow parent run is named after this flow run and tagged with its id and page.
     tracking = MlflowTracking(run_name=flow_run.get_name(), run_tags=current_flow_run_tags(),
                               overrides=overrides or ())
-    hooks = CompositeHooks([tracking, ProgressPrinter(), *_extra_hooks])
-    result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache))
+    session = current_session()  # what the caller's process already has (data, raw probe, its own hooks)
+    hooks = CompositeHooks([tracking, ProgressPrinter(), *session.hooks])
+    result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache, session))
     publish_results(result)
     return result

@@ -21,13 +21,13 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from flows.session import FlowSession
     from pipeline.config import PipelineConfig
-    from pipeline.data.loading import LoadedData
 
 
 @contextmanager
-def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[LoadedData]:
-    """Steps 1-6 above; yields the checked data. Flows started in the block use it instead of reading again."""
+def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[FlowSession]:
+    """Steps 1-6 above; yields the session (the checked data, the raw probe) flows started in the block use."""
     from pipeline.app.preflight import check_run, prepare_tracking_soon
     from pipeline.process import interrupts
 
@@ -47,15 +47,17 @@ def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[Loa
     if temporary:
         start_temporary_server_soon()
     prepare_tracking_soon(config)
-    from flows.pretrain import preloaded
+    from flows.session import FlowSession, data_key, use_session
     from pipeline.evaluation.layer_probes import raw_probe_ahead
 
     if not debug:
         quiet_tracebacks()
     with ExitStack() as stack:
+        raw_probe = None
         if temporary:
-            stack.enter_context(raw_probe_ahead(data, seed=config.seed, accelerator=config.trainer.accelerator))
+            raw_probe = stack.enter_context(raw_probe_ahead(data, seed=config.seed,
+                                                            accelerator=config.trainer.accelerator))
         wait_for_temporary_server()
-        stack.enter_context(preloaded(config, data))
+        session = stack.enter_context(use_session(FlowSession(data, data_key(config), raw_probe=raw_probe)))
         stack.enter_context(no_heartbeats_on_temporary_server())
-        yield data
+        yield session

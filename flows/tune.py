@@ -18,15 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
-from flows.pretrain import _as_config, preloaded_data, pretrain_flow
+from flows.pretrain import _as_config, pretrain_flow
+from flows.session import current_session
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.tracking.tune_recall import RecalledStack
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
-from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
+from pipeline.tune.search import Runner, TuneResult, tune_stack
 from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_trial
-
-_extra_hooks: list[TuneHooks] = []  # test probes and progress printers added by the caller of the flow
 
 
 # Prefect persists nothing here (its result records name their own serializer, pickle included): a trial whose
@@ -89,8 +88,8 @@ def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int =
         return recall_task(tracking, best_config) or pretrain_flow(best_config)
 
     return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel,
-                      hooks=[tracking, *_extra_hooks], runner=prefect_runner(config.cache_dir),
-                      finish=best_stack if finish else None, data=preloaded_data(config))
+                      hooks=[tracking], runner=prefect_runner(config.cache_dir),
+                      finish=best_stack if finish else None, data=current_session().data_of(config))
 
 
 def tune_parameters(config: PipelineConfig, trials: int | None = None, parallel: int = 1) -> dict[str, Any]:

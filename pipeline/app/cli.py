@@ -119,7 +119,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from pipeline.tracking.store import project_root, resolve_tracking_uri
+    from pipeline.tracking.uris import project_root, resolve_tracking_uri
 
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     store = resolve_tracking_uri()

@@ -48,7 +48,8 @@ def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
 def check_store(config: PipelineConfig) -> None:
     """A local sqlite store's folder (and the artifact folder beside it) must be writable."""
     from pipeline.tracking.reachable import check_local_store
-    from pipeline.tracking.store import artifact_location, resolve_tracking_uri, sqlite_path
+    from pipeline.tracking.store import artifact_location
+    from pipeline.tracking.uris import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(config.tracking_uri)
     db = sqlite_path(uri)
@@ -65,7 +66,8 @@ def prepare_tracking_soon(config: PipelineConfig) -> None:
     matplotlib's import, ~0.3 s). Call it after Prefect's server module is imported (see
     ``create_sqlite_store_soon``)."""
     from pipeline.tracking.reachable import create_schema_once
-    from pipeline.tracking.store import create_sqlite_store_soon, resolve_tracking_uri
+    from pipeline.tracking.store import create_sqlite_store_soon
+    from pipeline.tracking.uris import resolve_tracking_uri
 
     create_sqlite_store_soon(resolve_tracking_uri(config.tracking_uri), create_schema_once,
                              then=(_warm_model_logging, _warm_plots))

@@ -23,18 +23,18 @@ PROBE_MAX_TRAIN = 20_000  # probes fit on at most this many (seeded) training ro
 
 
 def probe_accuracies(
-    data: LoadedData, layers: Sequence[LayerResult], *, seed: int = 0, accelerator: str = "cpu"
+    data: LoadedData, layers: Sequence[LayerResult], *, seed: int = 0, accelerator: str = "cpu",
+    raw: Future[float] | None = None,
 ) -> dict[str, float]:
     """Probe test accuracy on the scaled inputs (``raw``) and on each layer's codes (``layer_1``, ...).
 
     Each probe is ``pipeline.evaluation.probes.fit_probe`` (C chosen on the validation split) on the device of the
     Trainer ``accelerator`` setting; the codes are the layers' own (``LayerResult.codes``), never recomputed.
-    The raw probe is taken from ``raw_probe_ahead`` when one was started for this data.
+    ``raw`` is the raw probe ``raw_probe_ahead`` started for this data, seed and accelerator: taken instead of
+    fitting it again.
     """
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
     device = probe_device(accelerator)
-    ahead = _AHEAD.get(id(data))
-    raw = ahead[1].result() if ahead is not None and ahead[0] is data and ahead[2] == (seed, accelerator) else None
     jobs = {**({} if raw is not None else {"raw": data.scaled()}),
             **{f"layer_{layer.index + 1}": layer.codes for layer in layers}}
     # On CPU each probe runs on one thread (see pipeline.evaluation.probes); with more cores, probes run side by side:
@@ -46,7 +46,7 @@ def probe_accuracies(
         with one_cpu_thread(device), ThreadPoolExecutor(workers, thread_name_prefix="sae-probe") as pool:
             out = dict(zip(jobs, pool.map(lambda splits: _probe(data, splits, seed, device), jobs.values()),
                            strict=True))
-    return {"raw": raw, **out} if raw is not None else out
+    return {"raw": raw.result(), **out} if raw is not None else out
 
 
 def _probe(data: LoadedData, splits: Splits, seed: int, device: torch.device) -> float:
@@ -61,26 +61,18 @@ def _probe(data: LoadedData, splits: Splits, seed: int, device: torch.device) ->
                      device=device).test_accuracy
 
 
-# id(data) -> (data, the raw probe's future, (seed, accelerator)): probes started by raw_probe_ahead
-_AHEAD: dict[int, tuple[LoadedData, Future[float], tuple[int, str]]] = {}
-
-
 @contextmanager
-def raw_probe_ahead(data: LoadedData, *, seed: int = 0, accelerator: str = "cpu") -> Iterator[None]:
-    """Fit the raw-input probe of labelled ``data`` on a thread now: it needs the data alone, and the CLI starts
-    it while Prefect starts its temporary server (seconds with a core idle). ``probe_accuracies`` calls for the same
-    data, seed and accelerator in the block take its result instead of fitting it again at the end of the run;
-    leaving the block drops it."""
+def raw_probe_ahead(data: LoadedData, *, seed: int = 0, accelerator: str = "cpu") -> Iterator[Future[float] | None]:
+    """Fit the raw-input probe of labelled ``data`` on a thread now, and yield its future (None for unlabelled
+    data): it needs the data alone, so the CLI starts it while Prefect starts its temporary server (seconds
+    with a core idle) and hands it to ``probe_accuracies(raw=...)``. Leaving the block drops it."""
     if data.y_train is None or data.y_val is None or data.y_test is None:
-        yield
+        yield None
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="sae-raw-probe")
-    future = pool.submit(_probe, data, data.scaled(), seed, probe_device(accelerator))
-    _AHEAD[id(data)] = (data, future, (seed, accelerator))
     try:
-        yield
+        yield pool.submit(_probe, data, data.scaled(), seed, probe_device(accelerator))
     finally:
-        _AHEAD.pop(id(data), None)
         pool.shutdown(wait=False, cancel_futures=True)
 
 

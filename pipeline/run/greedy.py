@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,14 +151,16 @@ def evaluate_run(
     *,
     hooks: PipelineHooks,
     started: float,
+    raw_probe: Future[float] | None = None,
 ) -> PretrainResult:
     """Probe every layer's codes (when labelled), assemble the result and hand it to ``hooks.on_run_end``.
 
+    ``raw_probe``: the raw-input probe already started for this data (``raw_probe_ahead``), else fitted here.
     The probes run on other threads while ``hooks.on_encoders`` logs the models: their matrix products release
     the GIL, and the models do not depend on them.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="sae-evaluate") as pool:
-        probing = (pool.submit(probe_accuracies, data, layers, seed=config.seed,
+        probing = (pool.submit(probe_accuracies, data, layers, seed=config.seed, raw=raw_probe,
                                accelerator=config.trainer.accelerator) if data.y_train is not None else None)
         hooks.on_encoders(data, encoder, finetuned)
         probes = probing.result() if probing is not None else {}

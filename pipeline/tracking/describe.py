@@ -29,19 +29,6 @@ if TYPE_CHECKING:
     from pipeline.run.results import PretrainResult, Registration
 
 HEADLINE, TEST, SECONDS = "headline/", "test/", "seconds"
-# MLflow 3.17's UI picks GenAI or model-training pages from a browser-wide toggle (default GenAI), not from
-# the experiment's mlflow.experimentKind tag; this query selects model training for the page a link opens.
-UI_QUERY = "?workflowType=machine_learning"
-
-
-def experiment_page(experiment_id: str) -> str:
-    """The UI path (after the server's address) of an experiment's run list, in model-training mode."""
-    return f"#/experiments/{experiment_id}{UI_QUERY}"
-
-
-def run_page(experiment_id: str, run_id: str) -> str:
-    """The UI path (after the server's address) of a run's page, in model-training mode."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
 FIRST_CHARTED_EPOCH = 2  # 1-based: the first epoch is left out of the live charts (see the module docstring)
 
 

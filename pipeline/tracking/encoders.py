@@ -23,7 +23,8 @@ from pipeline.data.codes import CHUNK_ROWS, encode_in_chunks
 from pipeline.data.readers import read_array_file
 from pipeline.errors import InputError
 from pipeline.tracking.pyfunc import weights_dir
-from pipeline.tracking.store import registry_uri, resolve_tracking_uri, use_tracking_uri
+from pipeline.tracking.store import registry_uri, use_tracking_uri
+from pipeline.tracking.uris import resolve_tracking_uri
 from sae.stack import CONFIG_FILE, WEIGHTS_FILE, StackedEncoder
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")

@@ -12,9 +12,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from pipeline.errors import InputError
+from pipeline.tracking.uris import is_server, sqlite_path
 
 PROBE_SECONDS = 3.0
 # MLflow's defaults (7 retries, back-off factor 2, 120 s timeout) turn one dead server into a 13-minute wait.
@@ -36,7 +36,7 @@ def configured_uri(configured: str | None = None) -> str | None:
 
 def check_tracking_server(uri: str | None, timeout: float = PROBE_SECONDS) -> None:
     """InputError unless an http(s) tracking ``uri`` answers within ``timeout``; other stores pass."""
-    if not uri or urlparse(uri).scheme not in ("http", "https"):
+    if not uri or not is_server(uri):
         return
     import urllib.error  # here, not at the top: every command imports this module, few probe
     import urllib.request
@@ -57,7 +57,7 @@ def check_tracking_server(uri: str | None, timeout: float = PROBE_SECONDS) -> No
 
 def check_local_store(uri: str, artifact_dir: Path) -> None:
     """InputError when a sqlite store's database or artifact folder cannot be written."""
-    db = sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is None:
         return
     for folder in (db.parent, artifact_dir):
@@ -82,17 +82,10 @@ def unwritable(folder: Path) -> Path | None:
         return path
 
 
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
-        return None
-    return Path(unquote(parsed.path))
-
 
 def create_schema_once(uri: str) -> None:
     """Create (or migrate) a sqlite store's tables under a file lock, so two first runs do not race on it."""
-    db = sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is None:
         return
     from mlflow import MlflowClient

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -30,6 +29,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from pipeline.run.results import Registration
 from pipeline.tracking import versions
 from pipeline.tracking.store import use_tracking_uri
+from pipeline.tracking.uris import sqlite_path
 from pipeline.tracking.versions import Headline
 
 try:
@@ -101,10 +101,10 @@ def _version(holder: tuple[str, Headline | None] | None) -> str | None:
 @contextlib.contextmanager
 def registry_lock(tracking_uri: str) -> Iterator[None]:
     """Exclusive lock held across deciding and moving an alias: a file lock for sqlite stores, else nothing."""
-    if fcntl is None or not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_path(tracking_uri)
+    if fcntl is None or database is None:
         yield
         return
-    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
     # A separate file: closing any descriptor of the database itself would drop sqlite's own POSIX locks.
     with open(database.with_name(f"{database.name}.registry.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

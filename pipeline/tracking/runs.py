@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
-from pipeline.tracking import describe, registry, run_files, store, versions
+from pipeline.tracking import describe, registry, run_files, store, uris, versions
 from pipeline.tracking.pyfunc import log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
@@ -93,7 +93,7 @@ class MlflowTracking(PipelineHooks):
         if rank_zero_only.rank != 0:  # under ddp every rank runs the pipeline; one records it
             return
         self.config, self.data = config, data
-        self.uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
+        self.uri = uris.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
         self.client = store.client(self.uri)
         if self._previous_uri is None:
             # MLFlowLogger and MLflow's model logging use the process-global URI; the caller's comes back at the end.
@@ -207,10 +207,10 @@ class MlflowTracking(PipelineHooks):
 
     def run_url(self, ui_url: str | None = None) -> str | None:
         """The parent run's page: on the http(s) tracking server, else on ``ui_url`` (e.g. ``mlflow ui``'s address)."""
-        base = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
+        base = self.uri if uris.is_server(self.uri) else ui_url
         if base is None or self.run_id is None:
             return None
-        return f"{base.rstrip('/')}/{describe.run_page(str(self.experiment_id), self.run_id)}"
+        return f"{base.rstrip('/')}/{uris.run_page(str(self.experiment_id), self.run_id)}"
 
     def _linked(self, note: str) -> str:
         """``note`` plus a link to the Prefect flow run that ran this (tags truncate URLs in the MLflow UI)."""

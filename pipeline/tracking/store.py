@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import mlflow
 import sqlalchemy
@@ -23,63 +22,13 @@ from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.data.loading import fingerprint
-from pipeline.errors import InputError
+from pipeline.tracking.uris import sqlite_path
 
 if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData
 
-DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
-LOCAL_UI = "http://127.0.0.1:5000"  # where `sae-pipeline ui` (`make ui`) serves a local store
 DIGEST_CHARS = 16  # MLflow shows short digests; the full sha256 is the run tag sae.data.fingerprint
-
-
-def project_root() -> Path:
-    """Where runs, artifacts and the layer cache go by default: the working directory, as for ``mlflow ui``."""
-    return Path.cwd()
-
-
-def default_tracking_uri() -> str:
-    """``sqlite:///<working directory>/mlflow.db`` (absolute): the store used when nothing is configured."""
-    return f"sqlite:///{project_root() / DB_NAME}"
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    """The config's ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the project's sqlite store."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    scheme = urlparse(uri).scheme
-    if scheme == "file" or (scheme == "" and uri != "databricks") or (len(scheme) == 1 and os.name == "nt"):
-        raise InputError(
-            f"tracking URI {uri!r} is the legacy MLflow file store, which this MLflow refuses; "
-            f"use a database URI such as sqlite:///{Path(uri.removeprefix('file://')).parent / DB_NAME} "
-            "or an http(s):// MLflow server"
-        )
-    return uri
-
-
-def is_server(uri: str) -> bool:
-    """True for an http(s) MLflow server, which serves its own UI."""
-    return uri.startswith(("http://", "https://"))
-
-
-def ui_base_url(uri: str) -> str:
-    """The MLflow UI showing store ``uri``: the server itself, else where ``sae-pipeline ui`` serves it."""
-    return uri.rstrip("/") if is_server(uri) else LOCAL_UI
-
-
-def run_page_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of run ``run_id``."""
-    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def ui_command(uri: str) -> str | None:
-    """The command that serves a local store's UI on LOCAL_UI; None for a server (it has its own UI)."""
-    if is_server(uri):
-        return None
-    db = sqlite_path(uri)
-    if db is not None and db.resolve() == (project_root() / DB_NAME).resolve():
-        return "`sae-pipeline ui` (or `make ui` in the checkout)"
-    return f"`MLFLOW_TRACKING_URI={uri} sae-pipeline ui`"
 
 
 def registry_uri(tracking_uri: str) -> str:
@@ -200,14 +149,6 @@ def _unsynced(connection: Any, _record: Any) -> None:
     # Only for the side file being built: nothing reads it before the one fsync that ends its creation.
     connection.execute("PRAGMA synchronous=OFF")
     connection.execute("PRAGMA journal_mode=MEMORY")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for other stores."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
-        return None
-    return Path(unquote(parsed.path))
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 
 from pipeline.run.results import Registration, TrackedRun
-from pipeline.tracking import store
+from pipeline.tracking import store, uris
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -77,7 +77,7 @@ def recall_stack(client: MlflowClient, experiment_id: str, uri: str, digest: str
         registration = replace(registration, new_version=False,
                                reason=f"recalled from run {run.info.run_id}: {registration.reason}")
     name, value, greater = json.loads(run.data.tags[HEADLINE_TAG])
-    url = store.run_page_url(uri, experiment_id, run.info.run_id) if store.is_server(uri) else None
+    url = uris.run_page_url(uri, experiment_id, run.info.run_id) if uris.is_server(uri) else None
     tracked = TrackedRun(run.info.run_id, experiment_id, uri, run_url=url,
                          model_uri=registration.model_uri if registration else None, registration=registration)
     return RecalledStack(tracked, (str(name), float(value), bool(greater)))

@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from pipeline.tracking import describe, store
+from pipeline.tracking import describe, store, uris
 from pipeline.tracking.tune_recall import RecalledStack, recall_stack, remember_stack, stack_digest
 from pipeline.tune.search import TuneHooks
 from pipeline.tune.table import search_table
@@ -40,7 +40,7 @@ def optuna_storage(config: PipelineConfig) -> str:
     """search.storage, else ``optuna.db`` beside the MLflow sqlite database, else in cache_dir."""
     if config.search is not None and config.search.storage:
         return config.search.storage
-    db = store.sqlite_path(store.resolve_tracking_uri(config.tracking_uri))
+    db = uris.sqlite_path(uris.resolve_tracking_uri(config.tracking_uri))
     directory = db.parent if db is not None else Path(config.cache_dir).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{directory / OPTUNA_DB}"
@@ -60,7 +60,7 @@ class TuneTracking(TuneHooks):
 
     def on_search_start(self, config: PipelineConfig, data: LoadedData, objective: str) -> None:
         """Open the parent run ``tune-<name>-<time>`` with the config and the search settings."""
-        uri = self.uri = store.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
+        uri = self.uri = uris.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
         self.client = store.client(uri)
         self.experiment_id = store.experiment_id(self.client, uri, config.name)
         self.data_fingerprint = str(data.fingerprint)

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from pipeline.tracking import describe
+from pipeline.tracking import uris
 
 if TYPE_CHECKING:
     from sae.stack import StackedEncoder
@@ -86,7 +86,7 @@ def version_tags(headline: Headline, run_id: str, weights_sha256: str | None,
 
 def run_link(experiment_id: str, run_id: str, run_url: str | None) -> str:
     """The run's page: its server URL, else the UI's own path (works in ``mlflow ui`` on the same store)."""
-    return run_url or describe.run_page(experiment_id, run_id)
+    return run_url or uris.run_page(experiment_id, run_id)
 
 
 def version_description(headline: Headline, alias: str, reason: str, run_name: str, link: str) -> str:

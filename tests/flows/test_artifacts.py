@@ -22,11 +22,11 @@ def test_flow_run_tags_name_the_run_its_page_and_the_deployment():
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
-    ("http://mlflow.internal:5000", "MLflow run: http://mlflow.internal:5000/#/experiments/3/runs/r1"),
+    ("http://mlflow.internal:5000", "MLflow run: http://mlflow.internal:5000/#/experiments/3/runs/r1?workflowType=machine_learning"),
     ("sqlite:///{cwd}/mlflow.db", "Next: `sae-pipeline ui` (or `make ui` in the checkout), then open the MLflow run: "
-                                  "http://127.0.0.1:5000/#/experiments/3/runs/r1"),
+                                  "http://127.0.0.1:5000/#/experiments/3/runs/r1?workflowType=machine_learning"),
     ("sqlite:////elsewhere/runs.db", "Next: `MLFLOW_TRACKING_URI=sqlite:////elsewhere/runs.db sae-pipeline ui`, then "
-                                     "open the MLflow run: http://127.0.0.1:5000/#/experiments/3/runs/r1"),
+                                     "open the MLflow run: http://127.0.0.1:5000/#/experiments/3/runs/r1?workflowType=machine_learning"),
 ])
 def test_the_cli_next_line_points_at_the_run_on_a_server_and_says_how_to_serve_a_local_store(
         uri, expected, tmp_path, monkeypatch):

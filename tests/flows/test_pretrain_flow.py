@@ -254,7 +254,8 @@ def test_changing_layer_1_retrains_layers_2_and_3_on_its_new_codes(first, workdi
 KILLED_RUN = """
 import json, os, sys, time
 from pytorch_lightning.callbacks import Callback
-from flows import extra_hooks, pretrain_flow
+from flows import pretrain_flow
+from flows.session import FlowSession, use_session
 from flows.server_guard import guard_temporary_server
 guard_temporary_server()  # as `sae-pipeline run` does: the temporary server must not outlive this process
 from pipeline.run.hooks import PipelineHooks
@@ -270,7 +271,7 @@ class KillPoint(PipelineHooks):
     def layer_callbacks(self, i, settings):
         return [Stall()] if i == index else []
 
-with extra_hooks(KillPoint()):
+with use_session(FlowSession(hooks=(KillPoint(),))):
     pretrain_flow(config)
 """
 

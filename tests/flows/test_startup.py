@@ -14,8 +14,8 @@ import flows.tune
 from flows import startup
 from flows.cli import main as cli_main
 from flows.server_guard import no_heartbeats_on_temporary_server
+from flows.session import FlowSession, current_session
 from pipeline.config import PipelineConfig
-from pipeline.evaluation import layer_probes
 from pipeline.process import interrupts
 from tests import ROOT
 
@@ -60,10 +60,10 @@ def test_heartbeats_are_off_for_a_temporary_server_only():
 @pytest.mark.parametrize("temporary", [True, False])
 def test_the_raw_probe_is_fitted_ahead_only_while_a_temporary_server_starts(tmp_path, monkeypatch, temporary):
     monkeypatch.setattr("flows.server_guard.temporary_server_expected", lambda: temporary)
-    with startup.flow_session(_config(tmp_path)) as data:
-        assert (id(data) in layer_probes._AHEAD) is temporary
-        assert flows.pretrain.preloaded_data(_config(tmp_path)) is data
-    assert not layer_probes._AHEAD
+    with startup.flow_session(_config(tmp_path)) as session:
+        assert current_session() is session and session.data_of(_config(tmp_path)) is session.data
+        assert (session.raw_probe_of(_config(tmp_path)) is not None) is temporary
+    assert current_session() == FlowSession()
     interrupts.uninstall()
 
 

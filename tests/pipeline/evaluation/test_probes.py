@@ -136,11 +136,10 @@ def test_a_raw_probe_fitted_ahead_is_taken_instead_of_fitted_again(codes, monkey
     widths: list[int] = []
     real = layer_probes.fit_probe
     monkeypatch.setattr(layer_probes, "fit_probe", lambda *a, **k: widths.append(a[0].shape[1]) or real(*a, **k))
-    with layer_probes.raw_probe_ahead(data):
-        assert layer_probes.probe_accuracies(data, layers) == expected
-        assert layer_probes.probe_accuracies(data, layers, seed=5)["raw"] == expected["raw"]  # another seed: fitted
-    assert sorted(widths) == [48, 48, 64, 64, 96, 96]  # raw once ahead, once for seed 5; each layer twice
-    assert not layer_probes._AHEAD  # leaving the block forgets it
+    with layer_probes.raw_probe_ahead(data) as raw:
+        assert layer_probes.probe_accuracies(data, layers, raw=raw) == expected
+        assert layer_probes.probe_accuracies(data, layers, seed=5)["raw"] == expected["raw"]  # not given: fitted
+    assert sorted(widths) == [48, 48, 64, 64, 96, 96]  # raw once ahead, once fitted again; each layer twice
 
 
 def test_one_cpu_thread_blocks_ending_in_any_order_give_the_thread_count_back() -> None:

@@ -24,7 +24,8 @@ from pipeline.run.hooks import CompositeHooks, PipelineHooks
 from pipeline.serving.export import export_encoder, load_exported
 from pipeline.tracking.encoders import resolve_encoder
 from pipeline.tracking.runs import MlflowTracking
-from pipeline.tracking.store import artifact_location, create_sqlite_store, resolve_tracking_uri
+from pipeline.tracking.store import artifact_location, create_sqlite_store
+from pipeline.tracking.uris import resolve_tracking_uri
 from pipeline.tracking.versions import weights_digest
 
 EPOCHS = 3
