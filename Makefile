@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # An OMP_WAIT_POLICY already in the environment wins (README: Measured numbers, thread wait policy).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test lint ui servers servers-stop benchmarks readme-config clean
+.PHONY: run test test-quick lint ui servers servers-stop benchmarks readme-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Everything but the slow and the real-server tests: the loop to run while editing (CI runs `make test`).
+test-quick: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=5 $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	$(BIN)/sae-pipeline ui

@@ -72,7 +72,7 @@ TIMED = (
     ("pipeline.tracking.pyfunc", "warm_requirement_checks", "warm-ups (store thread)"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
-    ("pipeline.tracking.runs.BufferedMLFlowLogger", "*", "tracking"),
+    ("pipeline.tracking.epoch_logger.BufferedMLFlowLogger", "*", "tracking"),
     ("pipeline.tracking.store", "create_sqlite_store", "MLflow database creation"),
     ("pipeline.tracking.runs", "log_encoder_model", "model logging"),
     ("pipeline.tracking.registry", "register_model", "registry"),
@@ -294,7 +294,7 @@ def real_size(overrides: list[str]) -> None:
     print(f"\neverything but layer training and fine-tuning epochs: {outside:.1f} s = {outside / base:.1%} of "
           f"{base:.1f} s (wall without the server start); target <= {OUTSIDE_TRAINING_TARGET:.0%}: {verdict}")
     print(f"probes: {result.probes}; fine-tuned accuracy "
-          f"{result.finetuned.accuracy_after if result.finetuned else float('nan'):.4f}")
+          f"{result.finetuned.test_accuracy_after if result.finetuned else float('nan'):.4f}")
 
 
 def _prefect_env(tmp: str) -> None:

@@ -14,7 +14,6 @@ record after its training.
 
 # No `from __future__ import annotations` here: deployments load this file by path and Prefect builds the
 # parameter model from the annotations, which must then be real classes rather than strings.
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from pipeline.run.finetune import FinetuneResult
 from pipeline.run.greedy import Steps, pretrain_stack
 from pipeline.run.hooks import CompositeHooks, PipelineHooks
 from pipeline.run.results import LayerResult, PretrainResult
+from pipeline.tracking import describe
 from pipeline.tracking.runs import MlflowTracking
 from sae.stack import StackedEncoder
 
@@ -47,7 +47,7 @@ def run_name() -> str:
     """Flow run name ``<config name>-<time>``; the MLflow parent run gets the same name (see pretrain_flow)."""
     config = flow_run.parameters.get("config")
     name = config.name if isinstance(config, PipelineConfig) else dict(config or {}).get("name", "sae")
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return describe.run_name(name)
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:

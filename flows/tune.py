@@ -10,7 +10,6 @@ fine-tuning, evaluation, registration with the champion rules), unless an identi
 """
 
 # No `from __future__ import annotations`: Prefect builds the flow's parameter model from real annotations.
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -22,6 +21,7 @@ from flows.pretrain import _as_config, pretrain_flow
 from flows.session import current_session
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
+from pipeline.tracking import describe
 from pipeline.tracking.tune_recall import RecalledStack
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
 from pipeline.tune.search import Runner, TuneResult, tune_stack
@@ -74,7 +74,7 @@ def tune_run_name() -> str:
     """Flow run name: ``tune-<config name>-<time>``."""
     config = flow_run.parameters.get("config")
     name = config.name if isinstance(config, PipelineConfig) else (config or {}).get("name", "?")
-    return f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return describe.run_name(f"tune-{name}")
 
 
 @flow(name="sae-tune", flow_run_name=tune_run_name, persist_result=False, validate_parameters=True)

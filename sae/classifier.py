@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sae.module import log_epoch_metrics
+from sae.module import full_precision, log_epoch_metrics
 
 VAL_CHUNK = 8192  # rows per forward pass when measuring validation accuracy
 
@@ -63,8 +63,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # As in SAEModule: full precision steps the torch optimizer directly; mixed precision keeps the wrapper.
-        full = str(self.trainer.precision) in ("32-true", "64-true", "bf16-true", "16-true", "32", "64")
-        self._opt = self.optimizers(use_pl_optimizer=not full)
+        self._opt = self.optimizers(use_pl_optimizer=not full_precision(self.trainer))
 
     def on_train_epoch_start(self) -> None:
         self._sums, self._n = None, 0

@@ -38,6 +38,14 @@ def compiled_objective() -> Callable[[SparseAutoencoder, torch.Tensor], Objectiv
     return _COMPILED["objective"]
 
 
+FULL_PRECISIONS = ("32-true", "64-true", "bf16-true", "16-true", "32", "64")  # no grad scaler, no autocast
+
+
+def full_precision(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` runs in full precision (its optimizer steps need no Lightning wrapper)."""
+    return str(trainer.precision) in FULL_PRECISIONS
+
+
 class SAEModule(pl.LightningModule):
     """Trains one layer; logs epoch-level metrics only (per-step logging is slow on sqlite-backed MLflow).
 
@@ -131,7 +139,7 @@ class SAEModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # Full-precision runs step the torch optimizer directly: Lightning's optimizer wrapper only adds
         # hook dispatch there (~0.4 ms a step). Mixed precision keeps the wrapper, which owns the grad scaler.
-        full = str(self.trainer.precision) in ("32-true", "64-true", "bf16-true", "16-true", "32", "64")
+        full = full_precision(self.trainer)
         self._opt = self.optimizers(use_pl_optimizer=not full)
         self._objective = self._choose_objective(full)
 

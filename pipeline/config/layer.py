@@ -21,6 +21,20 @@ Precision = Annotated[
 ]
 
 
+
+def inputs_in_unit_range(index: int, data_scale: str, code_scaling: str, below_encoder_activation: str) -> bool:
+    """Whether layer ``index`` (0-based) trains on values in [0, 1], what a sigmoid decoder can reconstruct:
+    layer 1 on unit-scaled data; an upper layer on unit-scaled codes, or unscaled codes of sigmoid units."""
+    if index == 0:
+        return data_scale == "unit"
+    return code_scaling == "unit" or (code_scaling == "none" and below_encoder_activation == "sigmoid")
+
+
+def auto_decoder(index: int, data_scale: str, code_scaling: str, below_encoder_activation: str) -> str:
+    """What ``decoder_activation: auto`` means for a layer: sigmoid where its inputs lie in [0, 1], else linear."""
+    unit = inputs_in_unit_range(index, data_scale, code_scaling, below_encoder_activation)
+    return "sigmoid" if unit else "linear"
+
 class _Section(BaseModel):
     model_config = _MODEL_CONFIG
 

@@ -23,6 +23,8 @@ from pipeline.config.layer import (
     SAESettings,
     TrainerSettings,
     _Section,
+    auto_decoder,
+    inputs_in_unit_range,
 )
 from pipeline.config.overrides import apply_overrides
 from pipeline.config.search import SearchConfig
@@ -135,19 +137,16 @@ class PipelineConfig(_Section):
         values = {key: value for key, value in layer.model_dump().items() if key not in ("hidden", "trainer")}
         resolved = {key: self.defaults.model_dump()[key] if value is None else value for key, value in values.items()}
         if resolved["decoder_activation"] == "auto":
-            resolved["decoder_activation"] = "sigmoid" if self._inputs_in_unit_range(i, resolved["code_scaling"]) \
-                else "linear"
+            resolved["decoder_activation"] = auto_decoder(i, self.data.scale, resolved["code_scaling"],
+                                                          self._below_activation(i))
         trainer = self.trainer.model_dump()
         if layer.trainer is not None:
             trainer |= {key: value for key, value in layer.trainer.model_dump().items() if value is not None}
         return ResolvedLayer(index=i, hidden=layer.hidden, trainer=TrainerSettings(**trainer), **resolved)
 
-    def _inputs_in_unit_range(self, i: int, code_scaling: str) -> bool:
-        """Whether layer ``i`` trains on values in [0, 1] (what a sigmoid decoder can reconstruct)."""
-        if i == 0:
-            return self.data.scale == "unit"
-        return code_scaling == "unit" or (code_scaling == "none"
-                                          and self.layer_settings(i - 1).encoder_activation == "sigmoid")
+    def _below_activation(self, i: int) -> str:
+        """The encoder activation of the layer under layer ``i`` (none under layer 1)."""
+        return self.layer_settings(i - 1).encoder_activation if i else "none"
 
     def resolved_layers(self) -> list[ResolvedLayer]:
         """Every layer, resolved, bottom first."""
@@ -229,8 +228,8 @@ def _check_layer(config: PipelineConfig, layer: ResolvedLayer) -> None:
         key = re.match(r"SAEConfig\.(\w+)", str(error))
         name = key.group(1) if key else "settings"
         raise ValueError(f"{where}.{str(error).removeprefix('SAEConfig.')}{origin(name) if name in SAESettings.model_fields else ''}") from None
-    if layer.index and layer.decoder_activation == "sigmoid" and not config._inputs_in_unit_range(
-            layer.index, layer.code_scaling):
+    if layer.index and layer.decoder_activation == "sigmoid" and not inputs_in_unit_range(
+            layer.index, config.data.scale, layer.code_scaling, config._below_activation(layer.index)):
         below = config.layer_settings(layer.index - 1).encoder_activation
         raise ValueError(
             f"{where}.decoder_activation=sigmoid{origin('decoder_activation')}: it reconstructs layer "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline.evaluation.probes import fit_probe, one_cpu_thread, probe_device
+from pipeline.evaluation.probes import fit_probe, one_cpu_thread, probe_device, probe_rows
 from sae import SparseAutoencoder
 from sae.batches import row_chunks
 from sae.metrics import EpochStats
@@ -18,9 +18,6 @@ from sae.metrics import EpochStats
 if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData, Splits
     from pipeline.run.results import LayerResult
-
-PROBE_MAX_TRAIN = 20_000  # probes fit on at most this many (seeded) training rows to bound their cost
-
 
 def probe_accuracies(
     data: LoadedData, layers: Sequence[LayerResult], *, seed: int = 0, accelerator: str = "cpu",
@@ -53,9 +50,7 @@ def _probe(data: LoadedData, splits: Splits, seed: int, device: torch.device) ->
     """Test accuracy of the probe fitted on ``splits`` (at most PROBE_MAX_TRAIN seeded training rows)."""
     assert data.y_train is not None
     y_train = np.asarray(data.y_train)
-    rows = np.arange(y_train.shape[0])
-    if rows.shape[0] > PROBE_MAX_TRAIN:
-        rows = np.sort(np.random.default_rng(seed).choice(rows.shape[0], PROBE_MAX_TRAIN, replace=False))
+    rows = probe_rows(y_train.shape[0], seed)
     return fit_probe(np.asarray(splits.train[rows], np.float32), y_train[rows], np.asarray(splits.val),
                      np.asarray(data.y_val), np.asarray(splits.test), np.asarray(data.y_test),
                      device=device).test_accuracy

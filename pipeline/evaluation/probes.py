@@ -21,14 +21,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.data.labels import class_indices, indices_of
 from pipeline.evaluation import lbfgs
 
 PROBE_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # inverse L2 strengths, chosen on validation
 PROBE_MAX_ITER = 300  # L-BFGS iterations per C at most (warm starts need far fewer)
 PROBE_TOLERANCE = 1e-6  # each C's fit stops when its largest gradient entry is below this (scikit-learn: 1e-4)
+PROBE_MAX_TRAIN = 20_000  # probes fit on at most this many (seeded) training rows to bound their cost
 PROBE_PATIENCE = 2  # the path stops once the validation log-loss rose on this many Cs in a row past the best
 PRECONDITION_MAX_FEATURES = 2048  # whiten coordinates up to this width (one d x d eigendecomposition)
 PRECONDITION_CURVATURE = 0.01  # rough softmax curvature scale: whitening shifts eigenvalues by 2 * decay / this
+
+
+
+def probe_rows(n: int, seed: int, max_rows: int = PROBE_MAX_TRAIN) -> np.ndarray:
+    """The training rows a probe fits on: all ``n``, or ``max_rows`` of them drawn with ``seed``, in order."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
 
 
 class PathPoint(NamedTuple):
@@ -137,11 +147,10 @@ def _fit_path(
     test: np.ndarray | None, y_test: np.ndarray | None,
     *, cs: Sequence[float], device: torch.device, max_iter: int,
 ) -> ProbeFit:
-    classes, y_idx = np.unique(np.asarray(y_train), return_inverse=True)
-    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    classes, y_idx = class_indices(y_train)
 
     def labels(y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor([lookup.get(v, -1) for v in np.asarray(y).tolist()], device=device)
+        return torch.as_tensor(indices_of(classes, y), device=device)
 
     x = torch.as_tensor(np.asarray(train, dtype=np.float32), device=device)
     mean, std = x.mean(0), x.std(0, unbiased=False)

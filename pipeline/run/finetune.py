@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from pipeline.data.labels import class_indices, indices_of
 from pipeline.data.loading import Splits
 from sae.batches import ShuffledBatches, row_chunks
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
@@ -44,16 +45,6 @@ class FinetuneResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"  # where the end-to-end epochs ran
-
-    @property
-    def accuracy_before(self) -> float:
-        """Test accuracy of the softmax on frozen pretrained codes (reported, never used to choose)."""
-        return self.test_accuracy_before
-
-    @property
-    def accuracy_after(self) -> float:
-        """Test accuracy of the kept classifier (reported, never used to choose)."""
-        return self.test_accuracy_after
 
 
 def finetune_device(trainer_options: dict[str, Any]) -> torch.device:
@@ -96,9 +87,8 @@ def finetune_stack(
     """
     start = time.perf_counter()
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
-    classes, y_idx = np.unique(data.y_train, return_inverse=True)
-    lookup = {c: i for i, c in enumerate(classes.tolist())}
-    y_val, y_test = (np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()]) for y in (data.y_val, data.y_test))
+    classes, y_idx = class_indices(data.y_train)
+    y_val, y_test = indices_of(classes, data.y_val), indices_of(classes, data.y_test)
     options = dict(trainer_options or {})
     device = finetune_device(options)
     pl.seed_everything(seed, workers=True, verbose=False)

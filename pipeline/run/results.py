@@ -153,7 +153,7 @@ class PretrainResult:
             f = self.finetuned
             kept = "start kept" if f.best_epoch is None else f"epoch {f.best_epoch + 1}"
             rows.append(["fine-tuned", f"softmax {len(f.classes)}", kept, "", "", "", "", "", "",
-                         f"{f.accuracy_before:.4f} -> {f.accuracy_after:.4f}", f"{f.seconds:.1f}s"])
+                         f"{f.test_accuracy_before:.4f} -> {f.test_accuracy_after:.4f}", f"{f.seconds:.1f}s"])
         return rows
 
 

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.config import SAESettings
+from pipeline.config.layer import auto_decoder
 from pipeline.data.codes import encode_in_chunks
 from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
@@ -114,12 +115,7 @@ class SAETransformer(TransformerMixin, BaseEstimator):
     def _decoder(self, index: int) -> str:
         if self.decoder_activation != "auto":
             return self.decoder_activation
-        if index == 0:
-            in_unit_range = self.scale == "unit"
-        else:
-            in_unit_range = self.code_scaling == "unit" or (self.code_scaling == "none"
-                                                            and self.encoder_activation == "sigmoid")
-        return "sigmoid" if in_unit_range else "linear"
+        return auto_decoder(index, self.scale, self.code_scaling, self.encoder_activation)
 
     def transform(self, X: Any) -> np.ndarray:
         """(n, d_in) raw features -> (n, d_out) float32 top-layer codes."""

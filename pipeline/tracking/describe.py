@@ -32,6 +32,11 @@ HEADLINE, TEST, SECONDS = "headline/", "test/", "seconds"
 FIRST_CHARTED_EPOCH = 2  # 1-based: the first epoch is left out of the live charts (see the module docstring)
 
 
+def run_name(name: str) -> str:
+    """``<name>-<YYYYmmdd-HHMMSS>``: what ran and when (MLflow runs and Prefect flow runs share it)."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def param_value(value: Any) -> str:
     """One spelling for every param: strings as they are, everything else as JSON (null, true, 0.003, [1, 2])."""
     return value if isinstance(value, str) else json.dumps(value)

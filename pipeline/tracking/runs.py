@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
-from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
 from pipeline.tracking import describe, registry, run_files, store, uris, versions
+from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
 from pipeline.tracking.pyfunc import log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
@@ -48,7 +47,6 @@ FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens "custom_model_development" experiments on their runs
 MODEL_TRAINING = "custom_model_development"
-FLUSH_SECONDS = 2.0  # how stale the live epoch metrics in the MLflow UI may get
 
 
 class MlflowTracking(PipelineHooks):
@@ -103,7 +101,7 @@ class MlflowTracking(PipelineHooks):
             self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
             close_stale_runs(self.client, self.experiment_id)
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
-            self.run_name = self.requested_name or default_run_name(config)
+            self.run_name = self.requested_name or describe.run_name(config.name)
             tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint),
                     MLFLOW_RUN_NOTE: self._linked(describe.start_description(config, str(data.source), self.overrides))}
             tags |= process_tags()
@@ -297,42 +295,3 @@ class MlflowTracking(PipelineHooks):
         for start in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params, tags=tags)
             params, tags = [], []
-
-
-class BufferedMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger bound to a run, writing its epoch metrics at most every FLUSH_SECONDS."""
-
-    # Each write is a database commit (~10-50 ms on sqlite here): per-epoch writes cost a 60-epoch digits
-    # layer over a second. Buffered, every epoch still gets its own point; finalize (end of fit, and on
-    # failure) writes the rest before the run is marked terminated.
-
-    def __init__(self, run_id: str, tracking_uri: str) -> None:
-        super().__init__(run_id=run_id, tracking_uri=tracking_uri)
-        self.pending: list[Metric] = []
-        self.flushed_at = time.monotonic()
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        # Points are indexed by epoch (Lightning adds it), not by optimizer step, which differs under DDP;
-        # describe.epoch_points drops `epoch` itself and the first epoch, and numbers epochs from 1.
-        row = dict(metrics) if "epoch" in metrics else {**metrics, "epoch": step or 0}
-        self.pending += describe.epoch_points([row])
-        if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self.flush()
-
-    @rank_zero_only
-    def flush(self) -> None:
-        """Write the buffered metric points."""
-        for start in range(0, len(self.pending), 1000):
-            self.experiment.log_batch(self.run_id, metrics=self.pending[start : start + 1000])
-        self.pending, self.flushed_at = [], time.monotonic()
-
-    @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        self.flush()
-        super().finalize(status)
-
-
-def default_run_name(config: PipelineConfig) -> str:
-    """``<config name>-<YYYYmmdd-HHMMSS>``: what ran and when."""
-    return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

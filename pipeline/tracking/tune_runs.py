@@ -65,7 +65,7 @@ class TuneTracking(TuneHooks):
         self.experiment_id = store.experiment_id(self.client, uri, config.name)
         self.data_fingerprint = str(data.fingerprint)
         assert config.search is not None
-        tags = {MLFLOW_RUN_NAME: f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", "sae.kind": "tune",
+        tags = {MLFLOW_RUN_NAME: describe.run_name(f"tune-{config.name}"), "sae.kind": "tune",
                 "sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
         run = self.client.create_run(self.experiment_id, run_name=tags[MLFLOW_RUN_NAME], tags=resolve_tags(tags))
         self.run_id = run.info.run_id
@@ -91,7 +91,7 @@ class TuneTracking(TuneHooks):
         if outcome.value is not None:
             metrics.append(Metric("objective", float(outcome.value), now, max(outcome.epochs - 1, 0)))
         metrics += [Metric("seconds", outcome.seconds, now, 0), Metric("epochs", float(outcome.epochs), now, 0)]
-        params = [Param(k, str(v)) for k, v in outcome.params.items()]
+        params = [Param(k, describe.param_value(v)) for k, v in outcome.params.items()]
         for start in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if not start else [])
         self.client.set_terminated(run_id, RunStatus.to_string(RUN_STATUS[outcome.state]))
@@ -106,7 +106,7 @@ class TuneTracking(TuneHooks):
         best = layer.best
         self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best.value or 0), now, 0),
                                                Metric("trials", float(len(layer.trials)), now, 0)],
-                              params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
+                              params=[Param(f"best.{k}", describe.param_value(v)) for k, v in best.params.items()],
                               tags=[RunTag("sae.best_trial", str(best.number + 1)), RunTag("sae.layer.key", layer.best_key)])
         with tempfile.TemporaryDirectory(prefix="sae-tune-") as tmp:
             objective_vs_trial(study, Path(tmp) / f"layer-{number}-objective.png", title=f"layer {number}")
@@ -157,4 +157,4 @@ class TuneTracking(TuneHooks):
         return self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags)).info.run_id
 
     def _params(self, run_id: str, params: dict[str, Any]) -> None:
-        self.client.log_batch(run_id, params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()])
+        self.client.log_batch(run_id, params=[Param(k, describe.param_value(v)) for k, v in params.items()])

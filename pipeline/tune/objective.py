@@ -16,11 +16,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from pipeline.data.loading import Splits
-from pipeline.evaluation.probes import PROBE_CS, PROBE_MAX_ITER, fit_probe
+from pipeline.evaluation.probes import PROBE_CS, PROBE_MAX_ITER, PROBE_MAX_TRAIN, fit_probe, probe_rows
 from sae.batches import row_chunks
 
 EPOCH_PROBE_C = 1.0  # the per-epoch probe fits one C; the final one picks the best of evaluate's PROBE_CS
-PROBE_MAX_TRAIN = 20_000  # rows the final probe fits on (seeded subsample beyond this)
 EPOCH_PROBE_ROWS = 1_500  # rows the per-epoch probe fits on: a cheap pruning signal, not the final score
 EPOCH_PROBE_ITER = 100
 RECONSTRUCTION = "val_mse"  # reconstruction alone: val_loss includes the sparsity penalty, which beta scales
@@ -41,9 +40,7 @@ def probe_val_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, 
                        cs: tuple[float, ...] = PROBE_CS) -> float:
     """Validation accuracy of ``pipeline.evaluation.probes.fit_probe`` on codes fitted on ``train`` (at most ``max_rows``
     seeded rows): C chosen as ``pipeline.evaluation.layer_probes`` chooses it, so the objective ranks layers as the report does."""
-    rows = np.arange(train.shape[0])
-    if rows.size > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(rows.size, max_rows, replace=False))
+    rows = probe_rows(train.shape[0], seed, max_rows)
     fit = fit_probe(np.asarray(train[rows], np.float32), np.asarray(y_train)[rows], np.asarray(val, np.float32),
                     np.asarray(y_val), cs=cs, max_iter=max_iter)
     return fit.val_accuracy

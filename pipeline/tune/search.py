@@ -10,7 +10,6 @@ trials runs is pluggable (``Runner``): plain calls or threads here, Prefect task
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -24,16 +23,15 @@ from optuna.trial import TrialState
 
 from pipeline.config import PipelineConfig
 from pipeline.config.layer import ResolvedLayer
-from pipeline.config.search import Range
 from pipeline.data.loading import LoadedData, Splits, load_data
 from pipeline.errors import InputError
-from pipeline.process.pids import pid_alive
 from pipeline.run import layer_store
 from pipeline.run.greedy import inputs_for, layer_seed, layer_trainer
 from pipeline.run.results import LayerResult
 from pipeline.tune.objective import direction
 from pipeline.tune.result import STATES, LayerSearch, TuneResult
-from pipeline.tune.space import config_point, study_name, suggest, with_layer_params
+from pipeline.tune.space import study_name, suggest, with_layer_params
+from pipeline.tune.study import finished_count, open_study
 from pipeline.tune.trial import COMPLETE, FAILED, PRUNED, TrialJob, TrialOutcome, run_trial
 
 Runner = Callable[[list[TrialJob]], list[TrialOutcome]]
@@ -74,33 +72,6 @@ def plain_runner(parallel: int = 1) -> Runner:
     return run
 
 
-def _pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
-    match kind:
-        case "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
-        case "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, epochs), reduction_factor=3)
-        case "none":
-            return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner={kind!r}: use median, hyperband or none")
-
-
-def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
-    """Mark RUNNING trials whose process (on this host) is gone as failed + interrupted, and delete the
-    half-trained layer each left behind; returns how many."""
-    count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, host, key = (trial.user_attrs.get(k) for k in ("pid", "host", "key"))
-        if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
-            if key:
-                partial = layer_store.sibling(layer_store.layer_dir(cache_dir, key), layer_store.PARTIAL, host, pid)
-                shutil.rmtree(partial, ignore_errors=True)
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            count += 1
-    return count
-
-
 def _twins_after(jobs: list[TrialJob]) -> list[list[TrialJob]]:
     """The batch, then the trials proposing a layer already in it (same cache key): run after their twin, they
     are recalled from the cache instead of training the same layer at the same time."""
@@ -112,13 +83,6 @@ def _twins_after(jobs: list[TrialJob]) -> list[list[TrialJob]]:
         else:
             first[job.key] = job
     return [batch for batch in (list(first.values()), twins) if batch]
-
-
-def _finished(study: optuna.Study) -> int:
-    """Trials that count against the budget: complete, pruned and failed, but not ones a kill interrupted."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
 
 
 @dataclass
@@ -135,83 +99,108 @@ class _Context:
     hooks: Sequence[TuneHooks]
 
 
-def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, below: list[LayerResult],
-                  parent_key: str | None) -> tuple[LayerSearch, PipelineConfig, LayerResult, str]:
-    assert best_config.search is not None
-    search, space = best_config.search, best_config.search.space(index)
-    name = study_name(best_config, index, ctx.fingerprint, parent_key)
-    for h in ctx.hooks:
-        h.on_layer_start(index, name)
-    study = optuna.create_study(study_name=name, storage=ctx.storage, load_if_exists=True,
-                                direction=direction(ctx.objective))
-    fail_dead_trials(study, ctx.cache_dir)
-    if not study.trials and (written := config_point(best_config, index, space)):
-        # Trial 1 is the layer as the config writes it (where its values lie in the space): the best trial is
-        # then never worse on validation than the config, and a layer `run` already trained is recalled.
-        study.enqueue_trial(written, user_attrs={"config": True})
-    study.sampler = optuna.samplers.TPESampler(
-        seed=(best_config.seed * 1000 + index) * 1000 + len(study.trials),  # a resumed search draws anew
-        n_startup_trials=max(3, ctx.trials // 3))
-    epochs = space.get("epochs")
-    max_epochs = (max(int(e) for e in epochs) if isinstance(epochs, list) else int(epochs.high)
-                  if isinstance(epochs, Range) else best_config.layer_settings(index).epochs)
-    study.pruner = _pruner(search.pruner, max_epochs)
+class _LayerInputs:
+    """What ``run`` trains a layer on: the data, or the best layer below's codes after the trial's code_scaling
+    (a searchable field), fitted once per kind."""
+
+    def __init__(self, data: LoadedData, below: list[LayerResult]) -> None:
+        self.data, self.below, self.scaled = data, below, {}
+
+    def __call__(self, settings: ResolvedLayer) -> Splits:
+        if settings.code_scaling not in self.scaled:
+            self.scaled[settings.code_scaling] = inputs_for(settings, self.data, self.below)
+        return self.scaled[settings.code_scaling]
+
+
+def _ask_batch(ctx: _Context, study: optuna.Study, config: PipelineConfig, index: int, size: int,
+               parent_key: str | None, inputs: _LayerInputs) -> tuple[list[optuna.Trial], list[TrialJob],
+                                                                     dict[int, TrialOutcome]]:
+    """Ask ``size`` trials; each becomes a job, or at once a failed outcome when the config rejects its values."""
+    assert config.search is not None
+    space = config.search.space(index)
     labels = (ctx.data.y_train, ctx.data.y_val) if ctx.objective == "probe" else None
-    deadline = None if search.timeout is None else time.monotonic() + search.timeout
+    asked, jobs, rejected = [], [], {}
+    for _ in range(size):
+        trial = study.ask()
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        params = suggest(trial, space)
+        asked.append(trial)
+        try:
+            settings = with_layer_params(config, index, params).layer_settings(index)
+        except ValueError as error:  # a combination the config rejects (pydantic errors are ValueErrors)
+            rejected[trial.number] = TrialOutcome(trial.number, params, "", FAILED, error=str(error))
+            continue
+        jobs.append(TrialJob(trial.number, params, settings, inputs(settings), labels, layer_seed(config, settings),
+                             ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial))
+        trial.set_user_attr("key", jobs[-1].key)  # before training: a kill leaves a partial layer to find
+    return asked, jobs, rejected
+
+
+def _tell(ctx: _Context, study: optuna.Study, index: int, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    """Record ``outcome`` on its trial and tell the study; the hooks hear of it."""
+    for key, value in (("key", outcome.key), ("recalled", outcome.recalled), ("seconds", outcome.seconds),
+                       ("epochs", outcome.epochs), ("error", outcome.error)):
+        trial.set_user_attr(key, value)
+    study.tell(trial, outcome.value if outcome.state == COMPLETE else None, state=_TELL[outcome.state])
+    for h in ctx.hooks:
+        h.on_trial_end(index, outcome)
+
+
+def _run_trials(ctx: _Context, study: optuna.Study, config: PipelineConfig, index: int, parent_key: str | None,
+                inputs: _LayerInputs) -> list[TrialOutcome]:
+    """Trials in batches of ``parallel`` until the budget (or the timeout) is spent; the outcomes run now."""
+    assert config.search is not None
+    deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
     ran: list[TrialOutcome] = []
-    scaled: dict[str, Splits] = {}  # the inputs per code_scaling (a searchable field): fitted once each
-
-    def inputs(settings: ResolvedLayer) -> Splits:
-        """What ``run`` trains this layer on: the data, or the best layer below's codes after code_scaling."""
-        if settings.code_scaling not in scaled:
-            scaled[settings.code_scaling] = inputs_for(settings, ctx.data, below)
-        return scaled[settings.code_scaling]
-
-    while (left := ctx.trials - _finished(study)) > 0 and (deadline is None or time.monotonic() < deadline):
-        asked, jobs, outcomes = [], [], {}
-        for _ in range(min(ctx.parallel, left)):
-            trial = study.ask()
-            trial.set_user_attr("pid", os.getpid())
-            trial.set_user_attr("host", socket.gethostname())
-            params = suggest(trial, space)
-            asked.append(trial)
-            try:
-                settings = with_layer_params(best_config, index, params).layer_settings(index)
-            except ValueError as error:  # a combination the config rejects (pydantic errors are ValueErrors)
-                outcomes[trial.number] = TrialOutcome(trial.number, params, "", FAILED, error=str(error))
-                continue
-            jobs.append(TrialJob(trial.number, params, settings, inputs(settings), labels,
-                                 layer_seed(best_config, settings),
-                                 ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial))
-            trial.set_user_attr("key", jobs[-1].key)  # before training: a kill leaves a partial layer to find
+    while (left := ctx.trials - finished_count(study)) > 0 and (deadline is None or time.monotonic() < deadline):
+        asked, jobs, outcomes = _ask_batch(ctx, study, config, index, min(ctx.parallel, left), parent_key, inputs)
         for batch in _twins_after(jobs):
             outcomes |= {o.number: o for o in ctx.runner(batch)}
         for trial in asked:
-            outcome = outcomes[trial.number]
-            for key, value in (("key", outcome.key), ("recalled", outcome.recalled), ("seconds", outcome.seconds),
-                               ("epochs", outcome.epochs), ("error", outcome.error)):
-                trial.set_user_attr(key, value)
-            values = outcome.value if outcome.state == COMPLETE else None
-            study.tell(trial, values, state=_TELL[outcome.state])
-            ran.append(outcome)
-            for h in ctx.hooks:
-                h.on_trial_end(index, outcome)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        states = [STATES.get(t.state, str(t.state)) for t in study.trials]
-        errors = {t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")}
-        raise RuntimeError(f"layer {index + 1}: no trial completed ({', '.join(states) or 'none ran'}); "
-                           f"errors: {'; '.join(sorted(e.splitlines()[0] for e in errors)) or 'none'}")
-    best = study.best_trial
-    best_config = with_layer_params(best_config, index, best.params)
-    settings = best_config.layer_settings(index)
-    key = layer_store.layer_cache_key(ctx.fingerprint, settings, layer_seed(best_config, settings), parent_key)
+            _tell(ctx, study, index, trial, outcomes[trial.number])
+            ran.append(outcomes[trial.number])
+    return ran
+
+
+def _check_completed(study: optuna.Study, index: int) -> None:
+    """Raise, naming the states and errors, when no trial of the layer completed."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return
+    states = [STATES.get(t.state, str(t.state)) for t in study.trials]
+    errors = {t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")}
+    raise RuntimeError(f"layer {index + 1}: no trial completed ({', '.join(states) or 'none ran'}); "
+                       f"errors: {'; '.join(sorted(e.splitlines()[0] for e in errors)) or 'none'}")
+
+
+def _best_layer(ctx: _Context, config: PipelineConfig, index: int, best: optuna.trial.FrozenTrial,
+                parent_key: str | None, inputs: _LayerInputs) -> tuple[PipelineConfig, LayerResult, str]:
+    """The config with the best trial's values, its layer from the store (trained again if the cache was
+    cleared since) and the layer's key."""
+    config = with_layer_params(config, index, best.params)
+    settings = config.layer_settings(index)
+    seed = layer_seed(config, settings)
+    key = layer_store.layer_cache_key(ctx.fingerprint, settings, seed, parent_key)
     directory = layer_store.layer_dir(ctx.cache_dir, key)
-    if not layer_store.is_complete(directory):  # the cache was cleared since the trial ran
-        seed = layer_seed(best_config, settings)
+    if not layer_store.is_complete(directory):
         layer_store.train_into(directory, layer_trainer(settings, inputs(settings), seed=seed), seed=seed, key=key,
                                parent_key=parent_key)
-    layer = layer_store.load_layer(directory, settings, reused=True)
+    return config, layer_store.load_layer(directory, settings, reused=True), key
+
+
+def _search_layer(ctx: _Context, best_config: PipelineConfig, index: int, below: list[LayerResult],
+                  parent_key: str | None) -> tuple[LayerSearch, PipelineConfig, LayerResult, str]:
+    """Layer ``index``'s study on the best layers below: its trials, then its best layer."""
+    name = study_name(best_config, index, ctx.fingerprint, parent_key)
+    for h in ctx.hooks:
+        h.on_layer_start(index, name)
+    study = open_study(best_config, index, name, storage=ctx.storage, objective=ctx.objective,
+                       cache_dir=ctx.cache_dir, trials=ctx.trials)
+    inputs = _LayerInputs(ctx.data, below)
+    ran = _run_trials(ctx, study, best_config, index, parent_key, inputs)
+    _check_completed(study, index)
+    best = study.best_trial
+    best_config, layer, key = _best_layer(ctx, best_config, index, best, parent_key, inputs)
     result = LayerSearch(index, name, direction(ctx.objective), study.get_trials(), best, ran, key)
     for h in ctx.hooks:
         h.on_layer_end(result, study)

@@ -83,8 +83,8 @@ def test_fine_tuning_improves_accuracy_and_keeps_the_pretrained_stack(run):
     result, _ = run
     ft = result.finetuned
     assert ft is not None
-    assert ft.accuracy_after > ft.accuracy_before + 0.05  # a small, briefly pretrained stack gains a lot
-    assert ft.accuracy_after > 0.85
+    assert ft.test_accuracy_after > ft.test_accuracy_before + 0.05  # a small, briefly pretrained stack gains a lot
+    assert ft.test_accuracy_after > 0.85
     assert not torch.equal(ft.encoder.encoders[0].weight, result.encoder.encoders[0].weight)
     np.testing.assert_allclose(result.encoder.transform(result.data.X_test), np.asarray(result.layers[-1].codes.test),
                                atol=1e-5)
@@ -95,7 +95,7 @@ def test_evaluation_reports_probes_per_layer_and_a_table(run):
     assert set(result.probes) == {"raw", "layer_1", "layer_2"}
     assert all(0.5 < acc <= 1.0 for acc in result.probes.values())
     metrics = result.metrics()
-    assert metrics["finetune.test_accuracy_after"] == result.finetuned.accuracy_after
+    assert metrics["finetune.test_accuracy_after"] == result.finetuned.test_accuracy_after
     assert "layer_2.test_mse" in metrics and "layer_1.train_loss" in metrics
     table = result.table()
     assert "fine-tuned" in table and "64->32" in table and "32->16" in table

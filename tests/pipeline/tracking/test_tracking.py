@@ -159,7 +159,7 @@ def test_parent_metrics_are_the_headline_first_then_probes_and_wall_time_each_lo
     metrics = parent.data.metrics
     assert set(metrics) == {"headline/encoder.test_accuracy", "probe_accuracy.raw", "probe_accuracy.layer_1",
                             "probe_accuracy.layer_2", "seconds"}
-    assert metrics["headline/encoder.test_accuracy"] == result.finetuned.accuracy_after
+    assert metrics["headline/encoder.test_accuracy"] == result.finetuned.test_accuracy_after
     assert metrics["probe_accuracy.layer_2"] == pytest.approx(result.probes["layer_2"])
     for key in metrics:
         assert steps(client, parent.info.run_id, key) == [0], key
@@ -213,7 +213,7 @@ def test_the_finetuned_encoder_is_registered_as_champion_with_a_few_tags_and_a_d
     assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
                                  "weights_sha256", "kind", "encoder_choice", "registration_reason"}  # a handful
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
-    assert float(version.tags["headline.value"]) == result.finetuned.accuracy_after
+    assert float(version.tags["headline.value"]) == result.finetuned.test_accuracy_after
     assert version.tags["weights_sha256"] == weights_digest(result.finetuned.encoder)
     link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
     assert version.description == (

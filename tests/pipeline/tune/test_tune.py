@@ -18,6 +18,7 @@ from pipeline.run import layer_store
 from pipeline.run.greedy import layer_inputs, layer_seed, layer_trainer, stack_encoder
 from pipeline.tune.search import TuneHooks, plain_runner, tune_stack
 from pipeline.tune.space import with_layer_params
+from pipeline.tune.study import interrupted
 from pipeline.tune.trial import TrialJob
 from tests import ROOT
 
@@ -203,9 +204,9 @@ def test_a_search_killed_mid_trial_in_layer_two_resumes_without_rerunning_finish
     import optuna
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     layer_two = next(name for name in summaries if "-layer2-" in name)
-    trials = optuna.load_study(study_name=layer_two, storage=storage).trials
-    killed = trials[2]
-    assert killed.state.name == "FAIL" and killed.user_attrs["interrupted"] is True
+    study = optuna.load_study(study_name=layer_two, storage=storage)
+    trials = study.trials
+    assert trials[2].state.name == "FAIL" and interrupted(study) == [trials[2].number]
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
     assert not list(Path(config.cache_dir, "layers").glob("*.partial-*"))  # the killed trial's partial is gone
 
