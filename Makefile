@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 # An OMP_WAIT_POLICY already in the environment wins (README: Measured numbers, thread wait policy).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test test-quick lint ui servers servers-stop benchmarks readme-config clean
+.PHONY: run test test-quick lint ui servers servers-stop benchmarks config-docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -49,8 +49,8 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/tracking_overhead.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
 
-# The README's config block is generated from the schema and the digits example (a test fails while it is stale).
-readme-config: $(STAMP)
+# docs/configuration.md's config block is generated from the schema and the digits example (a test fails while stale).
+config-docs: $(STAMP)
 	$(BIN)/python -m pipeline.config.docs
 
 clean:

@@ -1,4 +1,4 @@
-"""The README's config block is generated from the schema: a stale block, or an undocumented field, fails here."""
+"""docs/configuration.md's config block is generated from the schema: a stale block, or an undocumented field, fails here."""
 
 import subprocess
 import sys
@@ -6,14 +6,14 @@ import sys
 import yaml
 
 from pipeline.config import PipelineConfig, load_default_config
-from pipeline.config.docs import README, annotated_yaml, current_block, main, readme_block
+from pipeline.config.docs import DOC, annotated_yaml, config_block, current_block, main
 from tests import ROOT
 
-REGENERATE = "regenerate it with `make readme-config` (or `PYTHONPATH=. .venv/bin/python -m pipeline.config.docs`) and commit"
+REGENERATE = "regenerate it with `make config-docs` (or `PYTHONPATH=. .venv/bin/python -m pipeline.config.docs`) and commit"
 
 
-def test_the_readme_config_block_is_the_generated_one():
-    assert current_block(README.read_text()) == readme_block(), f"README.md's config block is stale: {REGENERATE}"
+def test_the_documented_config_block_is_the_generated_one():
+    assert current_block(DOC.read_text()) == config_block(), f"docs/configuration.md's config block is stale: {REGENERATE}"
 
 
 def test_the_annotated_yaml_reads_back_as_the_same_config():
@@ -41,7 +41,7 @@ def test_the_cli_prints_the_annotated_config_and_the_check_reports_a_stale_block
     done = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "--annotated"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert done.returncode == 0 and done.stdout == annotated_yaml(load_default_config()), done.stderr
-    stale = tmp_path / "README.md"
-    stale.write_text(f"intro\n{readme_block().replace('seed: 0', 'seed: 1')}\noutro\n")
-    assert main(["--check", "--readme", str(stale)]) == 1 and "stale" in capsys.readouterr().out
-    assert main(["--readme", str(stale)]) == 0 and stale.read_text() == f"intro\n{readme_block()}\noutro\n"
+    stale = tmp_path / "configuration.md"
+    stale.write_text(f"intro\n{config_block().replace('seed: 0', 'seed: 1')}\noutro\n")
+    assert main(["--check", "--doc", str(stale)]) == 1 and "stale" in capsys.readouterr().out
+    assert main(["--doc", str(stale)]) == 0 and stale.read_text() == f"intro\n{config_block()}\noutro\n"
