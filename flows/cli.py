@@ -7,10 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeline.app.cli import EXIT_OK, add_config_arguments, load_config
 from pipeline.app.cli import main as pipeline_main
 from pipeline.process.runtime import quiet_runtime
+
+if TYPE_CHECKING:
+    from pipeline.run.results import PretrainResult
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -23,14 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         result = pretrain_flow(config, refresh_cache=args.fresh, overrides=list(args.overrides))
     tracked, reg = result.tracked, result.tracked and result.tracked.registration
     if args.json:
-        print(json.dumps({
-            "run_id": tracked and tracked.run_id,
-            "tracking_uri": tracked and tracked.tracking_uri,
-            "model_uri": tracked and tracked.model_uri,
-            "model_version": reg and reg.model_version,
-            "alias": reg and reg.alias,
-            "metrics": result.metrics(),
-        }))
+        print(json.dumps(run_summary(result)))
         return EXIT_OK
     print(result.table())
     name, value, _ = result.headline()
@@ -40,6 +37,19 @@ def _run(args: argparse.Namespace) -> int:
     if tracked:
         print(_next_line(tracked.tracking_uri, tracked.experiment_id, tracked.run_id))
     return EXIT_OK
+
+
+def run_summary(result: PretrainResult) -> dict[str, Any]:
+    """What ``run --json`` prints: where the run and the registered encoder are, and the run's metrics."""
+    tracked, reg = result.tracked, result.tracked and result.tracked.registration
+    return {
+        "run_id": tracked and tracked.run_id,
+        "tracking_uri": tracked and tracked.tracking_uri,
+        "model_uri": tracked and tracked.model_uri,
+        "model_version": reg and reg.model_version,
+        "alias": reg and reg.alias,
+        "metrics": result.metrics(),
+    }
 
 
 def _next_line(tracking_uri: str, experiment_id: str, run_id: str) -> str:
