@@ -53,7 +53,8 @@ def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_serv
         assert tags["sae.prefect.flow_run_url"] == f"{prefect_ui}/runs/flow-run/{run['id']}"
         assert tags["sae.prefect.deployment"] == "nightly"
         (link,) = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["e2e-pool-mlflow-run"]}}})
-        page = f"{server_env['MLFLOW_TRACKING_URI']}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+        page = (f"{server_env['MLFLOW_TRACKING_URI']}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                "?workflowType=machine_learning")  # the model-training view, not GenAI's
         assert link["flow_run_id"] == run["id"] and link["task_run_id"] is None
         assert link["data"] == f"[MLflow run {run['name']}]({page})"
         (version,) = client.search_model_versions("name='e2e-pool-encoder'")
