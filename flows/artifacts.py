@@ -71,7 +71,8 @@ def publish_results(result: PretrainResult) -> None:
     config_name = result.config.name
     create_markdown_artifact(
         key=artifact_key(config_name, "results"),
-        markdown=f"# {config_name}: {result.data.source}\n\n{markdown_table(result.rows())}\n\n"
+        markdown=f"# {config_name}: {result.data.source}\n\n{result.data.counts_line().capitalize()}.\n\n"
+        f"{markdown_table(result.rows())}\n\n"
         f"**{name}**: {value:.4f}\n",
         description="Per-layer losses, sparsity, probe and fine-tuned accuracies",
     )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from pipeline.data.headers import check_names
-from pipeline.data.paths import source_path
+from pipeline.data.paths import source_path, unlabeled_sources
 from pipeline.errors import InputError
 from pipeline.tracking.reachable import check_tracking_server, configured_uri
 
@@ -90,6 +90,8 @@ def check_run(config: PipelineConfig) -> LoadedData:
             path = source_path(source, field_name)
             if path is not None:
                 check_names(path, config.data.features, config.data.labels)
+    for field_name, source in unlabeled_sources(config.data):
+        source_path(source, field_name)  # a missing or unsupported unlabeled file, before torch too
     check_tracking_server(configured_uri(config.tracking_uri))
     check_accelerator(config)
     from pipeline.data.loading import load_data

@@ -51,7 +51,7 @@ class ProgressPrinter(PipelineHooks):
         self.n_layers = len(config.layers)
         self._say(
             f"{config.name}: {data.source} — {data.X_train.shape[0]} train / {data.X_val.shape[0]} validation / {data.X_test.shape[0]} test samples, "
-            f"{data.n_features} features, {self.n_layers} layers"
+            f"{data.n_features} features, {self.n_layers} layers; {data.counts_line()}"
         )
 
     def layer_callbacks(self, index: int, settings: Any) -> list[Callback]:

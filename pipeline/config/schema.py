@@ -46,7 +46,14 @@ class DataConfig(_Section):
     features: str | list[str] | None = None
     """npz key, or list of columns (default: all columns but the labels)."""
     labels: str | None = None
-    """npz key or column name of the class labels (built-ins bring their own)."""
+    """npz key or column name of the class labels (built-ins bring their own); -1, NaN or an empty cell marks a
+    row without a label: the layers train on it, validation, test, probes and fine-tuning never see it."""
+    unlabeled_source: (Annotated[str, Field(min_length=1)]
+                       | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None) = None
+    """Extra rows without labels, only for pretraining: a file or a list of files (any supported format, the
+    source's features; labels in them are ignored)."""
+    unlabeled_classes: Annotated[list[int | str], Field(min_length=1)] | None = None
+    """Classes whose labels are dropped: their rows join pretraining as unlabeled rows (e.g. [5, 6, 7, 8, 9])."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     """Fraction of rows held out for testing, strictly between 0 and 1; only reported, never used to choose."""
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1

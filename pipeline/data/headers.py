@@ -49,6 +49,11 @@ def check_names(path: Path, features: str | list[str] | None, labels: str | None
         check(path, names, features, labels)
 
 
+def table_columns(path: Path) -> list[str] | None:
+    """The column names of a csv (its first line) or parquet file (its schema); None when unreadable so."""
+    return _csv_columns(path) if path.suffix.lower() == ".csv" else _parquet_columns(path)
+
+
 def _npz_keys(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:

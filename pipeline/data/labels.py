@@ -1,13 +1,43 @@
-"""Class labels as indices: the classes seen in training, and any split's labels as positions among them."""
+"""Class labels: which rows have one, the classes seen in training, and any split's labels as positions among them.
+
+A row without a label carries a marker in the label array: ``-1`` for numeric labels (scikit-learn's
+semi-supervised convention; files may also say NaN or leave the cell empty) and ``""`` for text labels. The
+marker is the one fact of "unlabeled": ``labeled_mask`` reads it, and nothing makes a class of it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+UNLABELED = -1  # numeric labels
+UNLABELED_NAME = ""  # text labels
+
+
+def unlabeled_marker(y: np.ndarray) -> int | str:
+    """The marker of an unlabeled row in labels like ``y``: -1 for numbers, "" for text."""
+    return UNLABELED_NAME if np.asarray(y).dtype.kind in "US" else UNLABELED
+
+
+def labeled_mask(y: np.ndarray) -> np.ndarray:
+    """(n,) bool: True where the row has a label (not the ``unlabeled_marker``)."""
+    y = np.asarray(y)
+    return y != unlabeled_marker(y)
+
+
+def unlabeled_like(y: np.ndarray, n: int) -> np.ndarray:
+    """``n`` unlabeled markers in ``y``'s dtype (to append rows without labels to ``y``)."""
+    y = np.asarray(y)
+    return np.full(n, unlabeled_marker(y), dtype=y.dtype)
+
 
 def class_indices(y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted classes of the training labels, each training label's index among them)."""
-    classes, indices = np.unique(np.asarray(y_train), return_inverse=True)
+    """(sorted classes of the training labels, each training label's index among them); labeled rows only."""
+    y_train = np.asarray(y_train)
+    if not labeled_mask(y_train).all():
+        raise ValueError(f"{int((~labeled_mask(y_train)).sum())} unlabeled rows (label "
+                         f"{unlabeled_marker(y_train)!r}) reached a classifier; pass only the labeled rows "
+                         "(LoadedData.labeled_rows)")
+    classes, indices = np.unique(y_train, return_inverse=True)
     return classes, indices
 
 

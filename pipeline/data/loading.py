@@ -1,19 +1,22 @@
-"""Load a configured data set: read it, split train/validation/test (seeded), fit the scaling on train."""
+"""Load a configured data set: read it and its unlabeled rows, split train/validation/test (seeded, test and
+validation from labeled rows), fit the scaling on train."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.data.builtin import BUILTIN_DATASETS, load_builtin
+from pipeline.data.labels import labeled_mask, unlabeled_like
+from pipeline.data.loaded import LoadedData, Splits
 from pipeline.data.paths import source_path
 from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
-from pipeline.data.scaling import column_range, fit_scaling, transform_in_chunks
+from pipeline.data.scaling import column_range, fit_scaling
+from pipeline.data.unlabeled import drop_classes, read_unlabeled, stack_rows
 from pipeline.errors import InputError
 from sae.batches import row_chunks
 from sae.scaling import Scaling
@@ -23,58 +26,7 @@ if TYPE_CHECKING:
 
 MAX_SCALED = 1e18  # float32 squares of scaled values must stay finite (max ~3.4e38)
 LARGE_FILE_BYTES = 256 * 2**20  # a .npy file above this stays memory-mapped and is split contiguously
-
-
-class Splits(NamedTuple):
-    """One array per split, rows aligned with LoadedData's: (n_train, d), (n_val, d), (n_test, d)."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-@dataclass
-class LoadedData:
-    """Raw (unscaled) train/validation/test splits, the scaling fitted on train, and their provenance.
-
-    Train fits the layers, the probes and the fine-tuning; validation is all that choosing looks at (early
-    stopping, the probes' regularisation, the best fine-tuning epoch); test is only reported. X_* are
-    in-memory float32 arrays, except for a .npy file over ``LARGE_FILE_BYTES`` (and no max_samples): then
-    they are contiguous row slices of the memory-mapped file in its own dtype (train | validation | test).
-    Layers train on ``scaled()``; the StackedEncoder applies ``scaling`` itself, so it is fed raw features.
-    """
-
-    X_train: np.ndarray  # (n_train, d)
-    y_train: Labels  # (n_train,) int64 class ids or str class names
-    X_val: np.ndarray  # (n_val, d)
-    y_val: Labels
-    X_test: np.ndarray  # (n_test, d)
-    y_test: Labels
-    feature_names: list[str]
-    source: str  # built-in name or the path as given
-    fingerprint: str  # sha256 of every split's features and labels
-    scaling: Scaling
-    _scaled: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    @property
-    def n_features(self) -> int:
-        return int(self.X_train.shape[1])
-
-    def scaled(self) -> Splits:
-        """The three splits as float32 scaled features, computed once (temporary memmaps for memmapped data)."""
-        return Splits(*(self._scaled_split(which, X) for which, X in self.raw()._asdict().items()))
-
-    def raw(self) -> Splits:
-        """The three splits' raw features."""
-        return Splits(self.X_train, self.X_val, self.X_test)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_scaled": {}}  # scaled copies (memory or scratch files) are recomputed
-
-    def _scaled_split(self, which: str, X: np.ndarray) -> np.ndarray:
-        if which not in self._scaled:  # memmapped data is scaled into a scratch memmap, freed with self
-            self._scaled[which] = transform_in_chunks(self.scaling, X, on_disk=isinstance(X, np.memmap))
-        return self._scaled[which]
+__all__ = ["LoadedData", "Splits", "fingerprint", "load_data"]
 
 
 def _read_source(data: DataConfig, source: str, field_name: str, seed: int) -> tuple[np.ndarray, Labels, list[str]]:
@@ -116,14 +68,20 @@ def _stratify(y: Labels, n_train: int, n_test: int) -> Labels:
 
 
 def _split(where: str, X: np.ndarray, y: Labels, fraction: float, name: str, seed: int
-           ) -> tuple[np.ndarray, Labels, np.ndarray, Labels]:
-    """(kept X, kept y, split-off X, split-off y): seeded and stratified, or the last rows of a memmap."""
+           ) -> tuple[np.ndarray | slice, np.ndarray | slice]:
+    """(kept rows, split-off rows) of X: index arrays of a seeded, stratified split, or for a memmap (too large to
+    shuffle in memory) the slices of its last rows (taking them gives views)."""
     n_keep, n_out = _split_sizes(where, X.shape[0], fraction, name)
-    if isinstance(X, np.memmap):  # too large to shuffle in memory: contiguous views
-        return X[:n_keep], None if y is None else y[:n_keep], X[n_keep:], None if y is None else y[n_keep:]
-    parts = train_test_split(*(X,) if y is None else (X, y), test_size=n_out, random_state=seed,
-                             stratify=_stratify(y, n_keep, n_out))
-    return (parts[0], parts[2], parts[1], parts[3]) if y is not None else (parts[0], None, parts[1], None)
+    if isinstance(X, np.memmap):
+        return slice(0, n_keep), slice(n_keep, None)
+    # Splitting the row numbers draws exactly the rows that splitting X itself would (same seed, same order).
+    keep, out = train_test_split(np.arange(X.shape[0]), test_size=n_out, random_state=seed,
+                                 stratify=_stratify(y, n_keep, n_out))
+    return keep, out
+
+
+def _take(X: np.ndarray, y: Labels, rows: np.ndarray | slice) -> tuple[np.ndarray, Labels]:
+    return X[rows], None if y is None else y[rows]
 
 
 def fingerprint(*arrays: np.ndarray | None) -> str:
@@ -140,28 +98,41 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
 
 
 def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
-    """Read, validate, split and fit the scaling on the train split: every problem is an InputError up front."""
+    """Read, validate, split and fit the scaling on the train split: every problem is an InputError up front.
+
+    Validation and test rows are drawn (stratified) from the labeled rows only; the training split is the
+    other labeled rows, then the source's unlabeled rows, then every ``data.unlabeled_source`` file's rows.
+    """
     X, y, names = _read_source(data, data.source, "data.source", seed)
     lo, hi = column_range(X)
     if np.all(lo == hi):
         raise InputError(f"{data.source}: every feature is constant ({X.shape[1]} columns, one value each); "
                          "there is nothing to learn: check the file and data.features")
+    y = drop_classes(data, y)
+    pool = read_unlabeled(data, lambda section, source, field_name: _read_source(section, source, field_name, seed),
+                          names)
+    unlabeled: list[np.ndarray] = []
+    if y is not None:
+        labeled = _check_labeled(data, y)
+        if not labeled.all():
+            unlabeled, (X, y) = [X[~labeled]], _take(X, y, labeled)
     if data.test_source is not None:
-        X_test, y_test, _ = _read_source(data, data.test_source, "data.test_source", seed)
-        if X_test.shape[1] != X.shape[1]:
-            raise InputError(f"data.test_source={data.test_source!r} has {X_test.shape[1]} features but "
-                             f"data.source={data.source!r} has {X.shape[1]}; they need the same columns")
-        if (y is None) != (y_test is None):
-            raise InputError(f"data.source and data.test_source disagree about labels ({data.source!r}: "
-                             f"{'yes' if y is not None else 'no'}); give both files the labels, or neither")
-        if X_test.shape[0] < 2:
-            raise InputError(f"{data.test_source}: {X_test.shape[0]} sample(s); need at least 2 for testing")
+        X_test, y_test = _read_test_source(data, X, y, seed)
     else:
-        X, y, X_test, y_test = _split(data.source, X, y, data.test_fraction, "test_fraction", seed)
+        keep, out = _split(data.source, X, y, data.test_fraction, "test_fraction", seed)
+        (X_test, y_test), (X, y) = _take(X, y, out), _take(X, y, keep)
     # Validation comes out of the training part: nothing that chooses ever sees the test rows.
-    X_train, y_train, X_val, y_val = _split(data.source, X, y, data.validation_fraction, "validation_fraction", seed)
+    keep, val = _split(data.source, X, y, data.validation_fraction, "validation_fraction", seed)
+    (X_train, y_train), (X_val, y_val) = _take(X, y, keep), _take(X, y, val)
+    dev_positions = None if isinstance(keep, slice) else np.concatenate([keep, val])
+    extra = sum(part.shape[0] for part in (*unlabeled, *pool))
+    X_train = stack_rows([X_train, *unlabeled, *pool], LARGE_FILE_BYTES)
+    if y_train is not None and extra:
+        y_train = np.concatenate([y_train, unlabeled_like(y_train, extra)])
+    _check_classes(data, y_train, y_val, y_test)
     scaling = fit_scaling(X_train, data.scale)
     _check_scaled_range(data, scaling, [X_train, X_val, X_test], names)
+    features = fingerprint(X_train, X_val, X_test)
     return LoadedData(
         X_train=X_train,
         y_train=y_train,
@@ -171,9 +142,59 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         y_test=y_test,
         feature_names=names,
         source=data.source,
-        fingerprint=fingerprint(X_train, y_train, X_val, y_val, X_test, y_test),
+        fingerprint=labels_fingerprint(features, y_train, y_val, y_test),
         scaling=scaling,
+        features_fingerprint=features,
+        dev_positions=dev_positions,
+        n_pool=sum(part.shape[0] for part in pool),
     )
+
+
+def labels_fingerprint(features: str, *labels: Labels) -> str:
+    """The data's fingerprint: the features' fingerprint and every split's labels."""
+    return hashlib.sha256(f"{features};{fingerprint(*labels)}".encode()).hexdigest()
+
+
+def _check_labeled(data: DataConfig, y: np.ndarray) -> np.ndarray:
+    """The labeled-row mask of the source; InputError when fewer than two classes have a labeled row."""
+    labeled = labeled_mask(y)
+    classes = np.unique(y[labeled]).tolist()
+    if len(classes) < 2:
+        what = "no row has a label" if not classes else f"only class {classes[0]!r} has labeled rows"
+        raise InputError(f"{data.source}: {what} (-1, NaN and empty cells mark unlabeled rows); label rows of at "
+                         "least two classes, or remove data.labels to pretrain without labels")
+    return labeled
+
+
+def _read_test_source(data: DataConfig, X: np.ndarray, y: Labels, seed: int) -> tuple[np.ndarray, Labels]:
+    assert data.test_source is not None
+    X_test, y_test, _ = _read_source(data, data.test_source, "data.test_source", seed)
+    if X_test.shape[1] != X.shape[1]:
+        raise InputError(f"data.test_source={data.test_source!r} has {X_test.shape[1]} features but "
+                         f"data.source={data.source!r} has {X.shape[1]}; they need the same columns")
+    if (y is None) != (y_test is None):
+        raise InputError(f"data.source and data.test_source disagree about labels ({data.source!r}: "
+                         f"{'yes' if y is not None else 'no'}); give both files the labels, or neither")
+    if X_test.shape[0] < 2:
+        raise InputError(f"{data.test_source}: {X_test.shape[0]} sample(s); need at least 2 for testing")
+    if y_test is not None and not labeled_mask(y_test).all():
+        raise InputError(f"{data.test_source}: {int((~labeled_mask(y_test)).sum())} test rows have no label; a "
+                         "test file needs every label (put unlabeled rows in data.unlabeled_source)")
+    return X_test, y_test
+
+
+def _check_classes(data: DataConfig, y_train: Labels, y_val: Labels, y_test: Labels) -> None:
+    """InputError naming a class that validation or test holds but no labeled training row has."""
+    if y_train is None:
+        return
+    seen = set(np.unique(y_train[labeled_mask(y_train)]).tolist())
+    for split, y in (("test", y_test), ("validation", y_val)):
+        missing = sorted(set(np.unique(np.asarray(y)).tolist()) - seen, key=str)
+        if missing:
+            where = data.test_source if split == "test" and data.test_source else data.source
+            raise InputError(f"{where}: class {missing[0]!r} has labeled rows in the {split} split but none in "
+                             "training, so nothing could learn it; label more rows of that class (3 or more), "
+                             "or drop its rows")
 
 
 def _check_scaled_range(data: DataConfig, scaling: Scaling, splits: list[np.ndarray], names: list[str]) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.data.builtin import BUILTIN_DATASETS
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
 
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
@@ -25,3 +29,13 @@ def source_path(source: str, field_name: str) -> Path | None:
         raise InputError(f"{field_name}={source!r}: unsupported file type {path.suffix or '(no extension)'!r}; "
                          f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
     return path
+
+
+def unlabeled_sources(data: DataConfig) -> list[tuple[str, str]]:
+    """(field name, source) of every ``data.unlabeled_source`` file, in order."""
+    pool = data.unlabeled_source
+    if pool is None:
+        return []
+    if isinstance(pool, str):
+        return [("data.unlabeled_source", pool)]
+    return [(f"data.unlabeled_source.{i}", source) for i, source in enumerate(pool)]

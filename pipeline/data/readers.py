@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.data.headers import NPZ_FEATURE_KEYS, check_columns, check_npz_keys
+from pipeline.data.labels import UNLABELED, UNLABELED_NAME
 from pipeline.data.paths import SUPPORTED_SUFFIXES
 from pipeline.errors import InputError
 from sae.batches import row_chunks
@@ -109,22 +110,25 @@ def _check_array(path: Path, X: np.ndarray) -> None:
 
 
 def _clean_labels(path: Path, y: np.ndarray, n: int, name: str) -> np.ndarray:
+    """int64 class ids or str class names; a missing label (NaN, an empty cell, -1) becomes the unlabeled marker."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.shape[0] != n:
         raise InputError(f"{path}: labels {name!r} have shape {y.shape} but the features have {n} rows; "
                          f"need one label per row ({n},)")
-    missing = int(pd.isna(y).sum())
-    if missing:
-        raise InputError(f"{path}: labels {name!r} have {missing} missing values; fill or drop those rows")
+    missing = np.asarray(pd.isna(y), dtype=bool)
+    if y.dtype.kind == "O" and all(isinstance(v, int | float | np.number) and not isinstance(v, bool)
+                                   for v in y[~missing]):
+        y = np.where(missing, np.nan, y).astype(np.float64)  # nullable integers (pandas Int64) and the like
     if y.dtype.kind in "biu":
         return y.astype(np.int64)
     if y.dtype.kind == "f":
-        if not np.all(np.mod(y, 1) == 0):
-            raise InputError(f"{path}: labels {name!r} hold non-integer numbers; labels must be class ids or names")
-        return y.astype(np.int64)
-    return y.astype(str)
+        if not np.all(np.mod(y[~missing], 1) == 0):
+            raise InputError(f"{path}: labels {name!r} hold non-integer numbers; labels must be class ids or "
+                             "names (NaN or -1 marks a row without a label)")
+        return np.where(missing, UNLABELED, y).astype(np.int64)
+    return np.where(missing, UNLABELED_NAME, y.astype(str))
 
 
 def _check_finite(path: Path, X: np.ndarray, names: list[str], show: int = 5) -> None:

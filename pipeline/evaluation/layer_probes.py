@@ -38,22 +38,23 @@ def probe_accuracies(
     # their L-BFGS holds the GIL little (two 200-unit probes on MNIST codes: 0.45 s on two threads, 0.64 s in turn).
     workers = min(len(jobs), torch.get_num_threads()) if device.type == "cpu" else 1
     if workers <= 1:
-        out = {name: _probe(data, splits, seed, device) for name, splits in jobs.items()}
+        out = {name: probe_test_accuracy(data, splits, seed, device) for name, splits in jobs.items()}
     else:
         with one_cpu_thread(device), ThreadPoolExecutor(workers, thread_name_prefix="sae-probe") as pool:
-            out = dict(zip(jobs, pool.map(lambda splits: _probe(data, splits, seed, device), jobs.values()),
-                           strict=True))
+            out = dict(zip(jobs, pool.map(lambda splits: probe_test_accuracy(data, splits, seed, device),
+                                          jobs.values()), strict=True))
     return {"raw": raw.result(), **out} if raw is not None else out
 
 
-def _probe(data: LoadedData, splits: Splits, seed: int, device: torch.device) -> float:
-    """Test accuracy of the probe fitted on ``splits`` (at most PROBE_MAX_TRAIN seeded training rows)."""
-    assert data.y_train is not None
-    y_train = np.asarray(data.y_train)
-    rows = probe_rows(y_train.shape[0], seed)
-    return fit_probe(np.asarray(splits.train[rows], np.float32), y_train[rows], np.asarray(splits.val),
-                     np.asarray(data.y_val), np.asarray(splits.test), np.asarray(data.y_test),
-                     device=device).test_accuracy
+def probe_test_accuracy(data: LoadedData, splits: Splits, seed: int, device: torch.device) -> float:
+    """Test accuracy of the probe fitted on ``splits`` (features aligned with ``data``'s rows): the labeled
+    training rows (at most PROBE_MAX_TRAIN, seeded) fit it, the labeled validation rows choose its C."""
+    assert data.y_train is not None and data.y_val is not None
+    train, val = data.labeled_rows("train"), data.labeled_rows("val")
+    train = train[probe_rows(train.size, seed)]
+    return fit_probe(np.asarray(splits.train[train], np.float32), np.asarray(data.y_train)[train],
+                     np.asarray(splits.val[val]), np.asarray(data.y_val)[val], np.asarray(splits.test),
+                     np.asarray(data.y_test), device=device).test_accuracy
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def raw_probe_ahead(data: LoadedData, *, seed: int = 0, accelerator: str = "cpu"
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="sae-raw-probe")
     try:
-        yield pool.submit(_probe, data, data.scaled(), seed, probe_device(accelerator))
+        yield pool.submit(probe_test_accuracy, data, data.scaled(), seed, probe_device(accelerator))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -63,7 +63,7 @@ def accuracy(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, chunk_rows: i
             predicted = model(torch.from_numpy(chunk).to(device)).argmax(1).cpu().numpy()
             correct += int((predicted == y[start : start + chunk_rows]).sum())
     model.train()
-    return correct / X.shape[0]
+    return correct / max(X.shape[0], 1)
 
 
 def finetune_stack(
@@ -87,17 +87,22 @@ def finetune_stack(
     """
     start = time.perf_counter()
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
-    classes, y_idx = class_indices(data.y_train)
-    y_val, y_test = indices_of(classes, data.y_val), indices_of(classes, data.y_test)
+    # Only labeled rows fit and choose: the unlabeled ones (label -1 or "") trained the layers, nothing else.
+    train, val = data.labeled_rows("train"), data.labeled_rows("val")
+    classes, y_idx = class_indices(np.asarray(data.y_train)[train])
+    y_val, y_test = indices_of(classes, np.asarray(data.y_val)[val]), indices_of(classes, data.y_test)
     options = dict(trainer_options or {})
     device = finetune_device(options)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = StackClassifier(copy.deepcopy(encoder).train(), encoder.d_out, len(classes)).to(device)
-    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32)).to(device)
-    X_val = torch.from_numpy(np.ascontiguousarray(data.X_val, dtype=np.float32)).to(device)
+    X = torch.from_numpy(np.ascontiguousarray(data.X_train[train], dtype=np.float32)).to(device)
+    X_val = torch.from_numpy(np.ascontiguousarray(data.X_val[val], dtype=np.float32)).to(device)
     # Like the classic exercise: the softmax first converges on frozen codes (convex, full-batch L-BFGS).
-    if codes is None:  # called on its own: encode the splits once here
-        codes = Splits(*(encoder.transform(np.asarray(x, np.float32)) for x in (data.X_train, data.X_val, data.X_test)))
+    if codes is None:  # called on its own: encode the labeled rows once here
+        codes = Splits(*(encoder.transform(np.asarray(x, np.float32)) for x in (X.cpu().numpy(), X_val.cpu().numpy(),
+                                                                                 data.X_test)))
+    else:
+        codes = Splits(codes.train[train], codes.val[val], codes.test)
     labels = torch.from_numpy(y_idx).to(device)
     fit_softmax(model.head, torch.from_numpy(np.ascontiguousarray(codes.train, dtype=np.float32)).to(device), labels,
                 weight_decay=settings.weight_decay, max_iter=settings.softmax_iterations)

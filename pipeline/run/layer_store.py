@@ -32,8 +32,9 @@ from pipeline.run.results import LayerResult
 from sae import SAEConfig, SparseAutoencoder
 
 # Bump when the on-disk layout or the training code changes what a key means. 3: searches before it trained
-# upper layers on the codes below without their code_scaling, under the key of the scaled inputs.
-CACHE_VERSION = 3
+# upper layers on the codes below without their code_scaling, under the key of the scaled inputs. 4: the
+# key covers the splits' features only (labels never reach a layer), so a label change alone keeps it.
+CACHE_VERSION = 4
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 CODE_FILES = tuple(f"{split}_codes.npy" for split in Splits._fields)
 FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)
@@ -48,10 +49,12 @@ def _sha256(payload: Any) -> str:
 
 
 def input_fingerprint(data: LoadedData) -> str:
-    """Hash of what layer 1 sees: the data fingerprint plus the fitted scaling (kind and parameters)."""
+    """Hash of what layer 1 sees: every split's features in order (training rows, the unlabeled ones and the
+    unlabeled pool included; validation; test: the codes of all three are stored) plus the fitted scaling.
+    Labels are left out: no layer reads them."""
     s = data.scaling
     digest = hashlib.sha256()
-    digest.update(data.fingerprint.encode())
+    digest.update(data.features_fingerprint.encode())
     digest.update(f"{s.kind}|{float(s.offset)!r}|{bool(s.clip)}".encode())
     digest.update(np.ascontiguousarray(s.shift, np.float32).tobytes())
     digest.update(np.ascontiguousarray(s.factor, np.float32).tobytes())

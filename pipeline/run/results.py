@@ -122,8 +122,9 @@ class PretrainResult:
         return f"{top}.test_loss", float(self.layers[-1].test_metrics["loss"]), False
 
     def table(self) -> str:
-        """The results as a fixed-width text table (also rendered as markdown by the flows)."""
-        return "\n".join(format_rows(self.rows()))
+        """The row counts (``LoadedData.counts_line``), then the results as a fixed-width text table (also
+        rendered as markdown by the flows)."""
+        return "\n".join([self.data.counts_line(), *format_rows(self.rows())])
 
     def rows(self) -> list[list[str]]:
         """Header plus one row per layer, then the accuracy rows."""

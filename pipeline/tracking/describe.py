@@ -125,7 +125,8 @@ def end_description(result: PretrainResult, overrides: Sequence[str], registrati
                      f"@{registration.alias}: {registration.reason}.")
     else:
         lines.append(f"Registry: `{registration.model_name}` unchanged: {registration.reason}.")
-    lines += ["", overrides_text(overrides), "", markdown_table(result.rows())]
+    lines += ["", overrides_text(overrides), "", result.data.counts_line().capitalize() + ".", "",
+              markdown_table(result.rows())]
     return "\n".join(lines) + "\n"
 
 

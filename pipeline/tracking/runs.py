@@ -108,7 +108,8 @@ class MlflowTracking(PipelineHooks):
             tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.run_tags
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
             self.run_id, self.ended, self.children, self.lightning_logged = run.info.run_id, False, {}, set()
-        params = describe.run_params(config) | {f"version.{k}": v for k, v in package_versions().items()}
+        params = describe.run_params(config) | {f"data.rows.{k}": v for k, v in data.counts().items()}
+        params |= {f"version.{k}": v for k, v in package_versions().items()}
         self._log_params(self.run_id, params | ({"git_commit": commit} if commit else {}))
         self.client.log_inputs(self.run_id, datasets=dataset_inputs(data))
         self.client.log_text(self.run_id, config.to_yaml(), "config.yaml")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -208,8 +209,16 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def _rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``X[rows]``: a view when the rows are consecutive (loading puts the labeled ones first), else a copy."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        return X[int(rows[0]) : int(rows[-1]) + 1]
+    return X[rows]
+
+
 def dataset_inputs(data: LoadedData) -> list[DatasetInput]:
-    """The train, validation and test splits as MLflow dataset inputs: name, own digest, schema, source path."""
+    """The train, validation and test splits as MLflow dataset inputs: name, own digest, schema, source path; the
+    training rows without labels (and the unlabeled pool) apart, as context ``unlabeled``."""
     path = Path(data.source)
     source: Any = CodeDatasetSource({"builtin": data.source, "loader": "pipeline.data.builtin"})
     if path.is_file():
@@ -217,8 +226,13 @@ def dataset_inputs(data: LoadedData) -> list[DatasetInput]:
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path.resolve()))
     out = []
-    splits = (("train", data.X_train, data.y_train), ("validation", data.X_val, data.y_val),
-              ("test", data.X_test, data.y_test))
+    splits = [("train", data.X_train, data.y_train), ("validation", data.X_val, data.y_val),
+              ("test", data.X_test, data.y_test)]
+    labeled = data.labeled_rows("train")
+    if data.y_train is not None and labeled.size < data.X_train.shape[0]:  # the rows only pretraining saw
+        rest = np.setdiff1d(np.arange(data.X_train.shape[0]), labeled)
+        splits[0] = ("train", _rows(data.X_train, labeled), np.asarray(data.y_train)[labeled])
+        splits.append(("unlabeled", _rows(data.X_train, rest), None))
     for context, X, y in splits:
         name = data.source if context == "train" else f"{data.source}:{context}"
         digest = fingerprint(X, y)[:DIGEST_CHARS]

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from pipeline.data.labels import labeled_mask
 from pipeline.data.loading import Splits
 from pipeline.evaluation.probes import PROBE_CS, PROBE_MAX_ITER, PROBE_MAX_TRAIN, fit_probe, probe_rows
 from sae.batches import row_chunks
@@ -40,9 +41,10 @@ def probe_val_accuracy(train: np.ndarray, y_train: np.ndarray, val: np.ndarray, 
                        cs: tuple[float, ...] = PROBE_CS) -> float:
     """Validation accuracy of ``pipeline.evaluation.probes.fit_probe`` on codes fitted on ``train`` (at most ``max_rows``
     seeded rows): C chosen as ``pipeline.evaluation.layer_probes`` chooses it, so the objective ranks layers as the report does."""
-    rows = probe_rows(train.shape[0], seed, max_rows)
-    fit = fit_probe(np.asarray(train[rows], np.float32), np.asarray(y_train)[rows], np.asarray(val, np.float32),
-                    np.asarray(y_val), cs=cs, max_iter=max_iter)
+    labeled, val_labeled = np.flatnonzero(labeled_mask(y_train)), labeled_mask(y_val)  # unlabeled rows: no class
+    rows = labeled[probe_rows(labeled.size, seed, max_rows)]
+    fit = fit_probe(np.asarray(train[rows], np.float32), np.asarray(y_train)[rows],
+                    np.asarray(val, np.float32)[val_labeled], np.asarray(y_val)[val_labeled], cs=cs, max_iter=max_iter)
     return fit.val_accuracy
 
 
@@ -78,10 +80,10 @@ class EpochReporter(Callback):
                  *, every: int = 1, seed: int = 0) -> None:
         self.objective, self.labels, self.report, self.every, self.seed = objective, labels, report, every, seed
         if objective == "probe":
-            rows = np.arange(inputs.train.shape[0])
-            if rows.size > EPOCH_PROBE_ROWS:
-                rows = np.sort(np.random.default_rng(seed).choice(rows.size, EPOCH_PROBE_ROWS, replace=False))
             assert labels is not None
+            rows = np.flatnonzero(labeled_mask(labels[0]))
+            if rows.size > EPOCH_PROBE_ROWS:
+                rows = np.sort(rows[np.random.default_rng(seed).choice(rows.size, EPOCH_PROBE_ROWS, replace=False)])
             self.train, self.y_train = np.asarray(inputs.train[rows], np.float32), np.asarray(labels[0])[rows]
             self.val = np.asarray(inputs.val, np.float32)
         self.values: list[tuple[int, float]] = []

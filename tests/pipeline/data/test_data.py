@@ -131,9 +131,10 @@ def test_label_length_must_match_the_rows(tmp_path):
     assert "(5,)" in message
 
 
-def test_missing_or_fractional_labels_are_rejected(tmp_path, table):
+def test_a_missing_label_marks_the_row_unlabeled_and_fractional_labels_are_rejected(tmp_path, table):
     table.assign(label=table["label"].astype(float).where(table.index != 2)).to_csv(tmp_path / "m.csv", index=False)
-    bad(r"m\.csv: labels 'label' have 1 missing values", tmp_path / "m.csv", labels="label")
+    y = read_array_file(tmp_path / "m.csv", labels="label")[1]
+    assert y.dtype == np.int64 and y[2] == -1 and (np.delete(y, 2) >= 0).all()
     table.assign(label=table["label"] + 0.5).to_csv(tmp_path / "f.csv", index=False)
     bad(r"f\.csv: labels 'label' hold non-integer numbers", tmp_path / "f.csv", labels="label")
 

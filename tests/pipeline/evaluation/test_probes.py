@@ -116,7 +116,8 @@ def test_columns_constant_in_training_are_left_out_without_changing_the_probe(co
 def _fake_run(codes: tuple[np.ndarray, ...]) -> tuple[SimpleNamespace, list[SimpleNamespace]]:
     train, y_train, val, y_val, test, y_test = codes
     data = SimpleNamespace(y_train=y_train, y_val=y_val, y_test=y_test,
-                           scaled=lambda: Splits(train[:, :48], val[:, :48], test[:, :48]))
+                           scaled=lambda: Splits(train[:, :48], val[:, :48], test[:, :48]),
+                           labeled_rows=lambda split: np.arange(len(y_train if split == "train" else y_val)))
     layers = [SimpleNamespace(index=i, codes=Splits(train[:, cols], val[:, cols], test[:, cols]))
               for i, cols in enumerate((slice(0, 96), slice(32, 96)))]
     return data, layers
