@@ -97,6 +97,27 @@ def _tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _curve(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from pipeline.data.budgets import check_budgets, parse_budgets
+    from pipeline.errors import InputError
+
+    budgets = parse_budgets(args.labels)
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats}: give at least 1 draw a budget")
+    from flows.startup import flow_session
+
+    with flow_session(config, debug=args.debug, check=lambda data: check_budgets(data, budgets), raw_probe=False):
+        from flows.curve import curve_flow
+
+        result = curve_flow(config, labels=budgets, repeats=args.repeats, refresh_cache=args.fresh,
+                            overrides=list(args.overrides))
+    print(json.dumps(result.to_json()) if args.json else result.table())
+    if not args.json and result.run_id and result.tracking_uri and result.experiment_id:
+        print(_next_line(result.tracking_uri, result.experiment_id, result.run_id))
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     if (args.cron is None) == (args.interval is None):
         from pipeline.errors import InputError
@@ -140,6 +161,15 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="best.yaml", help="where the best config is written (default ./best.yaml)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
     p.set_defaults(func=_tune)
+
+    p = sub.add_parser("curve", help="label-efficiency curve: accuracy against labels per class, with anchors")
+    add_config_arguments(p)
+    p.add_argument("--labels", default="10,40,100,all", help="labels per class, comma-separated; all = every "
+                   "labeled row (default 10,40,100,all)")
+    p.add_argument("--repeats", type=int, default=3, help="seeded label draws per budget (default 3; all: one)")
+    p.add_argument("--fresh", action="store_true", help="ignore cached layers and retrain everything")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.set_defaults(func=_curve)
 
     for name, func, helptext in (
         ("serve", _serve, "serve a scheduled deployment of the flow (needs a Prefect server: make servers)"),

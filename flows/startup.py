@@ -16,22 +16,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from flows.session import FlowSession
     from pipeline.config import PipelineConfig
+    from pipeline.data.loading import LoadedData
 
 
 @contextmanager
-def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[FlowSession]:
-    """Steps 1-6 above; yields the session (the checked data, the raw probe) flows started in the block use."""
+def flow_session(config: PipelineConfig, *, debug: bool = False, check: Callable[[LoadedData], None] | None = None,
+                 raw_probe: bool = True) -> Iterator[FlowSession]:
+    """Steps 1-6 above; yields the session (the checked data, the raw probe) flows started in the block use.
+    ``check``: the command's own checks of the data, in step 1; ``raw_probe=False``: no raw probe ahead."""
     from pipeline.app.preflight import check_run, prepare_tracking_soon
     from pipeline.process import interrupts
 
     data = check_run(config)
+    if check is not None:
+        check(data)
     interrupts.install()
     from flows.server_guard import (
         guard_temporary_server,
@@ -53,11 +58,11 @@ def flow_session(config: PipelineConfig, *, debug: bool = False) -> Iterator[Flo
     if not debug:
         quiet_tracebacks()
     with ExitStack() as stack:
-        raw_probe = None
-        if temporary:
-            raw_probe = stack.enter_context(raw_probe_ahead(data, seed=config.seed,
-                                                            accelerator=config.trainer.accelerator))
+        ahead = None
+        if temporary and raw_probe:
+            ahead = stack.enter_context(raw_probe_ahead(data, seed=config.seed,
+                                                        accelerator=config.trainer.accelerator))
         wait_for_temporary_server()
-        session = stack.enter_context(use_session(FlowSession(data, data_key(config), raw_probe=raw_probe)))
+        session = stack.enter_context(use_session(FlowSession(data, data_key(config), raw_probe=ahead)))
         stack.enter_context(no_heartbeats_on_temporary_server())
         yield session

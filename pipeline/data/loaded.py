@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -14,6 +15,15 @@ from sae.scaling import Scaling
 
 Labels = np.ndarray | None
 Split = Literal["train", "val", "test"]
+
+
+def labels_fingerprint(features: str, *labels: Labels) -> str:
+    """The data's fingerprint: the features' fingerprint (hex) and every split's labels (in memory, small)."""
+    digest = hashlib.sha256(features.encode())
+    for y in labels:
+        y = None if y is None else np.ascontiguousarray(y)
+        digest.update(b"none;" if y is None else f"{y.dtype.str}{y.shape};".encode() + y.tobytes())
+    return digest.hexdigest()
 
 
 class Splits(NamedTuple):
@@ -108,8 +118,6 @@ class LoadedData:
             out = np.full_like(np.asarray(y), unlabeled_marker(y))
             out[keep] = np.asarray(y)[keep]
             return out
-
-        from pipeline.data.loading import labels_fingerprint  # the one definition of the fingerprint
 
         y_train, y_val = masked(self.y_train, train), masked(self.y_val, val)
         return dataclasses.replace(self, y_train=y_train, y_val=y_val, fingerprint=labels_fingerprint(

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.data.builtin import BUILTIN_DATASETS, load_builtin
 from pipeline.data.labels import labeled_mask, unlabeled_like
-from pipeline.data.loaded import LoadedData, Splits
+from pipeline.data.loaded import LoadedData, Splits, labels_fingerprint
 from pipeline.data.paths import source_path
 from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
 from pipeline.data.scaling import column_range, fit_scaling
@@ -148,11 +148,6 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         dev_positions=dev_positions,
         n_pool=sum(part.shape[0] for part in pool),
     )
-
-
-def labels_fingerprint(features: str, *labels: Labels) -> str:
-    """The data's fingerprint: the features' fingerprint and every split's labels."""
-    return hashlib.sha256(f"{features};{fingerprint(*labels)}".encode()).hexdigest()
 
 
 def _check_labeled(data: DataConfig, y: np.ndarray) -> np.ndarray:

@@ -212,6 +212,17 @@ def plain_steps(hooks: PipelineHooks) -> Steps:
     )
 
 
+def train_layers(config: PipelineConfig, data: LoadedData, layer: LayerStep,
+                 record: Callable[[LayerResult], None] = lambda layer: None) -> list[LayerResult]:
+    """The one loop over layers: each trains (``layer``: plain, or a cached Prefect task) on the codes below."""
+    layers: list[LayerResult] = []
+    for settings in config.resolved_layers():
+        done = layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings))
+        record(done)
+        layers.append(done)
+    return layers
+
+
 def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, steps: Steps | None = None
                    ) -> PretrainResult:
     """Greedily pretrain every layer of ``config``, stack, fine-tune and evaluate; plain Python, no servers."""
@@ -221,11 +232,7 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
     try:
         data = steps.load(config)
         steps.start(config, data)
-        layers: list[LayerResult] = []
-        for settings in config.resolved_layers():
-            layer = steps.layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings))
-            steps.record(layer)
-            layers.append(layer)
+        layers = train_layers(config, data, steps.layer, steps.record)
         encoder = steps.stack(config, data, layers)
         finetuned = steps.finetune(config, data, layers, encoder)
         result = steps.evaluate(config, data, layers, encoder, finetuned, started)
@@ -237,4 +244,4 @@ def pretrain_stack(config: PipelineConfig, hooks: PipelineHooks | None = None, s
 
 
 __all__ = ["Steps", "encode_layer", "evaluate_run", "finetune_if_labelled", "inputs_for", "layer_trainer",
-           "plain_steps", "pretrain_stack", "stack_encoder", "train_layer"]
+           "plain_steps", "pretrain_stack", "stack_encoder", "train_layer", "train_layers"]
