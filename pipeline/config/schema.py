@@ -44,10 +44,10 @@ class DataConfig(_Section):
     test_source: str | None = None
     """Optional separate test file; otherwise test_fraction of the rows are split off."""
     features: str | list[str] | None = None
-    """npz key, or list of columns (default: all columns but the labels)."""
+    """npz key, or list of columns (default: all columns but the labels); a built-in's is images."""
     labels: str | None = None
-    """npz key or column name of the class labels (built-ins bring their own); -1, NaN or an empty cell marks a
-    row without a label: the layers train on it, validation, test, probes and fine-tuning never see it."""
+    """npz key or column name of the class labels (a built-in's: labels); -1, NaN or an empty cell marks a row
+    without a label: the layers train on it, validation, test, probes and fine-tuning never see it."""
     unlabeled_source: (Annotated[str, Field(min_length=1)]
                        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None) = None
     """Extra rows without labels, only for pretraining: a file or a list of files (any supported format, the

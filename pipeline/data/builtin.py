@@ -13,6 +13,7 @@ from pipeline.errors import InputError
 Arrays = tuple[np.ndarray, np.ndarray | None]  # (n, d) float32 features, (n,) int64 labels or None
 PATCH_SIZE = 8
 N_PATCHES = 10_000
+BUILTIN_FEATURES, BUILTIN_LABELS = "images", "labels"  # a built-in's array names, as in mnist-5k.npz
 
 
 def _digits(seed: int) -> Arrays:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.data.builtin import BUILTIN_DATASETS, load_builtin
+from pipeline.data.builtin import BUILTIN_DATASETS, BUILTIN_FEATURES, BUILTIN_LABELS, load_builtin
 from pipeline.data.labels import labeled_mask, unlabeled_like
 from pipeline.data.loaded import LoadedData, Splits, labels_fingerprint
 from pipeline.data.paths import source_path
@@ -32,9 +32,12 @@ __all__ = ["LoadedData", "Splits", "fingerprint", "load_data"]
 def _read_source(data: DataConfig, source: str, field_name: str, seed: int) -> tuple[np.ndarray, Labels, list[str]]:
     """A built-in or a file, capped at data.max_samples rows; small files are read into memory."""
     if source in BUILTIN_DATASETS:
-        if data.features is not None or data.labels is not None:
-            raise InputError(f"{field_name}={source!r} is a built-in data set: data.features and data.labels "
-                             "apply to files only; remove them")
+        labeled = BUILTIN_DATASETS[source].has_labels
+        # A built-in's arrays carry the mnist-5k layout's names, so one config serves both (examples/self-taught).
+        if data.features not in (None, BUILTIN_FEATURES) or data.labels not in (None, *[BUILTIN_LABELS] * labeled):
+            names = f"{BUILTIN_FEATURES!r}" + (f" and {BUILTIN_LABELS!r}" if labeled else "")
+            raise InputError(f"{field_name}={source!r} is a built-in data set: data.features and data.labels apply "
+                             f"to files (a built-in's arrays are {names}, as in an .npz); remove them or use those")
         X, y = load_builtin(source, seed)
         names = [f"pixel_{i // 8}_{i % 8}" for i in range(X.shape[1])]
     else:

@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.config import SAESettings
 from pipeline.config.layer import auto_decoder
 from pipeline.data.codes import encode_in_chunks
+from pipeline.data.labels import UNLABELED, UNLABELED_NAME
 from pipeline.data.scaling import fit_scaling
 from pipeline.errors import InputError
 from sae import SAEConfig, train_autoencoder
@@ -75,8 +77,22 @@ class SAETransformer(TransformerMixin, BaseEstimator):
         self.tracking_uri = tracking_uri
 
     def fit(self, X: Any, y: Any = None) -> SAETransformer:
-        """Train the stack on X (n, d_in), or load ``model_uri``; y is ignored."""
+        """Train the stack on every row of X (n, d_in), or load ``model_uri``.
+
+        ``y`` (optional, one label per row) is not used by the layers: they are unsupervised, so rows labeled -1
+        (scikit-learn's semi-supervised convention), NaN or None train them like any other. That makes the
+        transformer the first step of a semi-supervised pipeline, e.g. ``make_pipeline(SAETransformer(),
+        LabelSpreading())`` or ``make_pipeline(SAETransformer(), SelfTrainingClassifier(LogisticRegression()))``:
+        the stack learns from all rows, the next step from the labeled ones. ``n_labeled_`` counts those.
+        """
         X = validate_data(self, X, dtype=np.float32, reset=True)
+        if y is not None:
+            y = np.asarray(y)
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"y has shape {y.shape} but X has {X.shape[0]} rows; give one label per row "
+                                 "(-1 or NaN for a row without one), or no y")
+            missing = np.asarray(pd.isna(y), bool) | (y == (UNLABELED_NAME if y.dtype.kind in "US" else UNLABELED))
+            self.n_labeled_ = int(y.shape[0] - np.count_nonzero(missing))
         if self.model_uri is not None:
             from pipeline.tracking.encoders import (
                 resolve_encoder,  # imports mlflow: only when wrapping a model

@@ -195,3 +195,11 @@ def test_no_classifier_can_take_the_unlabeled_marker_for_a_class():
         class_indices(np.array([0, 1, -1, 1, -1]))
     with pytest.raises(ValueError, match="reached a classifier"):
         class_indices(np.array(["cat", ""]))
+
+
+def test_a_builtin_answers_to_the_mnist_layouts_names_so_one_config_serves_both():
+    plain = load_data(DataConfig(source="digits"))
+    named = load_data(DataConfig(source="digits", features="images", labels="labels"))
+    assert named.fingerprint == plain.fingerprint
+    with pytest.raises(InputError, match=r"data.source='patches' is a built-in data set: .* arrays are 'images', as"):
+        load_data(DataConfig(source="patches", labels="labels"))

@@ -107,3 +107,30 @@ def test_code_scaling_unit_keeps_a_sigmoid_decoder_above_and_none_adds_no_scalin
     assert unit.configs[1].decoder_activation == "sigmoid" and unit.code_scalings[0].kind == "unit"
     none = SAETransformer(hidden=(8, 4), code_scaling="none", epochs=1).fit(X_train).encoder_
     assert none.configs[1].decoder_activation == "sigmoid" and none.code_scalings[0].kind == "none"
+
+
+def test_fit_takes_minus_one_labels_and_trains_every_row_as_without_them(fitted, digits):
+    X_train, X_test, y_train, _ = digits
+    y = y_train.copy()
+    y[::2] = -1
+    with_y = SAETransformer(hidden=(24, 12), **FAST).fit(X_train, y)
+    np.testing.assert_array_equal(with_y.transform(X_test), fitted.transform(X_test))  # the labels change nothing
+    assert with_y.n_labeled_ == (y != -1).sum()
+    nan = np.where(y == -1, np.nan, y.astype(float))
+    assert SAETransformer(hidden=(4,), epochs=1).fit(X_train, nan).n_labeled_ == with_y.n_labeled_
+    with pytest.raises(ValueError, match=r"y has shape \(10,\) but X has \d+ rows; give one label per row"):
+        SAETransformer(hidden=(4,), epochs=1).fit(X_train, y[:10])
+
+
+def test_it_composes_with_scikit_learns_semi_supervised_tools(digits):
+    from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+    X_train, X_test, y_train, y_test = digits
+    y = y_train.copy()
+    y[np.random.default_rng(0).random(y.size) < 0.8] = -1  # 80% of the rows without a label
+    spreading = Pipeline([("sae", SAETransformer(hidden=(32,), **FAST)), ("spread", LabelSpreading(kernel="knn"))])
+    assert spreading.fit(X_train, y).score(X_test, y_test) > 0.6
+    assert spreading.named_steps["sae"].n_labeled_ == (y != -1).sum()
+    self_training = Pipeline([("sae", SAETransformer(hidden=(32,), **FAST)),
+                              ("clf", SelfTrainingClassifier(LogisticRegression(max_iter=500)))])
+    assert self_training.fit(X_train, y).score(X_test, y_test) > 0.3
