@@ -70,3 +70,21 @@ def test_the_printed_table_starts_with_the_row_counts(run, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pretrained on ") and " labeled; test " in out[0] and "(297 from the unlabeled pool)" in out[0]
     assert out[1].split()[:2] == ["layer", "shape"]
+
+
+def test_an_unlabeled_file_of_another_width_exits_2_with_one_line_before_anything_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests import ROOT
+
+    np.save(tmp_path / "pool.npy", np.ones((20, 63), np.float32))
+    argv = ["run", "--set", "data.unlabeled_source=pool.npy", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    probe = "import sys; from flows.cli import main; code = main(sys.argv[1:]); print(code, 'prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr  # before Prefect is even imported
+    assert done.stderr.strip() == ("error: data.unlabeled_source='pool.npy': 63 features but data.source='digits' "
+                                   "has 64; unlabeled rows need the same features (columns) as the labeled ones")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
