@@ -98,13 +98,13 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _curve(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
     from pipeline.data.budgets import check_budgets, parse_budgets
     from pipeline.errors import InputError
 
     budgets = parse_budgets(args.labels)
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: give at least 1 draw a budget")
+    config = load_config(args.config, args.overrides)
     from flows.startup import flow_session
 
     with flow_session(config, debug=args.debug, check=lambda data: check_budgets(data, budgets), raw_probe=False):
