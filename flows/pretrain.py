@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -82,13 +83,14 @@ def train_layer_task(
     parent_key: str | None,
     hooks: PipelineHooks,
     reuse: bool,
+    fit_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train layer ``settings.index`` into ``<cache_dir>/layers/<key>`` unless ``reuse``; never retried."""
     if reuse:
         return {"key": key, "trained": False}
     directory = layer_store.layer_dir(cache_dir, key)
-    layer_store.train_into(directory, greedy.layer_trainer(settings, inputs, seed=seed, hooks=hooks), seed=seed,
-                           key=key, parent_key=parent_key, replace=True)
+    train = greedy.layer_trainer(settings, inputs, seed=seed, hooks=hooks, fit_rows=fit_rows)
+    layer_store.train_into(directory, train, seed=seed, key=key, parent_key=parent_key, replace=True)
     return {"key": key, "trained": True}
 
 
@@ -169,7 +171,7 @@ class CachedLayers:
         self.parent_key: str | None = None
         self.retrain = refresh_cache  # once a layer retrains, every layer above it does too
 
-    def __call__(self, settings: ResolvedLayer, inputs: Splits, seed: int) -> LayerResult:
+    def __call__(self, settings: ResolvedLayer, inputs: Splits, seed: int, fit_rows: np.ndarray | None) -> LayerResult:
         """Run one layer task (training unless reusing) and load its result from the layer store."""
         assert self.fingerprint is not None, "set the input fingerprint before the first layer"
         logger = get_run_logger()
@@ -181,10 +183,10 @@ class CachedLayers:
             logger.warning("layer %d cache entry %s is damaged (%s): retraining layer %d and the layers above",
                            number, directory, problem, number)
         reused = not self.retrain and problem is None
-        layer = self._run(key, settings, inputs, seed, reused) if reused else None
+        layer = self._run(key, settings, inputs, seed, fit_rows, reused) if reused else None
         if layer is None:
             reused, self.retrain = False, True
-            layer = self._run(key, settings, inputs, seed, False)
+            layer = self._run(key, settings, inputs, seed, fit_rows, False)
         if reused:
             logger.info("layer %d reused from cache %s (%s)", number, key, directory)
         else:
@@ -192,10 +194,11 @@ class CachedLayers:
         self.parent_key = key
         return layer
 
-    def _run(self, key: str, settings: ResolvedLayer, inputs: Splits, seed: int, reuse: bool) -> LayerResult | None:
+    def _run(self, key: str, settings: ResolvedLayer, inputs: Splits, seed: int, fit_rows: np.ndarray | None,
+             reuse: bool) -> LayerResult | None:
         """The task, then the stored layer; None when a reused entry cannot be loaded after all."""
         number = settings.index + 1
-        self.chain.run(train_layer_task, f"train-layer-{number}", key, settings, inputs, seed=seed,
+        self.chain.run(train_layer_task, f"train-layer-{number}", key, settings, inputs, seed=seed, fit_rows=fit_rows,
                        cache_dir=str(self.cache_dir), parent_key=self.parent_key, hooks=self.hooks, reuse=reuse,
                        after=(f"train-layer-{number - 1}" if number > 1 else "start-tracking",))
         directory = layer_store.layer_dir(self.cache_dir, key)

@@ -54,6 +54,9 @@ class DataConfig(_Section):
     source's features; labels in them are ignored)."""
     unlabeled_classes: Annotated[list[int | str], Field(min_length=1)] | None = None
     """Classes whose labels are dropped: their rows join pretraining as unlabeled rows (e.g. [5, 6, 7, 8, 9])."""
+    pretrain_on: Literal["all", "unlabeled"] = "all"
+    """Training rows the layers learn from: all (labeled and unlabeled), or only the unlabeled ones (self-taught
+    learning: features from other data, e.g. other classes, then learned from the labeled rows' labels)."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     """Fraction of rows held out for testing, strictly between 0 and 1; only reported, never used to choose."""
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1

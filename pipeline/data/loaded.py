@@ -64,6 +64,7 @@ class LoadedData:
     # of each validation row. None when the splits are slices of a memory-mapped file.
     dev_positions: np.ndarray | None = None
     n_pool: int = 0  # training rows from data.unlabeled_source (X_train's last rows)
+    pretrain_rows: np.ndarray | None = None  # positions in X_train the layers fit on (data.pretrain_on); None: all
     _scaled: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

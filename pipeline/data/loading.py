@@ -150,7 +150,19 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         features_fingerprint=features,
         dev_positions=dev_positions,
         n_pool=sum(part.shape[0] for part in pool),
+        pretrain_rows=_pretrain_rows(data, y_train, int(X_train.shape[0])),
     )
+
+
+def _pretrain_rows(data: DataConfig, y_train: np.ndarray | None, n_train: int) -> np.ndarray | None:
+    """The training rows the layers fit on: None for all of them, else the unlabeled ones (data.pretrain_on)."""
+    if data.pretrain_on == "all":
+        return None
+    rows = np.arange(n_train) if y_train is None else np.flatnonzero(~labeled_mask(y_train))
+    if rows.size == 0:
+        raise InputError(f"data.pretrain_on=unlabeled: {data.source} has no unlabeled training rows; mark some "
+                         "(-1 labels, data.unlabeled_classes or data.unlabeled_source) or set pretrain_on: all")
+    return rows.astype(np.int64)
 
 
 def _check_labeled(data: DataConfig, y: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ class CurveSteps:
     """How each step runs: plain calls by default; ``flows.curve`` makes tasks of them."""
 
     load: Callable[[PipelineConfig], LoadedData] = lambda config: load_data(config.data, config.seed)
-    layer: LayerStep = lambda settings, inputs, seed: train_layer(settings, inputs, seed=seed)
+    layer: LayerStep = lambda settings, inputs, seed, rows: train_layer(settings, inputs, seed=seed, fit_rows=rows)
     anchors: Callable[[LoadedData, int], AnchorFeatures] = fit_anchor_features
     budget: BudgetStep = lambda budget, run: run(budget)  # (budget, run it) -> its result
 

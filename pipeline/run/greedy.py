@@ -71,12 +71,15 @@ def train_layer(
     seed: int,
     hooks: PipelineHooks | None = None,
     codes_dir: Path | None = None,
+    fit_rows: np.ndarray | None = None,
 ) -> LayerResult:
-    """Train one layer on ``inputs.train`` (early stopping on ``inputs.val``) and encode every split."""
+    """Train one layer on ``inputs.train`` (its rows ``fit_rows`` when given: ``LoadedData.pretrain_rows``;
+    early stopping on ``inputs.val``) and encode every split."""
     hooks = hooks or PipelineHooks()
     start = time.perf_counter()
+    train = inputs.train if fit_rows is None else np.asarray(inputs.train[fit_rows])
     model = train_autoencoder(
-        inputs.train,
+        train,
         sae_config(settings, int(inputs.train.shape[1])),
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -93,10 +96,11 @@ def train_layer(
     return encode_layer(settings, model, inputs, codes_dir=codes_dir, seconds=time.perf_counter() - start)
 
 
-def layer_trainer(settings: ResolvedLayer, inputs: Splits, *, seed: int, hooks: PipelineHooks | None = None
-                  ) -> Callable[[Path], LayerResult]:
+def layer_trainer(settings: ResolvedLayer, inputs: Splits, *, seed: int, hooks: PipelineHooks | None = None,
+                  fit_rows: np.ndarray | None = None) -> Callable[[Path], LayerResult]:
     """``train_layer`` as the layer store calls it: given where the codes go, train and encode the layer."""
-    return lambda codes_dir: train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=codes_dir)
+    return lambda codes_dir: train_layer(settings, inputs, seed=seed, hooks=hooks, codes_dir=codes_dir,
+                                         fit_rows=fit_rows)
 
 
 def encode_layer(
@@ -178,7 +182,8 @@ def evaluate_run(
     return result
 
 
-LayerStep = Callable[[ResolvedLayer, Splits, int], LayerResult]
+# (settings, inputs, seed, the training rows it fits on: None = all) -> the trained (or cached) layer
+LayerStep = Callable[[ResolvedLayer, Splits, int, np.ndarray | None], LayerResult]
 
 
 @dataclass
@@ -187,7 +192,7 @@ class Steps:
 
     load: Callable[[PipelineConfig], LoadedData]
     start: Callable[[PipelineConfig, LoadedData], None]
-    layer: LayerStep  # (settings, inputs, seed) -> the trained (or cached) layer
+    layer: LayerStep
     record: Callable[[LayerResult], None]
     stack: Callable[[PipelineConfig, LoadedData, list[LayerResult]], StackedEncoder]
     finetune: Callable[[PipelineConfig, LoadedData, list[LayerResult], StackedEncoder], FinetuneResult | None]
@@ -202,7 +207,7 @@ def plain_steps(hooks: PipelineHooks) -> Steps:
     return Steps(
         load=lambda config: load_data(config.data, config.seed),
         start=hooks.on_run_start,
-        layer=lambda settings, inputs, seed: train_layer(settings, inputs, seed=seed, hooks=hooks),
+        layer=lambda settings, inputs, seed, rows: train_layer(settings, inputs, seed=seed, hooks=hooks, fit_rows=rows),
         record=hooks.on_layer_end,
         stack=stack_encoder,
         finetune=lambda config, data, layers, encoder: finetune_if_labelled(config, data, encoder, hooks, layers[-1].codes),
@@ -217,7 +222,7 @@ def train_layers(config: PipelineConfig, data: LoadedData, layer: LayerStep,
     """The one loop over layers: each trains (``layer``: plain, or a cached Prefect task) on the codes below."""
     layers: list[LayerResult] = []
     for settings in config.resolved_layers():
-        done = layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings))
+        done = layer(settings, layer_inputs(config, data, layers), layer_seed(config, settings), data.pretrain_rows)
         record(done)
         layers.append(done)
     return layers

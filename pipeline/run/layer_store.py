@@ -51,10 +51,13 @@ def _sha256(payload: Any) -> str:
 def input_fingerprint(data: LoadedData) -> str:
     """Hash of what layer 1 sees: every split's features in order (training rows, the unlabeled ones and the
     unlabeled pool included; validation; test: the codes of all three are stored) plus the fitted scaling.
-    Labels are left out: no layer reads them."""
+    Labels are left out: no layer reads them; which rows the layers fit on (``pretrain_rows``) is in.
+    """
     s = data.scaling
     digest = hashlib.sha256()
     digest.update(data.features_fingerprint.encode())
+    if data.pretrain_rows is not None:
+        digest.update(b"pretrain_rows:" + np.ascontiguousarray(data.pretrain_rows, np.int64).tobytes())
     digest.update(f"{s.kind}|{float(s.offset)!r}|{bool(s.clip)}".encode())
     digest.update(np.ascontiguousarray(s.shift, np.float32).tobytes())
     digest.update(np.ascontiguousarray(s.factor, np.float32).tobytes())

@@ -132,7 +132,8 @@ def _ask_batch(ctx: _Context, study: optuna.Study, config: PipelineConfig, index
             rejected[trial.number] = TrialOutcome(trial.number, params, "", FAILED, error=str(error))
             continue
         jobs.append(TrialJob(trial.number, params, settings, inputs(settings), labels, layer_seed(config, settings),
-                             ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial))
+                             ctx.fingerprint, parent_key, ctx.cache_dir, ctx.objective, trial,
+                             fit_rows=ctx.data.pretrain_rows))
         trial.set_user_attr("key", jobs[-1].key)  # before training: a kill leaves a partial layer to find
     return asked, jobs, rejected
 
@@ -183,8 +184,8 @@ def _best_layer(ctx: _Context, config: PipelineConfig, index: int, best: optuna.
     key = layer_store.layer_cache_key(ctx.fingerprint, settings, seed, parent_key)
     directory = layer_store.layer_dir(ctx.cache_dir, key)
     if not layer_store.is_complete(directory):
-        layer_store.train_into(directory, layer_trainer(settings, inputs(settings), seed=seed), seed=seed, key=key,
-                               parent_key=parent_key)
+        train = layer_trainer(settings, inputs(settings), seed=seed, fit_rows=ctx.data.pretrain_rows)
+        layer_store.train_into(directory, train, seed=seed, key=key, parent_key=parent_key)
     return config, layer_store.load_layer(directory, settings, reused=True), key
 
 

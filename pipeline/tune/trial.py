@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from pytorch_lightning.callbacks import Callback
 
@@ -38,6 +39,7 @@ class TrialJob:
     objective: str
     trial: optuna.trial.BaseTrial | None = None
     hooks: PipelineHooks | None = None
+    fit_rows: np.ndarray | None = None  # the training rows the layer fits on (LoadedData.pretrain_rows)
 
     @property
     def key(self) -> str:
@@ -100,7 +102,8 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     try:
         outcome.recalled = layer_store.is_complete(directory)
         if not outcome.recalled:
-            train = layer_trainer(job.settings, job.inputs, seed=job.seed, hooks=_TrialHooks(reporter, job.hooks))
+            train = layer_trainer(job.settings, job.inputs, seed=job.seed, hooks=_TrialHooks(reporter, job.hooks),
+                                  fit_rows=job.fit_rows)
             layer_store.train_into(directory, train, seed=job.seed, key=key, parent_key=job.parent_key)
         layer = layer_store.load_layer(directory, job.settings, reused=outcome.recalled)
         outcome.history, outcome.epochs = layer.history, len(layer.history)
