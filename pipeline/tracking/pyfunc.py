@@ -4,8 +4,8 @@ A logged model directory holds ``artifacts/encoder/`` (``config.json`` + ``model
 ``StackedEncoder.save``), ``code/sae_encoder_pyfunc.py`` (the self-contained model class, bundled with
 ``code_paths``) and a three-line "model from code" script that instantiates it, so nothing is cloudpickled and
 loading needs only torch, numpy, safetensors, pandas and mlflow: not sae-pipeline. Its ``predict`` takes raw
-features and returns the top-layer codes (n, d_out) float32. The signature names the input columns when the
-data had real column names, and is a float64 (-1, d_in) tensor otherwise.
+features (a DataFrame, a numpy array of float32 or float64, or a list of rows) and returns the top-layer codes
+(n, d_out) float32; the signature (``signature``) is chosen so MLflow's enforcement lets all three through.
 
 Versions logged before the code was bundled import ``pipeline.tracking.pyfunc.EncoderModel`` (or
 ``pipeline.pyfunc.EncoderModel``): both names still point at the same class.
@@ -63,32 +63,37 @@ def generated_names(names: Sequence[str]) -> bool:
     return list(names) == [f"x{i}" for i in range(len(names))]
 
 
-def signature(encoder: StackedEncoder, feature_names: Sequence[str] | None = None) -> ModelSignature:
-    """Named double columns when the data had column names, else one float64 (-1, d_in) tensor; float32 codes out.
+def signature(encoder: StackedEncoder) -> ModelSignature:
+    """``d_in`` unnamed double columns in, float32 (-1, d_out) codes out: the one input schema MLflow 3.17's strict
+    enforcement lets a DataFrame, a numpy array (float32 or float64) and a list of rows all through.
 
-    Named columns take a DataFrame with those columns (any order: MLflow matches them by name, so a table
-    with the columns shuffled still encodes right; a bare array is refused); the tensor takes a float64
-    (n, d_in) array. Either way MLflow checks the input before the encoder runs.
+    Named columns would refuse arrays and lists, a float64 tensor refuses float32 arrays (the dtype this
+    pipeline trains in), a float32 tensor refuses float64. The bundled ``predict`` matches a DataFrame's
+    columns by the training's feature names when it has them (any order), else takes them in order; the names
+    show in the input example and the model version's description.
     """
-    names = list(feature_names or encoder.meta.get("feature_names") or [])
-    if len(names) == encoder.d_in and not generated_names(names):
-        inputs = Schema([ColSpec(DataType.double, name) for name in names])
-    else:
-        inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, encoder.d_in))])
+    inputs = Schema([ColSpec(DataType.double) for _ in range(encoder.d_in)])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.d_out))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _example(encoder: StackedEncoder, signature_: ModelSignature, rows: np.ndarray | None) -> object:
-    """The first rows as the signature expects them: a DataFrame for named columns, a float64 array otherwise."""
+def feature_names(encoder: StackedEncoder) -> list[str] | None:
+    """The training data's column names, when it had real ones (not the readers' made-up ``x0, x1, ...``)."""
+    names = list(encoder.meta.get("feature_names") or [])
+    return names if len(names) == encoder.d_in and not generated_names(names) else None
+
+
+def _example(encoder: StackedEncoder, rows: np.ndarray | None) -> object:
+    """The first rows, as a DataFrame named by the features when the data named them (the names a caller sees)."""
     if rows is None:
         return None
     X = np.asarray(rows[:EXAMPLE_ROWS], dtype=np.float64)
-    if signature_.inputs.has_input_names() and not signature_.inputs.is_tensor_spec():
-        import pandas as pd
+    names = feature_names(encoder)
+    if names is None:
+        return X
+    import pandas as pd
 
-        return pd.DataFrame(X, columns=signature_.inputs.input_names())
-    return X
+    return pd.DataFrame(X, columns=names)
 
 
 def warm_requirement_checks() -> None:
@@ -134,7 +139,7 @@ def log_encoder_model(
             code_paths=[str(bundled)],
             artifacts={ARTIFACT_KEY: str(weights)},
             signature=spec,
-            input_example=_example(encoder, spec, input_example),
+            input_example=_example(encoder, input_example),
             pip_requirements=pip_requirements(),
         )
 
@@ -173,5 +178,5 @@ def weights_dir(model_dir: Path) -> Path | None:
     return None if path is None else model_dir / path
 
 
-__all__ = ["EncoderModel", "log_encoder_model", "pip_requirements", "signature", "warm_requirement_checks",
+__all__ = ["EncoderModel", "feature_names", "log_encoder_model", "pip_requirements", "signature", "warm_requirement_checks",
            "weights_dir"]

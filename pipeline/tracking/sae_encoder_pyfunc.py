@@ -17,6 +17,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from safetensors.torch import load_file
 
 ARTIFACT_KEY = "encoder"  # the key of the weights directory in the pyfunc model's artifacts
@@ -81,6 +83,28 @@ class PortableEncoder(torch.nn.Module):
         return np.concatenate(parts) if parts else np.empty((0, width), np.float32)
 
 
+def as_features(model_input: Any, d_in: int, names: list[str] | None = None) -> np.ndarray:
+    """What callers pass to ``predict`` as a (n, d_in) float32 array: a DataFrame (its columns matched by name when
+    they are the training's feature names, else taken in order), a numpy array of any float dtype, or a list of rows.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        columns = [str(c) for c in model_input.columns]
+        known = [n for n in names or [] if n in columns]
+        if known and len(known) < len(names or []):
+            missing = [n for n in names or [] if n not in columns]
+            # An MlflowException: a served model answers it as 400 with this message, not as an internal error.
+            raise MlflowException(f"input has columns {columns[:5]}... but lacks feature column(s) {missing[:5]} "
+                                  f"({len(missing)} of {d_in}); pass all {d_in} named columns, or {d_in} in order",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        frame = model_input.set_axis(columns, axis=1)
+        model_input = frame[names] if known else frame
+        model_input = model_input.to_numpy()
+    X = np.asarray(model_input, dtype=np.float32)
+    if X.ndim == 1 and X.size == d_in:  # one row
+        X = X.reshape(1, d_in)
+    return X
+
+
 class EncoderModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: raw features (n, d_in) -> top-layer codes (n, d_out) float32."""
 
@@ -90,6 +114,6 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     # The np.ndarray hint is one MLflow infers no schema from (any other hint warns), so the signature governs.
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Top-layer codes of raw features: an array, or a DataFrame in the signature's column order."""
-        X = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
-        return self.encoder.transform(X)
+        """Top-layer codes of raw features: a DataFrame (by feature name, else in order), an array or a list of rows."""
+        names = self.encoder.meta.get("feature_names")
+        return self.encoder.transform(as_features(model_input, self.encoder.d_in, list(names) if names else None))

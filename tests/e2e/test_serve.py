@@ -29,14 +29,16 @@ NAMES = [f"pixel_{i}" for i in range(16)]
 # the code it bundles.
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    """A 16 -> 8 -> 4 encoder registered as serve-encoder@champion in a temp sqlite store."""
+@pytest.fixture(scope="module", params=["named", "unnamed"])
+def champion(request, tmp_path_factory):
+    """A 16 -> 8 -> 4 encoder registered as serve-encoder@champion in a temp sqlite store, trained on data with
+    column names (``pixel_<i>``) or without (the readers' made-up ``x<i>``)."""
     root = tmp_path_factory.mktemp("serve-store")
     uri = f"sqlite:///{root}/mlflow.db"
     torch.manual_seed(0)
     layers = [SparseAutoencoder(SAEConfig(16, 8)), SparseAutoencoder(SAEConfig(8, 4))]
-    encoder = StackedEncoder.from_autoencoders(Scaling.identity(16), layers, meta={"feature_names": NAMES})
+    names = NAMES if request.param == "named" else [f"x{i}" for i in range(16)]
+    encoder = StackedEncoder.from_autoencoders(Scaling.identity(16), layers, meta={"feature_names": names})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         client = MlflowClient(uri)
@@ -78,14 +80,34 @@ def invoke(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_the_served_champion_answers_invocations_with_the_encoders_codes(champion, served):
+def payloads(X: np.ndarray, names: list[str]) -> dict[str, dict]:
+    """The request bodies downstream code sends: a DataFrame by the feature names (in and out of order) and
+    without names, a numpy array as ``inputs`` (float32, as a client serialises it), a list of rows as ``instances``."""
+    return {
+        "dataframe_split": {"dataframe_split": {"columns": names, "data": X.tolist()}},
+        "dataframe_split, columns reversed": {"dataframe_split": {"columns": names[::-1], "data": X[:, ::-1].tolist()}},
+        "dataframe_split, no column names": {"dataframe_split": {"data": X.tolist()}},
+        "dataframe_records": {"dataframe_records": [dict(zip(names, row, strict=True)) for row in X.tolist()]},
+        "inputs, float32 array": {"inputs": X.astype(np.float32).tolist()},
+        "instances, list of lists": {"instances": X.tolist()},
+    }
+
+
+def test_the_served_champion_answers_every_input_form_with_the_encoders_codes(champion, served):
     _, encoder, _ = champion
     X = np.random.default_rng(0).uniform(0, 1, size=(6, 16))
-    status, body = invoke(served, {"dataframe_split": {"columns": NAMES, "data": X.tolist()}})
-    assert status == 200, body
-    np.testing.assert_allclose(np.array(body["predictions"]), encoder.transform(X), atol=1e-6)
+    for form, payload in payloads(X, encoder.meta["feature_names"]).items():
+        status, body = invoke(served, payload)
+        assert status == 200, (form, body)
+        tolerance = 1e-5 if "float32" in form else 1e-6
+        np.testing.assert_allclose(np.array(body["predictions"]), encoder.transform(X), atol=tolerance, err_msg=form)
 
 
-def test_the_served_model_refuses_rows_without_the_named_columns(served):
+def test_the_served_model_refuses_rows_with_too_few_columns_or_a_named_column_missing(champion, served):
+    if champion[1].meta["feature_names"] != NAMES:
+        pytest.skip("names matter only for data that had them")
     status, body = invoke(served, {"dataframe_split": {"columns": NAMES[:-1], "data": [[0.5] * 15]}})
-    assert status == 400 and "pixel_15" in body["message"]
+    assert status == 400 and "16 inputs" in body["message"], body
+    renamed = [*NAMES[:-1], "label"]
+    status, body = invoke(served, {"dataframe_split": {"columns": renamed, "data": [[0.5] * 16]}})
+    assert status == 400 and "lacks feature column(s) ['pixel_15']" in body["message"], body

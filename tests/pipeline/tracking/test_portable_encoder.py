@@ -8,9 +8,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.types import DataType
 
 from pipeline.tracking.pyfunc import MODEL_CODE, log_encoder_model, pip_requirements, signature
 from pipeline.tracking.registry import register_model
@@ -29,6 +31,7 @@ import mlflow, numpy as np
 model = mlflow.pyfunc.load_model(sys.argv[1])
 X = np.asarray(json.loads(sys.argv[2]), dtype=np.float64)
 codes = model.predict(X)
+assert np.array_equal(model.predict(X.astype(np.float32)), codes) and np.array_equal(model.predict(X.tolist()), codes)
 print(json.dumps({"codes": codes.tolist(), "project": sorted(m for m in sys.modules if m.split(".")[0] in {"pipeline", "sae", "flows"})}))
 """
 
@@ -62,13 +65,12 @@ def test_the_portable_encoder_gives_the_stacked_encoders_codes(tmp_path, scale):
         portable.transform(X[:, :10])
 
 
-def test_the_signature_names_real_columns_and_is_a_tensor_for_made_up_ones():
-    encoder = stacked()
-    named = signature(encoder, [f"pixel_{i}" for i in range(64)])
-    assert named.inputs.input_names()[:2] == ["pixel_0", "pixel_1"] and not named.inputs.is_tensor_spec()
-    unnamed = signature(encoder, [f"x{i}" for i in range(64)])
-    (tensor,) = unnamed.inputs.inputs
-    assert unnamed.inputs.is_tensor_spec() and (tensor.type, tensor.shape) == (np.dtype(np.float64), (-1, 64))
+def test_the_signature_is_unnamed_double_columns_in_and_float32_codes_out():
+    spec = signature(stacked())
+    assert not spec.inputs.is_tensor_spec() and not spec.inputs.has_input_names()
+    assert [c.type for c in spec.inputs.inputs] == [DataType.double] * 64
+    (codes,) = spec.outputs.inputs
+    assert (codes.type, codes.shape) == (np.dtype(np.float32), (-1, 8))
 
 
 def test_the_pins_are_public_packages_only():
@@ -129,3 +131,48 @@ def test_a_version_logged_in_the_old_layout_still_loads(store, tmp_path, module)
     model = mlflow.pyfunc.load_model(info.model_uri)
     X = sample(9)
     np.testing.assert_allclose(model.predict(X), encoder.transform(X), atol=1e-6)
+
+
+NAMES = [f"pixel_{i}" for i in range(64)]
+FORMS = {  # how downstream code calls predict: (input, rows it stands for)
+    "dataframe": lambda X, names: pd.DataFrame(X, columns=names),
+    "dataframe, columns shuffled": lambda X, names: pd.DataFrame(X, columns=names)[names[::-1]],
+    "numpy float32": lambda X, names: X.astype(np.float32),
+    "numpy float64": lambda X, names: X.astype(np.float64),
+    "list of lists": lambda X, names: X.tolist(),
+}
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named columns", "unnamed columns"])
+def test_load_model_predicts_from_a_dataframe_an_array_of_either_float_and_a_list(store, tmp_path, named):
+    uri, client = store
+    encoder = stacked()
+    names = NAMES if named else [f"x{i}" for i in range(64)]
+    encoder.meta["feature_names"] = names
+    run = client.create_run("0")
+    info = log_encoder_model(encoder, run_id=run.info.run_id, tracking_uri=uri, input_example=sample(5))
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    X = sample(6)
+    expected = encoder.transform(X)
+    for form, make in FORMS.items():
+        if "shuffled" in form and not named:
+            continue  # made-up names say nothing about order
+        codes = model.predict(make(X, names))
+        assert codes.dtype == np.float32 and codes.shape == (6, 8), form
+        np.testing.assert_allclose(codes, expected, atol=1e-6, err_msg=form)
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "model")))
+    example = json.loads((local / "input_example.json").read_text())
+    assert (example["columns"] if named else len(example)) == (NAMES if named else 5)  # the names a caller sees on the model page
+
+
+def test_a_dataframe_missing_a_named_feature_is_refused_with_the_column_named(store):
+    uri, client = store
+    encoder = stacked()
+    encoder.meta["feature_names"] = NAMES
+    run = client.create_run("0")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(log_encoder_model(encoder, run_id=run.info.run_id, tracking_uri=uri).model_uri)
+    frame = pd.DataFrame(sample(3), columns=NAMES).rename(columns={"pixel_7": "label"})
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"lacks feature column\(s\) \['pixel_7'\]"):
+        model.predict(frame)

@@ -240,12 +240,14 @@ def test_both_logged_models_carry_the_parent_runs_summary_metrics(run):
         assert set(metrics) == set(parent.data.metrics)  # the run page's Models column links each of them
 
 
-def test_the_signature_names_the_training_columns(run, store):
+def test_the_input_example_names_the_training_columns_and_the_signature_counts_them(run, store):
     result, _, _ = run
     uri, _ = store
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info("models:/tracked-encoder@champion")
-    assert info.signature.inputs.input_names() == result.data.feature_names  # pixel_0_0, ...
+    assert len(info.signature.inputs.inputs) == len(result.data.feature_names) == 64
+    example = mlflow.pyfunc.load_model("models:/tracked-encoder@champion").input_example
+    assert list(example.columns) == result.data.feature_names  # pixel_0_0, ...
     (codes,) = info.signature.outputs.inputs
     assert (codes.type, codes.shape) == (np.dtype(np.float32), (-1, 8))
 
@@ -257,8 +259,8 @@ def test_the_registered_model_loads_three_ways_and_agrees_with_the_encoder(run, 
     expected = result.registered_encoder.transform(X)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tracked-encoder@champion")
-    with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):
-        model.predict(np.asarray(X, np.float64))  # named columns: a DataFrame says which column is which
+    for array in (np.asarray(X, np.float32), np.asarray(X, np.float64), np.asarray(X).tolist()):
+        np.testing.assert_allclose(model.predict(array), expected, atol=1e-6)  # columns in order
     frame = pd.DataFrame(X, columns=result.data.feature_names)
     np.testing.assert_allclose(model.predict(frame), expected, atol=1e-6)
     np.testing.assert_allclose(model.predict(frame[frame.columns[::-1]]), expected, atol=1e-6)  # matched by name
