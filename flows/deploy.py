@@ -24,7 +24,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENTRYPOINT = "flows/pretrain.py:pretrain_flow"
+ENTRYPOINT = "flows/pretrain.py:pretrain_flow"  # relative to the source a work pool's workers pull
 
 
 def one_at_a_time() -> ConcurrencyLimitConfig:
@@ -58,6 +58,40 @@ def _require_server(what: str) -> str:
     return str(url)
 
 
+def description(config: PipelineConfig, what: str = "Trains") -> str:
+    """What a deployment does, in the Prefect UI: the config, its data and stack, and where its results go."""
+    widths = " → ".join(["inputs", *(str(layer.hidden) for layer in config.layers)])
+    return (f"{what} sae-pipeline config `{config.name}` on data `{config.data.source}` ({widths}), then fine-tunes, "
+            f"evaluates and registers it as `{config.model_name}` (MLflow experiment `{config.name}`). Each run's "
+            "log and artifacts link its MLflow run.")
+
+
+def deactivate_schedules(deployment_name: str) -> int:
+    """Turn off the schedules of deployment ``<flow>/<name>``, as a stopped ``serve`` leaves the deployment
+    paused: the switch and the schedules then agree (both off) until ``serve`` starts again. Returns how many."""
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound:
+            return 0
+        schedules = [s for s in found.schedules if s.active]
+        for schedule in schedules:
+            client.update_deployment_schedule(found.id, schedule.id, active=False)
+    return len(schedules)
+
+
+def serve_until_stopped(deployment: Any) -> None:
+    """Serve ``deployment`` from this process until Ctrl-C or SIGTERM; then pause it with its schedules off."""
+    from prefect import serve as prefect_serve
+
+    path, _, function = deployment.entrypoint.rpartition(":")  # Prefect made it relative to the working directory
+    deployment.entrypoint = f"{Path(path).resolve()}:{function}"  # the same wherever `serve` was started
+    try:
+        prefect_serve(deployment)  # pauses the deployment on shutdown
+    finally:
+        deactivate_schedules(f"{deployment.flow_name}/{deployment.name}")
+
+
 def parameters(config: PipelineConfig) -> dict[str, Any]:
     """The deployment parameters for ``config`` (JSON, validated against the flow's schema by the server)."""
     return {"config": config.model_dump(mode="json"), "refresh_cache": False}
@@ -73,14 +107,14 @@ def serve(
     config = _config(config)
     schedule = _schedule(cron, interval)
     _require_server("serving a schedule")
-    pretrain_flow.serve(
+    serve_until_stopped(pretrain_flow.to_deployment(
         name=name or config.name,
         parameters=parameters(config),
-        description=f"Greedy SAE pretraining of {config.name} on {config.data.source}",
+        description=description(config),
         tags=["sae-pipeline"],
-        global_limit=one_at_a_time(),
+        concurrency_limit=one_at_a_time(),
         **schedule,
-    )
+    ))
 
 
 def ensure_process_pool(pool: str) -> bool:
@@ -121,7 +155,7 @@ def deploy(
         name=name or config.name,
         work_pool_name=pool,
         parameters=parameters(config),
-        description=f"Greedy SAE pretraining of {config.name} on {config.data.source}",
+        description=description(config),
         tags=["sae-pipeline"],
         concurrency_limit=one_at_a_time(),
         print_next_steps=False,

@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
-from flows.artifacts import current_flow_run_tags, publish_results, publish_run_link
+from flows.artifacts import current_flow_run_tags, current_origin, publish_results, publish_run_link
 from flows.session import FlowSession, current_session
 from pipeline.app.progress import ProgressPrinter
 from pipeline.config import PipelineConfig, ResolvedLayer
@@ -254,10 +254,11 @@ def pretrain_flow(config: PipelineConfig, refresh_cache: bool = False, overrides
     """Greedily pretrain, stack, fine-tune, evaluate, track and register the stack described by ``config``
     (``overrides``: the ``--set`` values already applied to it, shown in the MLflow run description)."""
     config = _as_config(config)
-    # One name for both: the MLflow parent run is named after this flow run and tagged with its id and page.
-    tracking = MlflowTracking(run_name=flow_run.get_name(), run_tags=current_flow_run_tags(),
-                              overrides=overrides or ())
     session = current_session()  # what the caller's process already has (data, raw probe, its own hooks)
+    # One name for both: the MLflow parent run is named after this flow run, tagged with its id, linked to its page.
+    name = flow_run.get_name()
+    tracking = MlflowTracking(run_name=name, run_tags=current_flow_run_tags(), overrides=overrides or (),
+                              origin=current_origin(name, session.search))
     hooks = CompositeHooks([tracking, ProgressPrinter(), *session.hooks])
     result = pretrain_stack(config, hooks, flow_steps(config, tracking, hooks, refresh_cache, session))
     publish_results(result)

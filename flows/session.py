@@ -34,6 +34,7 @@ class FlowSession:
     data_for: str | None = None
     hooks: tuple[PipelineHooks, ...] = ()  # added to the pretrain flow's own (tracking, progress)
     raw_probe: Future[float] | None = None  # the raw-input probe of ``data``, started ahead
+    search: str | None = None  # markdown: the search whose best config the flow trains (its run's description)
 
     def data_of(self, config: PipelineConfig) -> LoadedData | None:
         """The preloaded data when ``config`` reads the same data, else None (the flow reads it)."""

@@ -6,10 +6,13 @@ by its layer's cache key, so the same settings on the same codes are never train
 was pruned ends Cancelled and one that failed ends Failed, each with the reason. The best stack is then run by
 ``pretrain_flow`` as a sub-flow, exactly as ``sae-pipeline run best.yaml`` would (layers from the cache,
 fine-tuning, evaluation, registration with the champion rules), unless an identical search already did that
-(``recall-best-stack``: same best config, data and code; see ``pipeline.tracking.tune_recall``).
+(then a ``recall-best-stack`` task says so: same best config, data and code; see
+``pipeline.tracking.tune_recall``). The MLflow search run shares the flow run's name and links it; the flow run
+gets a link artifact to it and, at the end, the trial table; the best stack's run says which search chose it.
 """
 
 # No `from __future__ import annotations`: Prefect builds the flow's parameter model from real annotations.
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -17,14 +20,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
+from flows.artifacts import current_flow_run_tags, current_origin, publish_run_link, publish_search
 from flows.pretrain import _as_config, pretrain_flow
-from flows.session import current_session
+from flows.session import current_session, use_session
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.tracking import describe
 from pipeline.tracking.tune_recall import RecalledStack
 from pipeline.tracking.tune_runs import TuneTracking, optuna_storage
-from pipeline.tune.search import Runner, TuneResult, tune_stack
+from pipeline.tune.search import Runner, TuneHooks, TuneResult, tune_stack
+from pipeline.tune.table import search_table
 from pipeline.tune.trial import COMPLETE, PRUNED, TrialJob, TrialOutcome, run_trial
 
 
@@ -44,15 +49,31 @@ def trial_task(job: TrialJob, outcomes: dict[int, TrialOutcome]) -> Any:
 
 
 @task(name="recall-best-stack", task_run_name="recall-best-stack", cache_policy=NO_CACHE, persist_result=False)
-def recall_task(tracking: TuneTracking, best_config: PipelineConfig) -> RecalledStack | None:
-    """The best stack as an identical earlier search fine-tuned, evaluated and registered it, if one did."""
-    recalled = tracking.recall(best_config)
-    if recalled is not None:
-        reg = recalled.tracked.registration
-        get_run_logger().info("best stack recalled from MLflow run %s (%s %.4f%s): not fine-tuned, evaluated or "
-                              "registered again", recalled.tracked.run_id, *recalled.headline()[:2],
-                              f"; version {reg.model_version}" if reg else "")
+def recall_task(recalled: RecalledStack) -> RecalledStack:
+    """The best stack as an identical earlier search fine-tuned, evaluated and registered it (shown only then)."""
+    reg = recalled.tracked.registration
+    get_run_logger().info("best stack recalled from MLflow run %s (%s %.4f%s): not fine-tuned, evaluated or "
+                          "registered again", recalled.tracked.run_id, *recalled.headline()[:2],
+                          f"; version {reg.model_version}" if reg else "")
     return recalled
+
+
+class SearchLinks(TuneHooks):
+    """The flow run's side of the links: an artifact and a log line pointing at the MLflow search run once it is
+    open, and the trial table with the best stack's run at the end (after ``TuneTracking`` in the hooks)."""
+
+    def __init__(self, tracking: TuneTracking) -> None:
+        self.tracking = tracking
+        self.config_name = ""
+
+    def on_search_start(self, config: PipelineConfig, data: Any, objective: str) -> None:
+        self.config_name = config.name
+        t = self.tracking
+        if t.run_id is not None:
+            publish_run_link(config.name, t.uri, t.experiment_id, t.run_id, t.run_name or "", what="tune-mlflow-run")
+
+    def on_search_end(self, result: TuneResult) -> None:
+        publish_search(self.config_name, search_table(result), self.tracking.best_run_text)
 
 
 def prefect_runner(cache_dir: str) -> Runner:
@@ -81,14 +102,20 @@ def tune_run_name() -> str:
 def tune_flow(config: PipelineConfig, trials: int | None = None, parallel: int = 1, finish: bool = True) -> TuneResult:
     """Greedy per-layer search of ``config.search``; then train/assemble, evaluate and register the best stack."""
     config = _as_config(config)
-    tracking = TuneTracking()
+    name = flow_run.get_name()  # the name tune_run_name gave this flow run: the MLflow search run shares it
+    tracking = TuneTracking(run_name=name, run_tags=current_flow_run_tags(), origin=current_origin(name))
 
     def best_stack(best_config: PipelineConfig) -> Any:
-        """Recalled when an identical search already ran it (same best config, data, code), else the pretrain flow."""
-        return recall_task(tracking, best_config) or pretrain_flow(best_config)
+        """Recalled when an identical search already ran it (same best config, data, code), else the pretrain flow
+        (its MLflow run's description links this search)."""
+        recalled = tracking.recall(best_config)
+        if recalled is not None:
+            return recall_task(recalled)
+        with use_session(replace(current_session(), search=tracking.search_line())):
+            return pretrain_flow(best_config)
 
     return tune_stack(config, optuna_storage(config), trials=trials, parallel=parallel,
-                      hooks=[tracking], runner=prefect_runner(config.cache_dir),
+                      hooks=[tracking, SearchLinks(tracking)], runner=prefect_runner(config.cache_dir),
                       finish=best_stack if finish else None, data=current_session().data_of(config))
 
 
@@ -100,14 +127,14 @@ def tune_parameters(config: PipelineConfig, trials: int | None = None, parallel:
 def tune_deployment(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
                     name: str | None = None, trials: int | None = None, parallel: int = 1) -> Any:
     """A deployment of ``tune_flow`` searching ``config`` on a cron or interval schedule (a RunnerDeployment)."""
-    from flows.deploy import _schedule, one_at_a_time  # server-only imports, on demand
+    from flows.deploy import _schedule, description, one_at_a_time  # server-only imports, on demand
 
     if config.search is None:
         raise InputError(f"config {config.name!r} has no search section: a tuning deployment needs one")
     return tune_flow.to_deployment(
         name=name or f"tune-{config.name}",
         parameters=tune_parameters(config, trials, parallel),
-        description=f"Greedy per-layer hyperparameter search of {config.name} on {config.data.source}",
+        description=description(config, "Searches the per-layer hyperparameters (the search section) of"),
         tags=["sae-pipeline", "tune"],
         concurrency_limit=one_at_a_time(),
         **_schedule(cron, interval),
@@ -117,10 +144,8 @@ def tune_deployment(config: PipelineConfig, cron: str | None = None, interval: f
 def serve_tune(config: PipelineConfig, cron: str | None = None, interval: float | None = None,
                name: str | None = None, trials: int | None = None, parallel: int = 1) -> None:
     """Serve ``tune_deployment(...)`` from this process (needs a Prefect server); blocks until stopped."""
-    from prefect import serve
-
-    from flows.deploy import _require_server
+    from flows.deploy import _require_server, serve_until_stopped
 
     deployment = tune_deployment(config, cron, interval, name, trials, parallel)
     _require_server("serving a tuning schedule")
-    serve(deployment)
+    serve_until_stopped(deployment)

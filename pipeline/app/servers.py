@@ -78,8 +78,9 @@ def _specs(directory: Path, host: str, prefect_port: int, mlflow_port: int) -> d
         "prefect": (
             Server("prefect", prefect_url, f"{prefect_url}/api/health", {"PREFECT_API_URL": f"{prefect_url}/api"}),
             [_executable("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+            # The UI asks the server where its API is: without this it says port 4200 whatever port serves it.
             {"PREFECT_HOME": str(directory / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             "DO_NOT_TRACK": "1"},
+             "PREFECT_UI_API_URL": f"{prefect_url}/api", "DO_NOT_TRACK": "1"},
         ),
         "mlflow": (
             Server("mlflow", mlflow_url, f"{mlflow_url}/health", {"MLFLOW_TRACKING_URI": mlflow_url}),

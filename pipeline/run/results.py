@@ -104,7 +104,7 @@ class PretrainResult:
             for split in ("val", "test"):
                 out[f"finetune.{split}_accuracy_before"] = getattr(f, f"{split}_accuracy_before")
                 out[f"finetune.{split}_accuracy_after"] = getattr(f, f"{split}_accuracy_after")
-            out["finetune.best_epoch"] = float(-1 if f.best_epoch is None else f.best_epoch)
+            out["finetune.best_epoch"] = float(0 if f.best_epoch is None else f.best_epoch + 1)  # 0: the start kept
             out["encoder.test_accuracy"] = self.headline()[1]
         out["seconds"] = self.seconds
         return out

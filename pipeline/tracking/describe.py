@@ -1,14 +1,14 @@
-"""What a run shows in the MLflow UI: its params (one spelling for nulls and booleans), its metric keys and
-points, and its markdown description.
+"""What a run shows in the MLflow UI: its params (one spelling for nulls and booleans) and its metric keys and
+points; the markdown descriptions are ``pipeline.tracking.notes``.
 
-Metric rules, from how the MLflow 3 UI draws charts: a metric whose last step is 0 is a bar (a summary), any
-other is a line; keys with a ``/`` form a chart section named by the prefix, and sections come before the
-unprefixed "Model metrics". So summaries (the headline, test metrics, wall time) are logged once at step 0,
-the headline under ``headline/`` so its section comes first on the parent, per-layer test metrics under
-``test/`` on the layer's own run, and epoch series at step = epoch number (1-based) without ``epoch``
-itself. Epoch series start at epoch 2: the first epoch's mean averages over the untrained start (often many
-times the rest) and on MLflow's linear y-axis flattens every later point; the full history, first epoch
-included, is the child run's ``history.json`` and its log-scale ``loss_curve.png``.
+Metric rules, from how the MLflow 3 UI draws a run's charts (one section, alphabetical, three to a row; a
+metric whose last step is 0 is a bar, any other a line): epoch series are logged at step = epoch number,
+counted from 1 everywhere (layers, fine-tuning, trials; step 0 is "before training" where there is such a
+point), and only the few that say whether a layer trained well (``CHARTED``: training and validation loss,
+then FVU, L0 and the mean activation on the validation split, or on the training split when there is none).
+The rest of each epoch is in the child run's ``history.json``; single numbers (a layer's test split) are in
+the run's description, not charts. Summary metrics are one point at step 0, rounded to a few digits, the
+parent's headline under ``headline/`` so its section comes first.
 """
 
 from __future__ import annotations
@@ -16,25 +16,29 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, RunStatus
 
 from pipeline.process import interrupts
-from pipeline.tables import markdown_table
+from pipeline.tracking import markdown
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
-    from pipeline.run.results import PretrainResult, Registration
+    from pipeline.run.finetune import FinetuneResult
+    from pipeline.run.results import PretrainResult
 
-HEADLINE, TEST, SECONDS = "headline/", "test/", "seconds"
-FIRST_CHARTED_EPOCH = 2  # 1-based: the first epoch is left out of the live charts (see the module docstring)
+HEADLINE, SECONDS = "headline/", "seconds"
+Charts = tuple[tuple[str, ...], tuple[str, ...]]  # (keys charted as they are, keys charted on validation)
+LAYER_CHARTS: Charts = (("loss", "val_loss"), ("fvu", "l0", "rho_hat_mean"))  # did the layer train well?
+FINETUNE_CHARTS: Charts = (("loss", "accuracy", "val_accuracy"), ())
 
 
 def run_name(name: str) -> str:
-    """``<name>-<YYYYmmdd-HHMMSS>``: what ran and when (MLflow runs and Prefect flow runs share it)."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``<name>-<mmdd-HHMMSS>``: what ran and when (MLflow runs and Prefect flow runs share it). No year: the
+    lists show the date beside it, and a shorter name is not cut off in MLflow's run list."""
+    return f"{name}-{time.strftime('%m%d-%H%M%S')}"
 
 
 def param_value(value: Any) -> str:
@@ -66,26 +70,38 @@ def layer_params(settings: Any) -> dict[str, str]:
     return {key: param_value(value) for key, value in flat(settings.model_dump(mode="json", exclude={"index"})).items()}
 
 
-def epoch_points(rows: Iterable[Mapping[str, float]], now: int | None = None) -> list[Metric]:
-    """Epoch-series points: step = 1-based epoch, from FIRST_CHARTED_EPOCH on, ``epoch`` not a metric."""
+def charted_keys(row: Mapping[str, Any], charts: Charts = LAYER_CHARTS) -> list[str]:
+    """The keys of one history row that are charted: the first group as they are, the second on the validation
+    split (``val_<key>``) when the row has it, else on the training split."""
+    as_is, validated = charts
+    return [k for k in as_is if k in row] + [f"val_{k}" if f"val_{k}" in row else k for k in validated
+                                             if f"val_{k}" in row or k in row]
+
+
+def epoch_points(rows: Iterable[Mapping[str, float]], now: int | None = None,
+                 charts: Charts = LAYER_CHARTS) -> list[Metric]:
+    """Epoch-series points of the charted keys (``charted_keys``): step = epoch number counted from 1."""
     now = int(time.time() * 1000) if now is None else now
     points = []
     for i, row in enumerate(rows):
         step = int(row.get("epoch", i)) + 1
-        if step >= FIRST_CHARTED_EPOCH:
-            points += [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch" and not isinstance(v, str)]
+        points += [Metric(k, float(row[k]), now, step) for k in charted_keys(row, charts)]
     return points
 
 
 def summary_points(values: Mapping[str, float]) -> list[Metric]:
-    """Summary metrics: one point each at step 0 (the UI draws them as bars, not one-dot lines)."""
+    """Summary metrics: one point each at step 0 (the UI draws them as bars), rounded to a few digits."""
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in values.items()]
+    return [Metric(k, markdown.rounded(float(v)), now, 0) for k, v in values.items()]
 
 
-def layer_summary(test_metrics: Mapping[str, float], seconds: float) -> dict[str, float]:
-    """A layer run's summary: its test-split metrics under ``test/`` and its wall time."""
-    return {f"{TEST}{k}": float(v) for k, v in test_metrics.items()} | {SECONDS: float(seconds)}
+def finetune_points(result: FinetuneResult) -> list[Metric]:
+    """The fine-tuning run's summary: test accuracy before and after, the kept epoch (counted from 1; 0: the
+    start was kept), and ``val_accuracy`` at step 0, the frozen-codes softmax the epochs start from."""
+    best = 0 if result.best_epoch is None else result.best_epoch + 1
+    points = summary_points({"test_accuracy_before": result.test_accuracy_before,
+                             "test_accuracy_after": result.test_accuracy_after, "best_epoch": best})
+    return points + [Metric("val_accuracy", float(result.val_accuracy_before), points[0].timestamp, 0)]
 
 
 def parent_summary(result: PretrainResult) -> dict[str, float]:
@@ -98,42 +114,6 @@ def parent_summary(result: PretrainResult) -> dict[str, float]:
     out = {f"{HEADLINE}{name}": float(value)}
     out |= {f"probe_accuracy.{k}": float(v) for k, v in result.probes.items() if f"probe_accuracy.{k}" != name}
     return out | {SECONDS: float(result.seconds)}
-
-
-def overrides_text(overrides: Sequence[str]) -> str:
-    """The ``--set`` overrides as markdown code, or a note that the config ran as written."""
-    if not overrides:
-        return "Overrides: none (the config as written)."
-    return "Overrides: " + " ".join(f"`--set {o}`" for o in overrides)
-
-
-def start_description(config: PipelineConfig, source: str, overrides: Sequence[str]) -> str:
-    """The description while the run is going."""
-    return (f"**{config.name}** on `{source}`: {len(config.layers)} layers, running.\n\n"
-            f"{overrides_text(overrides)}\n")
-
-
-def end_description(result: PretrainResult, overrides: Sequence[str], registration: Registration | None) -> str:
-    """The final description: headline, registry outcome, overrides, results table."""
-    name, value, greater = result.headline()
-    better = "higher" if greater else "lower"
-    lines = [f"**{name} = {value:.6g}** ({better} is better)", ""]
-    if registration is None:
-        lines.append("Registry: not registered (tracking only).")
-    elif registration.new_version:
-        lines.append(f"Registry: `{registration.model_name}` version {registration.model_version} "
-                     f"@{registration.alias}: {registration.reason}.")
-    else:
-        lines.append(f"Registry: `{registration.model_name}` unchanged: {registration.reason}.")
-    lines += ["", overrides_text(overrides), "", result.data.counts_line().capitalize() + ".", "",
-              markdown_table(result.rows())]
-    return "\n".join(lines) + "\n"
-
-
-def failed_description(config: PipelineConfig, source: str, overrides: Sequence[str], error: BaseException) -> str:
-    """The description of a run that raised."""
-    return (f"**{config.name}** on `{source}`: **failed**: `{type(error).__name__}: {str(error)[:300]}`\n\n"
-            f"{overrides_text(overrides)}\n")
 
 
 def failure(error: BaseException) -> tuple[str, str, bool]:

@@ -21,17 +21,18 @@ class BufferedMLFlowLogger(MLFlowLogger):
     # layer over a second. Buffered, every epoch still gets its own point; finalize (end of fit, and on
     # failure) writes the rest before the run is marked terminated.
 
-    def __init__(self, run_id: str, tracking_uri: str) -> None:
+    def __init__(self, run_id: str, tracking_uri: str, charts: describe.Charts = describe.LAYER_CHARTS) -> None:
         super().__init__(run_id=run_id, tracking_uri=tracking_uri)
+        self.charts = charts  # which of each epoch's metrics are charted (describe.charted_keys)
         self.pending: list[Metric] = []
         self.flushed_at = time.monotonic()
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         # Points are indexed by epoch (Lightning adds it), not by optimizer step, which differs under DDP;
-        # describe.epoch_points drops `epoch` itself and the first epoch, and numbers epochs from 1.
+        # describe.epoch_points keeps the charted keys and numbers epochs from 1.
         row = dict(metrics) if "epoch" in metrics else {**metrics, "epoch": step or 0}
-        self.pending += describe.epoch_points([row])
+        self.pending += describe.epoch_points([row], charts=self.charts)
         if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
             self.flush()
 

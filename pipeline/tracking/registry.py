@@ -4,7 +4,7 @@ to it only when its headline metric wins.
 A new version gets ``alias`` (default ``champion``) when no version holds that alias yet, or when its headline
 metric (``PretrainResult.headline()``) beats the holder's, read from the holder's version tags; otherwise it
 gets ``challenger``. Versions measured by different headline metrics are not compared (the new one becomes
-challenger). The reason is logged, stored as the version tag ``registration_reason``, written into the
+challenger). The reason is logged, stored as the version tag ``reason``, written into the
 version's description and returned. What a version carries besides (description, tags, logged-model link,
 weights digest) is ``pipeline.tracking.versions``.
 
@@ -40,6 +40,9 @@ except ImportError:  # Windows: no flock; only the optimistic re-check guards th
 log = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
+REASON_TAG = "reason"  # why the alias went where it did (a short key: lists squeeze long keys of long values)
+
+
 def ensure_registered_model(client: MlflowClient, name: str) -> None:
     """Create registered model ``name`` unless it exists."""
     try:
@@ -127,6 +130,7 @@ def register_model(
     weights_sha256: str | None = None,
     run_name: str | None = None,
     run_url: str | None = None,
+    details: str | None = None,
 ) -> Registration:
     """Add ``source`` as a new version of ``name`` (described, tagged, linked); set the alias by policy.
 
@@ -145,9 +149,9 @@ def register_model(
             else:
                 version = client.create_model_version(name, source, run_id=run_id, tags=tags)
         chosen, reason = move_alias(client, name, alias, headline, str(version.version))
-    client.set_model_version_tag(name, version.version, "registration_reason", reason)
+    client.set_model_version_tag(name, version.version, REASON_TAG, reason)
     versions.describe_version(client, name, str(version.version), headline, chosen, reason, run_id=run_id,
-                              run_name=run_name, run_url=run_url)
+                              run_name=run_name, run_url=run_url, details=details)
     log.info("registered %s version %s as @%s: %s", name, version.version, chosen, reason)
     return Registration(name, str(version.version), chosen, f"models:/{name}@{chosen}",
                         f"models:/{name}/{version.version}", reason)

@@ -1,8 +1,11 @@
-"""The files a run's artifacts hold: each layer's weights (safetensors) and plots, and the results table."""
+"""The files a run's artifacts hold: each layer's weights (safetensors), history and plots, and the results table."""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,46 @@ def write_artifacts(result: PretrainResult, directory: Path) -> Path:
     (directory / "results.txt").write_text(result.table() + "\n")
     (directory / "results.md").write_text(markdown_table(result.rows()) + "\n")
     return directory
+
+
+LOSS_CHART = "loss_and_val_loss"  # the image chart's key: sorts beside ``loss`` in the run's charts
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow's tag: the run has image charts
+
+
+def write_layer_files(result: LayerResult, directory: Path) -> Path:
+    """Everything a layer run keeps, for one upload: ``weights/layer-N.safetensors``, ``history.json``,
+    ``plots/`` and the loss image chart under ``images/``."""
+    name = f"layer-{result.index + 1}"
+    (directory / "weights").mkdir(parents=True, exist_ok=True)
+    write_layer_weights(result.model, directory / "weights" / f"{name}.safetensors")
+    (directory / "history.json").write_text(json.dumps(result.history, indent=1))
+    write_layer_plots(result, directory / "plots")
+    if result.history:
+        write_image_chart(directory, LOSS_CHART, len(result.history), lambda dpi, out: _loss_chart(result, dpi, out))
+    return directory
+
+
+def write_image_chart(directory: Path, key: str, step: int, draw: Callable[[int, Path], object]) -> None:
+    """The two files ``MlflowClient.log_image(run, image, key=key, step=step)`` writes (a PNG and the
+    256-pixel WebP the charts tab shows), under ``directory/images``: uploaded with the run's other files,
+    they cost no request of their own. ``draw(dpi, path)`` renders the PNG at ``dpi``."""
+    from PIL import Image
+
+    stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+    images = directory / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    draw(160, images / f"{stem}.png")
+    small = images / f"{stem}+compressed.png"
+    draw(80, small)  # drawn for 256 pixels, not shrunk to them: legible
+    with Image.open(small) as image:
+        image.save(images / f"{stem}+compressed.webp")
+    small.unlink()
+
+
+def _loss_chart(result: LayerResult, dpi: int, out: Path) -> None:
+    from pipeline.tracking import plots
+
+    plots.loss_chart(result.history, out, dpi=dpi, title=f"layer {result.index + 1}")
 
 
 def write_layer_plots(result: LayerResult, directory: Path) -> Path:

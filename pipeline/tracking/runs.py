@@ -4,8 +4,8 @@ Only explicit run ids and an ``MlflowClient`` bound to the resolved tracking URI
 from any thread. Lightning logs epoch metrics into each child run through ``MLFlowLogger(run_id=...)``.
 The parent is named ``<config name>-<time>`` (or the ``run_name`` given, e.g. the Prefect flow run's) and
 described in markdown (``mlflow.note.content``): headline, registry outcome, ``--set`` overrides, results.
-Each layer's child run gets its settings, epoch series, test summary, weights, history and plots when the
-layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
+Each layer's child run gets its settings, charted epoch series, a description with its test numbers,
+weights, history, plots and a loss image chart when the layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
 pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned stack as
 ``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is registered with the
 reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
@@ -13,7 +13,6 @@ reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILE
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import traceback
@@ -28,9 +27,9 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
-from pipeline.tracking import describe, registry, run_files, store, uris, versions
+from pipeline.tracking import describe, notes, registry, run_files, store, uris, versions
 from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
-from pipeline.tracking.pyfunc import log_encoder_model
+from pipeline.tracking.pyfunc import feature_names, log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
 
@@ -63,6 +62,7 @@ class MlflowTracking(PipelineHooks):
         run_name: str | None = None,
         run_tags: Mapping[str, str] | None = None,
         overrides: Sequence[str] = (),
+        origin: notes.Origin | None = None,
     ) -> None:
         self.configured_uri = tracking_uri
         self.register = register
@@ -71,6 +71,7 @@ class MlflowTracking(PipelineHooks):
         self.run_name: str | None = None  # the parent run's name, once it is open
         self.run_tags = dict(run_tags or {})  # extra parent tags (e.g. the Prefect flow run id and URL)
         self.overrides = list(overrides)  # the --set overrides, shown in the run description
+        self.origin = origin or notes.Origin()  # the Prefect flow run, the search: linked from the description
         self.uri = ""
         self.client: Any = None
         self.config: PipelineConfig | None = None
@@ -81,7 +82,7 @@ class MlflowTracking(PipelineHooks):
         self.children: dict[str, str] = {}  # child name -> run id, while open
         self.lightning_logged: set[str] = set()  # children whose epoch metrics Lightning logged
         self._previous_uri: tuple[str | None] | None = None  # MLflow's global URI before the run, while swapped
-        self._chosen: tuple[str, Any, str] | None = None  # (name, model info, why) of the logged model to register
+        self._chosen: tuple[str, Any] | None = None  # (name, model info) of the logged model to register
         self._models: tuple[Any, Any, dict[str, Any]] | None = None  # (encoder, finetuned, name -> model info)
 
     # -- runs -------------------------------------------------------------------------------------------
@@ -98,12 +99,14 @@ class MlflowTracking(PipelineHooks):
             self._previous_uri = (store.swap_tracking_uri(self.uri),)
         commit = git_commit()
         if self.run_id is None or self.ended:  # a retried call (flows retry I/O) reuses the open run
-            self.experiment_id = store.experiment_id(self.client, self.uri, self.experiment or config.name)
+            name = self.experiment or config.name
+            self.experiment_id = store.experiment_id(self.client, self.uri, name, {
+                EXPERIMENT_KIND: MODEL_TRAINING, MLFLOW_RUN_NOTE: notes.experiment_note(name)})
             close_stale_runs(self.client, self.experiment_id)
-            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             self.run_name = self.requested_name or describe.run_name(config.name)
-            tags = {"sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint),
-                    MLFLOW_RUN_NOTE: self._linked(describe.start_description(config, str(data.source), self.overrides))}
+            note = notes.parent_start(config, str(data.source), self.overrides, self.origin)
+            tags = {"sae.data.source": str(data.source), "sae.data.hash": str(data.fingerprint)[:store.DIGEST_CHARS],
+                    "sae.overrides": notes.overrides_tag(self.overrides), MLFLOW_RUN_NOTE: note}
             tags |= process_tags()
             tags |= ({"mlflow.source.git.commit": commit} if commit else {}) | self.run_tags
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
@@ -124,39 +127,44 @@ class MlflowTracking(PipelineHooks):
             self.on_encoders(result.data, result.encoder, result.finetuned)  # called without on_encoders first
         assert self._models is not None
         infos = self._models[2]
+        chosen = "encoder-finetuned" if result.encoder_choice[0] == "finetuned" and "encoder-finetuned" in infos \
+            else "encoder"  # register.encoder, decided on validation accuracy
         points = describe.summary_points(describe.parent_summary(result))
         # Logging a model links the run's metrics to it (the run page's Models column, the model's metrics);
         # the models were logged first, while the probes ran, so the summary is linked to them here.
         self._log_batch(self.run_id, points + [Metric(p.key, p.value, p.timestamp, p.step, model_id=info.model_id)
-                                               for info in infos.values() for p in points])
+                                               for info in infos.values() for p in points],
+                        tags=[RunTag("sae.encoder", chosen)])  # why: the version's description
         with tempfile.TemporaryDirectory(prefix="sae-artifacts-") as tmp:
             self.client.log_artifacts(self.run_id, str(run_files.write_artifacts(result, Path(tmp))))
-        kind, why = result.encoder_choice  # register.encoder, decided on validation accuracy
-        chosen = "encoder-finetuned" if kind == "finetuned" and "encoder-finetuned" in infos else "encoder"
-        self.client.set_tag(self.run_id, "sae.registered_encoder", f"{chosen}: {why}")
         result.tracked = TrackedRun(self.run_id, str(self.experiment_id), self.uri, run_url=self.run_url(),
                                     model_uri=infos[chosen].model_uri,
                                     logged_models={k: v.model_uri for k, v in infos.items()})
-        self._chosen = (chosen, infos[chosen], why)
+        self._chosen = (chosen, infos[chosen])
 
     def on_encoders(self, data: LoadedData, encoder: StackedEncoder, finetuned: FinetuneResult | None) -> None:
         """Log the stacked encoder (and the fine-tuned one) as pyfunc models of the parent run."""
         if self.run_id is None or self.ended:
             return
         example = data.X_train[:5]
+
+        def tags(kind: str, stack: StackedEncoder) -> dict[str, str]:
+            return {"kind": kind, MLFLOW_RUN_NOTE: notes.logged_model_note(kind, stack.d_in, stack.d_out,
+                                                                           feature_names(stack))}
+
         infos = {"encoder": log_encoder_model(encoder, run_id=self.run_id, tracking_uri=self.uri,
-                                              input_example=example, tags={"kind": "pretrained"})}
+                                              input_example=example, tags=tags("pretrained", encoder))}
         if finetuned is not None:
             infos["encoder-finetuned"] = log_encoder_model(
                 finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
-                input_example=example, tags={"kind": "finetuned"})
+                input_example=example, tags=tags("finetuned", finetuned.encoder))
         self._models = (encoder, finetuned, infos)
 
     def on_register(self, result: PretrainResult) -> None:
         """Register the logged encoder (unless ``register=False``); close the parent FINISHED."""
         if self.run_id is None or self.config is None or self.ended or self._chosen is None:
             return
-        (chosen, info, why), tracked = self._chosen, result.tracked
+        (chosen, info), tracked = self._chosen, result.tracked
         assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
@@ -164,13 +172,13 @@ class MlflowTracking(PipelineHooks):
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
-                model_id=info.model_id, extra_tags={"kind": chosen, "encoder_choice": why},
-                weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url())
+                model_id=info.model_id, extra_tags={"kind": chosen},
+                weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url(),
+                details=notes.version_details(result, self.overrides))
             tracked.registration, tracked.model_uri = reg, reg.model_uri
-            outcome = f"version {reg.model_version} @{reg.alias}" if reg.new_version else "no new version"
-            self.client.set_tag(self.run_id, "sae.registration", f"{outcome}: {reg.reason}")
-        note = describe.end_description(result, self.overrides, tracked.registration)
-        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self._linked(note))
+        note = notes.parent_end(result, self.overrides, tracked.registration, self.origin)
+        self.client.log_batch(self.run_id, tags=[RunTag(MLFLOW_RUN_NOTE, note), RunTag(
+            "sae.registry", notes.registration_tag(tracked.registration))])
         self.client.set_terminated(self.run_id, FINISHED)
         self.ended = True
         self._restore_uri()
@@ -187,8 +195,8 @@ class MlflowTracking(PipelineHooks):
                 self._end(name, status)
             tags.append(RunTag("sae.interrupted", str(interrupted).lower()))
             if self.config is not None and self.data is not None:
-                note = describe.failed_description(self.config, str(self.data.source), self.overrides, error)
-                tags.append(RunTag(MLFLOW_RUN_NOTE, self._linked(note)))
+                note = notes.parent_failed(self.config, str(self.data.source), self.overrides, self.origin, error)
+                tags.append(RunTag(MLFLOW_RUN_NOTE, note))
             self.client.log_batch(self.run_id, tags=tags)
             self.client.set_terminated(self.run_id, status)  # before the artifact: that needs a writable store
             self.ended = True
@@ -211,11 +219,6 @@ class MlflowTracking(PipelineHooks):
             return None
         return f"{base.rstrip('/')}/{uris.run_page(str(self.experiment_id), self.run_id)}"
 
-    def _linked(self, note: str) -> str:
-        """``note`` plus a link to the Prefect flow run that ran this (tags truncate URLs in the MLflow UI)."""
-        url = self.run_tags.get("sae.prefect.flow_run_url")
-        return note if url is None else f"{note}\n\nPrefect flow run: [{self.run_name}]({url})"
-
     # -- layers and fine-tuning -------------------------------------------------------------------------
 
     def layer_logger(self, index: int, settings: Any) -> BufferedMLFlowLogger | None:
@@ -233,15 +236,11 @@ class MlflowTracking(PipelineHooks):
         name = f"layer-{result.index + 1}"
         run_id = self._child(name, result.settings)
         series = [] if name in self.lightning_logged else describe.epoch_points(result.history)  # cached: replay
-        summary = describe.summary_points(describe.layer_summary(result.test_metrics, result.seconds))
-        self._log_batch(run_id, series + summary, [Param("d_in", str(result.model.config.d_in))],
-                        [RunTag("sae.reused", str(result.reused).lower())])
-        with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:
-            path = run_files.write_layer_weights(result.model, Path(tmp) / f"{name}.safetensors")
-            self.client.log_artifact(run_id, str(path), "weights")
-            (Path(tmp) / "history.json").write_text(json.dumps(result.history, indent=1))
-            self.client.log_artifact(run_id, str(Path(tmp) / "history.json"))
-            self.client.log_artifacts(run_id, str(run_files.write_layer_plots(result, Path(tmp) / "plots")), "plots")
+        self._log_batch(run_id, series, [Param("d_in", str(result.model.config.d_in))], [
+            RunTag("sae.reused", str(result.reused).lower()), RunTag(MLFLOW_RUN_NOTE, notes.layer_note(result)),
+            RunTag(run_files.LOGGED_IMAGES_TAG, "true")])
+        with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:  # one upload: weights, history, plots, chart
+            self.client.log_artifacts(run_id, str(run_files.write_layer_files(result, Path(tmp))))
         self._end(name, FINISHED)
 
     def finetune_logger(self) -> BufferedMLFlowLogger | None:
@@ -249,19 +248,17 @@ class MlflowTracking(PipelineHooks):
         if self.run_id is None or self.config is None:
             return None
         self.lightning_logged.add("finetune")
-        return BufferedMLFlowLogger(self._child("finetune", self.config.finetune), self.uri)
+        return BufferedMLFlowLogger(self._child("finetune", self.config.finetune), self.uri, describe.FINETUNE_CHARTS)
 
     def on_finetune_end(self, result: FinetuneResult) -> None:
         """Accuracies before and after; close the child run FINISHED."""
         if self.run_id is None or self.config is None:
             return
         run_id = self._child("finetune", self.config.finetune)
-        series = [] if "finetune" in self.lightning_logged else describe.epoch_points(result.history)
-        summary = {"val_accuracy_before": result.val_accuracy_before, "val_accuracy_after": result.val_accuracy_after,
-                   "test_accuracy_before": result.test_accuracy_before,
-                   "test_accuracy_after": result.test_accuracy_after, describe.SECONDS: result.seconds,
-                   "best_epoch": -1 if result.best_epoch is None else result.best_epoch}
-        self._log_batch(run_id, series + describe.summary_points(summary))
+        series = [] if "finetune" in self.lightning_logged else \
+            describe.epoch_points(result.history, charts=describe.FINETUNE_CHARTS)
+        note = notes.finetune_note(result, self.config.finetune.epochs)
+        self._log_batch(run_id, series + describe.finetune_points(result), tags=[RunTag(MLFLOW_RUN_NOTE, note)])
         self._end("finetune", FINISHED)
 
     # -- helpers ----------------------------------------------------------------------------------------

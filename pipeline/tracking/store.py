@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData
 
 ARTIFACT_DIR = "mlruns"
-DIGEST_CHARS = 16  # MLflow shows short digests; the full sha256 is the run tag sae.data.fingerprint
+DIGEST_CHARS = 16  # MLflow shows short digests (also the run tag sae.data.hash: a long value squeezes the key)
 
 
 def registry_uri(tracking_uri: str) -> str:
@@ -161,14 +161,18 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / ARTIFACT_DIR / slug).resolve().as_uri()
 
 
-def experiment_id(mlflow_client: MlflowClient, uri: str, name: str) -> str:
-    """The id of experiment ``name``, created (with a local artifact root for sqlite) when missing."""
+def experiment_id(mlflow_client: MlflowClient, uri: str, name: str, tags: dict[str, str] | None = None) -> str:
+    """The id of experiment ``name``, created (with a local artifact root for sqlite, and ``tags``) when missing;
+    an existing one gets the ``tags`` it lacks (one request each, so usually none)."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(found.experiment_id)
+        for key, value in (tags or {}).items():
+            if key not in found.tags:
+                mlflow_client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    return mlflow_client.create_experiment(name, artifact_location=artifact_location(uri, name), tags=tags)
 
 
 def swap_tracking_uri(uri: str | None) -> str | None:

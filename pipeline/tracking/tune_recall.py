@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.run.results import Registration, TrackedRun
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
     from pipeline.run.results import PretrainResult
 
-DIGEST_TAG = "sae.tune.stack_digest"
-HEADLINE_TAG = "sae.tune.headline"
-REGISTRATION_TAG = "sae.tune.registration"
+DIGEST_TAG = "sae.tune.digest"  # keys of at most 15 characters: MLflow's tag chips cut longer ones
+HEADLINE_TAG = "sae.tune.score"
+REGISTRATION_TAG = "sae.tune.model"
 
 
 @dataclass
@@ -50,15 +51,16 @@ def stack_digest(best_config: PipelineConfig, data_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def remember_stack(client: MlflowClient, pretrain: PretrainResult, digest: str) -> None:
-    """Tag the best stack's run with ``digest``, its headline and its registration (for ``recall_stack``)."""
+def remember_stack(client: MlflowClient, pretrain: PretrainResult, digest: str,
+                   extra: dict[str, str] | None = None) -> None:
+    """Tag the best stack's run with ``digest``, its headline and its registration (for ``recall_stack``), and
+    ``extra`` tags, in one request."""
     tracked = pretrain.tracked
     assert tracked is not None, "the pretrain flow tracks its run"
-    tags: dict[str, Any] = {DIGEST_TAG: digest, HEADLINE_TAG: json.dumps(list(pretrain.headline()))}
+    tags: dict[str, Any] = {DIGEST_TAG: digest, HEADLINE_TAG: json.dumps(list(pretrain.headline())), **(extra or {})}
     if tracked.registration is not None:
         tags[REGISTRATION_TAG] = json.dumps(asdict(tracked.registration))
-    for key, value in tags.items():
-        client.set_tag(tracked.run_id, key, value)
+    client.log_batch(tracked.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def recall_stack(client: MlflowClient, experiment_id: str, uri: str, digest: str) -> RecalledStack | None:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-from pipeline.tracking import describe, store, uris
+from pipeline.tracking import describe, notes, store, uris
+from pipeline.tracking.markdown import link
 from pipeline.tracking.tune_recall import RecalledStack, recall_stack, remember_stack, stack_digest
 from pipeline.tune.search import TuneHooks
 from pipeline.tune.table import search_table
@@ -49,29 +50,51 @@ def optuna_storage(config: PipelineConfig) -> str:
 class TuneTracking(TuneHooks):
     """Records a search in MLflow with an explicit client and run ids (safe from any thread)."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, *, run_name: str | None = None,
+                 run_tags: dict[str, str] | None = None, origin: notes.Origin | None = None) -> None:
         self.configured_uri = tracking_uri
+        self.run_name = run_name  # None: tune-<config name>-<time>; the Prefect flow run's name under Prefect
+        self.run_tags = dict(run_tags or {})  # e.g. the Prefect flow run's id
+        self.origin = origin or notes.Origin()  # the Prefect flow run: linked from the description
         self.client: Any = None
         self.run_id: str | None = None
         self.experiment_id = ""
         self.uri = ""
         self.data_fingerprint = ""
+        self.objective = ""
+        self.trials = 0  # asked per layer
         self.layer_runs: dict[int, str] = {}
+        self.best_objectives: dict[str, float] = {}  # the parent's per-layer metrics, logged at the end
+        self.best_run_text: str | None = None  # markdown: the best stack's run, once the search ended
 
     def on_search_start(self, config: PipelineConfig, data: LoadedData, objective: str) -> None:
-        """Open the parent run ``tune-<name>-<time>`` with the config and the search settings."""
+        """Open the parent run ``tune-<name>-<time>`` with the config, the search settings and a description."""
         uri = self.uri = uris.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
         self.client = store.client(uri)
-        self.experiment_id = store.experiment_id(self.client, uri, config.name)
-        self.data_fingerprint = str(data.fingerprint)
+        self.experiment_id = store.experiment_id(self.client, uri, config.name, {
+            "mlflow.experimentKind": "custom_model_development", MLFLOW_RUN_NOTE: notes.experiment_note(config.name)})
+        self.data_fingerprint, self.objective = str(data.fingerprint), objective
         assert config.search is not None
-        tags = {MLFLOW_RUN_NAME: describe.run_name(f"tune-{config.name}"), "sae.kind": "tune",
-                "sae.data.source": str(data.source), "sae.data.fingerprint": str(data.fingerprint)}
-        run = self.client.create_run(self.experiment_id, run_name=tags[MLFLOW_RUN_NAME], tags=resolve_tags(tags))
+        self.trials = config.search.trials
+        self.run_name = self.run_name or describe.run_name(f"tune-{config.name}")
+        tags = {MLFLOW_RUN_NAME: self.run_name, "sae.kind": "tune", "sae.data.source": str(data.source),
+                "sae.data.hash": str(data.fingerprint)[:store.DIGEST_CHARS],
+                MLFLOW_RUN_NOTE: notes.tune_start(config, self.trials, objective, self.origin), **self.run_tags}
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
         self.run_id = run.info.run_id
         search = {f"search.{k}": v for k, v in config.search.model_dump(mode="json", exclude={"defaults", "layers"}).items()}
         self._params(self.run_id, {**search, "search.objective": objective, "layers": len(config.layers)})
         self.client.log_text(self.run_id, config.to_yaml(), "config.yaml")
+
+    def run_url(self) -> str:
+        """The search run's page: absolute on a tracking server, else the UI's own path."""
+        assert self.run_id is not None
+        page = uris.run_page(self.experiment_id, self.run_id)
+        return f"{self.uri.rstrip('/')}/{page}" if uris.is_server(self.uri) else page
+
+    def search_line(self) -> str:
+        """Markdown for the best stack's run: the search whose best config it is, linked."""
+        return f"the best config of search {link(self.run_name or 'tune', self.run_url())}"
 
     def on_layer_start(self, index: int, study_name: str) -> None:
         """Open child run ``tune-layer-N``, tagged with its Optuna study."""
@@ -82,15 +105,15 @@ class TuneTracking(TuneHooks):
         """A nested run per trial: params, per-epoch metrics and objective reports, final objective, state."""
         parent = self.layer_runs[index]
         run_id = self._run(f"trial-{index + 1}.{outcome.number + 1}", parent, {
-            "sae.trial.state": outcome.state, "sae.trial.recalled": str(outcome.recalled).lower(),
-            "sae.layer.key": outcome.key, **({"error": outcome.error[:5000]} if outcome.error else {})})
+            "sae.trial.state": outcome.state, "sae.recalled": str(outcome.recalled).lower(),
+            "sae.layer.key": outcome.key, MLFLOW_RUN_NOTE: notes.trial_note(index, outcome, self.objective),
+            **({"error": outcome.error[:5000]} if outcome.error else {})})
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(row.get("epoch", i))) for i, row in enumerate(outcome.history)
-                   for k, v in row.items() if k != "epoch"]
-        metrics += [Metric("objective_epoch", value, now, epoch) for epoch, value in outcome.reports]
+        # The layer runs' charts, epochs counted from 1; the pruner's reports as val_objective at the same steps.
+        metrics = describe.epoch_points(outcome.history, now)
+        metrics += [Metric("val_objective", value, now, epoch + 1) for epoch, value in outcome.reports]
         if outcome.value is not None:
-            metrics.append(Metric("objective", float(outcome.value), now, max(outcome.epochs - 1, 0)))
-        metrics += [Metric("seconds", outcome.seconds, now, 0), Metric("epochs", float(outcome.epochs), now, 0)]
+            metrics += describe.summary_points({"objective": outcome.value})
         params = [Param(k, describe.param_value(v)) for k, v in outcome.params.items()]
         for start in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if not start else [])
@@ -102,10 +125,9 @@ class TuneTracking(TuneHooks):
 
         assert self.run_id is not None
         run_id, number = self.layer_runs.pop(layer.index), layer.index + 1
-        now = int(time.time() * 1000)
         best = layer.best
-        self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best.value or 0), now, 0),
-                                               Metric("trials", float(len(layer.trials)), now, 0)],
+        self.client.log_batch(run_id, metrics=describe.summary_points({"best_objective": float(best.value or 0),
+                                                                        "trials": float(len(layer.trials))}),
                               params=[Param(f"best.{k}", describe.param_value(v)) for k, v in best.params.items()],
                               tags=[RunTag("sae.best_trial", str(best.number + 1)), RunTag("sae.layer.key", layer.best_key)])
         with tempfile.TemporaryDirectory(prefix="sae-tune-") as tmp:
@@ -113,22 +135,30 @@ class TuneTracking(TuneHooks):
             param_importance(study, Path(tmp) / f"layer-{number}-importance.png", title=f"layer {number}")
             self.client.log_artifacts(self.run_id, tmp, "plots")
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        self.client.log_metric(self.run_id, f"layer_{number}.best_objective", float(best.value or 0))
+        self.best_objectives[f"layer_{number}.best_objective"] = float(best.value or 0)  # logged with the rest
 
     def on_search_end(self, result: TuneResult) -> None:
-        """best.yaml, the trial table, the link to the best stack's run; close the parent FINISHED."""
+        """best.yaml, the trial table, the description linking the best stack's run; close the parent FINISHED."""
         assert self.run_id is not None
         self.client.log_text(self.run_id, result.best_yaml(), "best.yaml")
         self.client.log_text(self.run_id, search_table(result) + "\n", "trials.txt")
-        self.client.log_metric(self.run_id, "seconds", result.seconds)
-        tracked = result.best_stack and result.best_stack.tracked
-        if tracked:
-            recalled = result.best_stack.recalled
-            self.client.set_tag(self.run_id, "sae.best_run", tracked.run_id)
-            self.client.set_tag(self.run_id, "sae.best_run.recalled", str(recalled).lower())
-            if not recalled:  # a recalled run keeps pointing at the search that ran it
-                self.client.set_tag(tracked.run_id, "sae.tune_run", self.run_id)
-                remember_stack(self.client, result.best_stack, stack_digest(result.best_config, self.data_fingerprint))
+        stack = result.best_stack
+        tracked = stack.tracked if stack is not None else None
+        best_run, tags = None, []
+        if stack is not None and tracked is not None:
+            name = self.client.get_run(tracked.run_id).info.run_name
+            url = tracked.run_url or uris.run_page(tracked.experiment_id, tracked.run_id)
+            best_run = notes.best_stack_text(name, url, stack.headline(), tracked.registration, stack.recalled)
+            self.best_run_text = notes.best_stack_text(  # for pages outside MLflow: an absolute link
+                name, uris.run_page_url(self.uri, tracked.experiment_id, tracked.run_id), stack.headline(),
+                tracked.registration, stack.recalled)
+            tags = [RunTag("sae.best_run", tracked.run_id), RunTag("sae.recalled", str(stack.recalled).lower())]
+            if not stack.recalled:  # a recalled run keeps pointing at the search that ran it
+                remember_stack(self.client, stack, stack_digest(result.best_config, self.data_fingerprint),
+                               {"sae.tune_run": self.run_id})
+        tags.append(RunTag(MLFLOW_RUN_NOTE, notes.tune_end(result, self.trials, self.origin, best_run)))
+        self.client.log_batch(self.run_id, metrics=describe.summary_points(
+            {**self.best_objectives, "seconds": result.seconds}), tags=tags)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
         self.run_id = None
 

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from pipeline.tracking import uris
+from pipeline.tracking import notes, uris
 
 if TYPE_CHECKING:
     from sae.stack import StackedEncoder
@@ -39,11 +39,12 @@ class Headline:
             return False
         if math.isnan(other.value):
             return True
-        return self.value > other.value if self.greater_is_better else self.value < other.value
+        mine, theirs = _shown(self.value), _shown(other.value)  # as the tags hold them: a 1e-9 gain is a tie
+        return mine > theirs if self.greater_is_better else mine < theirs
 
     def tags(self) -> dict[str, str]:
         """As model version tags."""
-        return {HEADLINE_NAME: self.metric, HEADLINE_VALUE: repr(self.value),
+        return {HEADLINE_NAME: self.metric, HEADLINE_VALUE: f"{_shown(self.value)!r}",  # as the registry lists it
                 HEADLINE_GREATER: str(self.greater_is_better).lower()}
 
     @classmethod
@@ -53,6 +54,11 @@ class Headline:
             return cls(tags[HEADLINE_NAME], float(tags[HEADLINE_VALUE]), tags[HEADLINE_GREATER] == "true")
         except (KeyError, ValueError):
             return None
+
+
+def _shown(value: float) -> float:
+    """``value`` to 6 significant digits: what a version's tag holds and the registry's list shows."""
+    return float(f"{value:.6g}")
 
 
 def weights_digest(encoder: StackedEncoder) -> str:
@@ -89,19 +95,15 @@ def run_link(experiment_id: str, run_id: str, run_url: str | None) -> str:
     return run_url or uris.run_page(experiment_id, run_id)
 
 
-def version_description(headline: Headline, alias: str, reason: str, run_name: str, link: str) -> str:
-    """Markdown: the headline, the alias it got and why, and a link to the run that made it."""
-    better = "higher" if headline.greater_is_better else "lower"
-    return (f"**{headline.metric} = {headline.value:.6g}** ({better} is better)\n\n"
-            f"@{alias}: {reason}\n\nRun: [{run_name}]({link})")
-
-
 def describe_version(client: MlflowClient, name: str, version: str, headline: Headline, alias: str, reason: str,
-                     *, run_id: str, run_name: str | None = None, run_url: str | None = None) -> None:
-    """Write the version's description once its alias is decided (see ``version_description``)."""
+                     *, run_id: str, run_name: str | None = None, run_url: str | None = None,
+                     details: str | None = None) -> None:
+    """Write the version's description once its alias is decided (``notes.version_note``): headline, alias and
+    why, the run, and ``details`` (what was trained, what ``predict`` takes)."""
     run = client.get_run(run_id)
     link = run_link(run.info.experiment_id, run_id, run_url)
-    text = version_description(headline, alias, reason, run_name or run.info.run_name, link)
+    text = notes.version_note((headline.metric, headline.value, headline.greater_is_better), alias, reason,
+                              (run_name or run.info.run_name, link), details)
     client.update_model_version(name, version, description=text)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 DPI = 100
@@ -19,8 +20,9 @@ def objective_vs_trial(study: optuna.Study, out: Path, *, title: str) -> Path:
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
     ax.scatter([t.number + 1 for t in done], [t.value for t in done], label="complete", color="tab:blue")
-    ax.scatter([t.number + 1 for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               label="pruned (last report)", facecolors="none", edgecolors="tab:orange")
+    if pruned:  # no legend entry for what did not happen
+        ax.scatter([t.number + 1 for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                   label="pruned (last report)", facecolors="none", edgecolors="tab:orange")
     best, xs, ys = None, [], []
     for t in sorted(done, key=lambda t: t.number):
         assert t.value is not None
@@ -28,6 +30,7 @@ def objective_vs_trial(study: optuna.Study, out: Path, *, title: str) -> Path:
         xs.append(t.number + 1)
         ys.append(best)
     ax.step(xs, ys, where="post", color="tab:green", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers: no 1.25, 1.5
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
     ax.set_title(title)

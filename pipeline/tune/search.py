@@ -237,8 +237,9 @@ def tune_stack(
         ctx = _Context(config, data, objective, layer_store.input_fingerprint(data),
                        Path(config.cache_dir).expanduser().resolve(), storage, trials or config.search.trials,
                        parallel, runner or plain_runner(parallel), hooks)
-        for h in hooks:
-            h.on_search_start(config, data, objective)
+        asked = config.model_copy(update={"search": config.search.model_copy(update={"trials": ctx.trials})})
+        for h in hooks:  # the trials asked (--trials wins over search.trials), as the hooks record them
+            h.on_search_start(asked, data, objective)
         parent_key, best_config, layers, below = None, config, [], []
         for index in range(len(config.layers)):
             layer_search, best_config, layer, parent_key = _search_layer(ctx, best_config, index, below, parent_key)

@@ -27,7 +27,7 @@ def test_a_scheduled_run_completes_tracks_and_registers(tmp_path):
         command = [sys.executable, "-m", "flows.cli", "serve", str(config), "--interval", "10", "--name", "every-10s"]
         with background(command, env, log, cwd=tmp_path) as serve:
             run = wait_for_completed_run(env, 180, log, serve)
-        assert re.fullmatch(r"e2e-schedule-\d{8}-\d{6}", run["name"])
+        assert re.fullmatch(r"e2e-schedule-\d{4}-\d{6}", run["name"])
         assert run["parameters"]["config"]["name"] == "e2e-schedule"
         assert run["auto_scheduled"] is True  # fired by the schedule, not triggered by hand
 

@@ -39,7 +39,7 @@ def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_serv
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"]
         with background(command, worker_env, log, cwd=tmp_path) as worker:
             run = wait_for_completed_run(env, 150, log, worker)
-        assert run["deployment_id"] == deployment["id"] and re.fullmatch(r"e2e-pool-\d{8}-\d{6}", run["name"])
+        assert run["deployment_id"] == deployment["id"] and re.fullmatch(r"e2e-pool-\d{4}-\d{6}", run["name"])
 
         client = MlflowClient(server_env["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("e2e-pool")

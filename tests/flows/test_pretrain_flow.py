@@ -150,7 +150,7 @@ def test_the_flow_run_and_the_mlflow_parent_run_share_one_name_and_link_each_oth
         flow_run = client.read_flow_run(flow_run_id)
         artifacts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == flow_run_id}
     parent = MlflowClient(result.tracked.tracking_uri).get_run(result.tracked.run_id)
-    assert re.fullmatch(r"tiny-\d{8}-\d{6}", flow_run.name) and parent.info.run_name == flow_run.name
+    assert re.fullmatch(r"tiny-\d{4}-\d{6}", flow_run.name) and parent.info.run_name == flow_run.name
     tags = parent.data.tags
     assert tags["sae.prefect.flow_run_id"] == str(flow_run_id)
     assert tags["sae.prefect.flow_run_url"] == f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"

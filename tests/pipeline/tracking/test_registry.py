@@ -32,9 +32,11 @@ def test_headline_beats_respects_the_direction_and_never_lets_nan_win():
     assert Headline("acc", 0.1, True).beats(Headline("acc", math.nan, True))
 
 
-def test_headline_survives_a_round_trip_through_version_tags():
+def test_headline_survives_a_round_trip_through_version_tags_to_six_digits():
     headline = Headline("layer_2.test_loss", 0.123456789, False)
-    assert Headline.from_tags(headline.tags()) == headline
+    assert headline.tags()["headline.value"] == "0.123457"  # not 16 digits in the registry's list
+    assert Headline.from_tags(headline.tags()) == Headline("layer_2.test_loss", 0.123457, False)
+    assert not Headline("acc", 0.9527777777, True).beats(Headline("acc", 0.952778, True))  # what the tag held
     assert Headline.from_tags({"headline.metric": "x"}) is None
 
 
@@ -87,9 +89,9 @@ def test_versions_carry_headline_and_run_tags_and_the_alias_follows_the_best(cli
     assert (first.model_version, first.alias, first.model_uri) == ("1", "champion", "models:/enc@champion")
     version = client.get_model_version("enc", "1")
     assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
-                                 "registration_reason"}  # a handful, not one per metric
-    assert version.tags["run_id"] == version.run_id and "no version holds" in version.tags["registration_reason"]
-    assert "no version holds" in version.description
+                                 "reason"}  # a handful, not one per metric
+    assert version.tags["run_id"] == version.run_id and "no version holds" in version.tags["reason"]
+    assert "no version holds `@champion`" in version.description and "@champion " not in version.description
 
     worse = register(client, tmp_path, 0.7)
     assert worse.alias == CHALLENGER and holder(client) == "1"
@@ -102,7 +104,7 @@ def test_versions_carry_headline_and_run_tags_and_the_alias_follows_the_best(cli
     better = register(client, tmp_path, 0.85)
     assert better.alias == "champion" and better.version_uri == "models:/enc/4"
     assert holder(client) == "4" and holder(client, CHALLENGER) == "3"
-    assert "beats 0.8 of version 1" in client.get_model_version("enc", "4").tags["registration_reason"]
+    assert "beats 0.8 of version 1" in client.get_model_version("enc", "4").tags["reason"]
 
     other = register(client, tmp_path, 0.99, metric="probe")
     assert other.alias == CHALLENGER and "not comparable" in other.reason
@@ -188,12 +190,12 @@ def test_an_unlabelled_run_is_ranked_by_test_loss_and_the_alias_goes_to_the_lowe
     assert tags["headline.metric"] == "layer_1.test_loss" and tags["headline.greater_is_better"] == "false"
 
 
-def test_a_version_description_names_the_headline_the_alias_reason_and_links_the_run(client, tmp_path):
+def test_a_version_description_starts_plain_names_the_alias_as_code_and_links_the_run(client, tmp_path):
     reg = register(client, tmp_path, 0.8, name="described")
     version = client.get_model_version("described", reg.model_version)
     run = client.get_run(version.run_id)
     assert version.description == (
-        "**acc = 0.8** (higher is better)\n\n@champion: no version holds @champion yet\n\n"
+        "acc 0.8 (higher is better)\n\n`@champion`: no version holds `@champion` yet\n\n"
         f"Run: [{run.info.run_name}](#/experiments/0/runs/{run.info.run_id}?workflowType=machine_learning)")
 
 

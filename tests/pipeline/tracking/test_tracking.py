@@ -23,6 +23,7 @@ from pipeline.run.greedy import evaluate_run, pretrain_stack, stack_encoder, tra
 from pipeline.run.hooks import CompositeHooks, PipelineHooks
 from pipeline.serving.export import export_encoder, load_exported
 from pipeline.tracking.encoders import resolve_encoder
+from pipeline.tracking.markdown import external_links, mentions
 from pipeline.tracking.runs import MlflowTracking
 from pipeline.tracking.store import artifact_location, create_sqlite_store
 from pipeline.tracking.uris import resolve_tracking_uri
@@ -71,7 +72,7 @@ def children(client, parent):
 
 def test_parent_run_is_named_after_the_config_and_has_layer_and_finetune_children(run):
     _, client, parent = run
-    assert re.fullmatch(r"tracked-\d{8}-\d{6}", parent.info.run_name) and parent.info.status == "FINISHED"
+    assert re.fullmatch(r"tracked-\d{4}-\d{6}", parent.info.run_name) and parent.info.status == "FINISHED"
     assert parent.data.tags["prefect.flow_run_id"] == "f-123"  # run_tags reach the parent
     kids = children(client, parent)
     assert set(kids) == {"layer-1", "layer-2", "finetune"}
@@ -84,19 +85,51 @@ def test_artifacts_go_beside_the_sqlite_database(run, store):
     assert parent.info.artifact_uri.startswith((root / "mlruns" / "tracked").as_uri())
 
 
-def test_the_experiment_is_tagged_for_model_training(run):
+def test_the_experiment_is_tagged_for_model_training_and_says_how_to_tell_its_runs_apart(run):
     _, client, parent = run
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "`sae.overrides`" in experiment.tags["mlflow.note.content"]
 
 
-def test_the_description_holds_headline_registry_outcome_overrides_and_results(run):
+def test_the_description_holds_headline_overrides_registry_outcome_what_was_trained_and_results(run):
     result, _, parent = run
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(f"**encoder.test_accuracy = {result.headline()[1]:.6g}** (higher is better)")
-    assert "Registry: `tracked-encoder` version 1 @champion: no version holds @champion yet" in note
-    assert "`--set defaults.lr=0.01` `--set layers.1.target=0.2`" in note
-    assert "| layer | shape |" in note and "| fine-tuned |" in note
+    assert note.startswith(f"**encoder.test_accuracy = {result.headline()[1]:.4g}** (higher is better)\n\n"
+                           "Overrides: `--set defaults.lr=0.01` `--set layers.1.target=0.2`")
+    assert "Registry: `tracked-encoder` version 1 `@champion`: no version holds `@champion` yet" in note
+    assert "Trained: 64 → 16 → 8 (kl, kl) on `digits`: " in note
+    table = note.split("```\n")[1]  # fixed-width text: MLflow renders markdown tables without cell padding
+    assert table.startswith("layer       shape       sparsity") and "\nfine-tuned  softmax 10  epoch " in table
+    assert parent.data.tags["sae.overrides"] == "defaults.lr=0.01 layers.1.target=0.2"
+
+
+def test_no_description_links_outside_the_users_servers_or_mentions_anyone(run):
+    result, client, parent = run
+    version = client.get_model_version("tracked-encoder", result.tracked.registration.model_version)
+    kids = children(client, parent).values()
+    texts = [parent.data.tags["mlflow.note.content"], version.description,
+             *(k.data.tags["mlflow.note.content"] for k in kids)]
+    texts += [client.get_logged_model(uri.removeprefix("models:/")).tags["mlflow.note.content"]
+              for uri in result.tracked.logged_models.values()]
+    assert "@champion" in version.description  # an alias is named, as a code span
+    for text in texts:
+        assert mentions(text) == [], text  # MLflow's markdown links a bare @word to github.com/word
+        assert external_links(text, allowed=[]) == [], text  # a local store: links stay in the MLflow UI
+
+
+def key_shown_whole(key: str, value: str, limit: int = 30) -> bool:
+    """MLflow's KeyValueTag (3.17): a pair over ``limit`` characters cuts the longer side, or both when both
+    are over half the limit."""
+    return len(key) + len(value) <= limit or (len(key) <= limit // 2 and len(key) <= len(value))
+
+
+def test_tag_keys_are_shown_whole_on_the_run_and_version_pages(run):
+    result, client, parent = run
+    tags = [t for r in [parent, *children(client, parent).values()] for t in r.data.tags.items()]
+    tags += client.get_model_version("tracked-encoder", result.tracked.registration.model_version).tags.items()
+    cut = [(k, v) for k, v in tags if not k.startswith("mlflow.") and not key_shown_whole(k, v)]
+    assert cut == []
 
 
 def test_params_hold_each_layers_resolved_settings_once_with_one_spelling_for_nulls(run):
@@ -120,38 +153,42 @@ def test_params_hold_each_layers_resolved_settings_once_with_one_spelling_for_nu
     assert finetune["epochs"] == "2" and not [v for v in finetune.values() if v in ("None", "True", "False")]
 
 
-SERIES = ("loss", "reconstruction", "sparsity", "weight_decay", "mse", "fvu", "rho_hat_mean", "l0", "dead_fraction",
-          "val_loss")
+LAYER_CHARTS = {"loss", "val_loss", "val_fvu", "val_l0", "val_rho_hat_mean"}  # did the layer train well?
 
 
 def steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-def test_layer_runs_chart_epochs_from_the_second_on_and_hold_test_metrics_once_as_summaries(run):
+def test_layer_runs_chart_five_series_from_epoch_one_plus_one_loss_image_and_describe_their_test_numbers(run):
     result, client, parent = run
     layer1 = children(client, parent)["layer-1"]
     run_id = layer1.info.run_id
-    summaries = {f"test/{k}" for k in result.layers[0].test_metrics} | {"seconds"}
-    series = set(layer1.data.metrics) - summaries
-    assert set(SERIES) <= series and summaries <= set(layer1.data.metrics)
-    assert "epoch" not in series and not [k for k in series if k.startswith("test")]
-    for key in series:  # epochs numbered from 1; the first (start-up transient) is left out of the charts
-        assert steps(client, run_id, key) == list(range(2, EPOCHS + 1)), key
-    last = client.get_metric_history(run_id, "loss")[-1].value
-    assert last == pytest.approx(result.layers[0].history[-1]["loss"], rel=1e-6)
-    for key in summaries:
-        assert steps(client, run_id, key) == [0], key  # one point at step 0: a bar, not a one-dot line
-    assert layer1.data.metrics["test/fvu"] == pytest.approx(result.layers[0].test_metrics["fvu"])
+    assert set(layer1.data.metrics) == LAYER_CHARTS  # one screen of charts, not 31
+    for key in LAYER_CHARTS:  # epochs counted from 1, every one charted
+        assert steps(client, run_id, key) == list(range(1, EPOCHS + 1)), key
+    last = client.get_metric_history(run_id, "val_fvu")[-1].value
+    assert last == pytest.approx(result.layers[0].history[-1]["val_fvu"], rel=1e-6)
+    images = sorted(a.path for a in client.list_artifacts(run_id, "images"))
+    assert len(images) == 2 and all(p.startswith(f"images/loss_and_val_loss+step+{EPOCHS}+timestamp+") for p in images)
+    assert layer1.data.tags["mlflow.loggedImages"] == "true"
+    note = layer1.data.tags["mlflow.note.content"]
+    assert note.startswith("**layer 1: 64 → 16**, kl, target 0.1, β 3") and f"FVU {result.layers[0].test_metrics['fvu']:.4g}" in note
 
 
-def test_the_finetune_run_charts_its_epochs_and_holds_accuracies_as_summaries(run):
+def test_the_finetune_run_charts_its_epochs_from_the_start_and_keeps_a_few_summaries(run):
     result, client, parent = run
     finetune = children(client, parent)["finetune"]
-    assert steps(client, finetune.info.run_id, "loss") == [2]
-    assert "epoch" not in finetune.data.metrics
-    assert finetune.data.metrics["test_accuracy_after"] == result.finetuned.test_accuracy_after
-    assert steps(client, finetune.info.run_id, "test_accuracy_after") == [0]
+    run_id = finetune.info.run_id
+    assert set(finetune.data.metrics) == {"loss", "accuracy", "val_accuracy", "test_accuracy_before",
+                                          "test_accuracy_after", "best_epoch"}
+    assert steps(client, run_id, "loss") == [1, 2] and sorted(steps(client, run_id, "val_accuracy")) == [0, 1, 2]
+    start = [m.value for m in client.get_metric_history(run_id, "val_accuracy") if m.step == 0]
+    assert start == [result.finetuned.val_accuracy_before]  # step 0: the frozen-codes softmax, before fine-tuning
+    assert finetune.data.metrics["test_accuracy_after"] == pytest.approx(result.finetuned.test_accuracy_after, abs=1e-4)
+    best = result.finetuned.best_epoch
+    assert finetune.data.metrics["best_epoch"] == (0 if best is None else best + 1)  # counted from 1, as printed
+    assert f"epoch {best + 1} kept" in finetune.data.tags["mlflow.note.content"] if best is not None else True
 
 
 def test_parent_metrics_are_the_headline_first_then_probes_and_wall_time_each_logged_once(run):
@@ -159,8 +196,8 @@ def test_parent_metrics_are_the_headline_first_then_probes_and_wall_time_each_lo
     metrics = parent.data.metrics
     assert set(metrics) == {"headline/encoder.test_accuracy", "probe_accuracy.raw", "probe_accuracy.layer_1",
                             "probe_accuracy.layer_2", "seconds"}
-    assert metrics["headline/encoder.test_accuracy"] == result.finetuned.test_accuracy_after
-    assert metrics["probe_accuracy.layer_2"] == pytest.approx(result.probes["layer_2"])
+    assert metrics["headline/encoder.test_accuracy"] == round(result.finetuned.test_accuracy_after, 4)  # 4 digits
+    assert metrics["probe_accuracy.layer_2"] == pytest.approx(result.probes["layer_2"], abs=1e-4)
     for key in metrics:
         assert steps(client, parent.info.run_id, key) == [0], key
 
@@ -172,6 +209,7 @@ def test_parent_artifacts_hold_config_and_results_table_and_layer_runs_hold_thei
     assert {"config.yaml", "results.txt", "results.md"} <= top and "plots" not in top
     kids = children(client, parent)
     layer1, layer2 = kids["layer-1"].info.run_id, kids["layer-2"].info.run_id
+    assert {a.path for a in client.list_artifacts(layer1)} == {"history.json", "images", "plots", "weights"}
     assert {a.path for a in client.list_artifacts(layer1, "plots")} == {
         "plots/filter_grid.png", "plots/loss_curve.png", "plots/rho_hat_histogram.png"}
     assert {a.path for a in client.list_artifacts(layer2, "plots")} == {
@@ -211,14 +249,19 @@ def test_the_finetuned_encoder_is_registered_as_champion_with_a_few_tags_and_a_d
     version = client.get_model_version_by_alias("tracked-encoder", "champion")
     assert str(version.version) == reg.model_version
     assert set(version.tags) == {"headline.metric", "headline.value", "headline.greater_is_better", "run_id",
-                                 "weights_sha256", "kind", "encoder_choice", "registration_reason"}  # a handful
+                                 "weights_sha256", "kind", "reason"}  # a handful
     assert version.tags["run_id"] == parent.info.run_id and version.tags["kind"] == "encoder-finetuned"
-    assert float(version.tags["headline.value"]) == result.finetuned.test_accuracy_after
+    assert version.tags["headline.value"] == f"{result.finetuned.test_accuracy_after:.6g}"
     assert version.tags["weights_sha256"] == weights_digest(result.finetuned.encoder)
     link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
-    assert version.description == (
-        f"**encoder.test_accuracy = {result.headline()[1]:.6g}** (higher is better)\n\n"
-        f"@champion: no version holds @champion yet\n\nRun: [{parent.info.run_name}]({link})")
+    head, alias, run_line, trained, overrides, inputs = version.description.split("\n\n")
+    assert head == f"encoder.test_accuracy {result.headline()[1]:.4g} (higher is better)"  # lists show it raw
+    assert alias == "`@champion`: no version holds `@champion` yet"
+    assert run_line == f"Run: [{parent.info.run_name}]({link})"
+    assert trained.startswith("Trained: 64 → 16 → 8 (kl, kl), fine-tuned (register.encoder=best") and \
+        "on `digits`: " in trained
+    assert overrides == "Overrides: `--set defaults.lr=0.01` `--set layers.1.target=0.2`"
+    assert inputs.startswith("Input: 64 numeric columns in this order: `pixel_0_0` … `pixel_7_7`: a DataFrame")
 
 
 def test_a_version_is_linked_to_its_logged_model_both_ways(run):
@@ -236,7 +279,7 @@ def test_both_logged_models_carry_the_parent_runs_summary_metrics(run):
     result, client, parent = run
     for uri in result.tracked.logged_models.values():  # logged while the probes ran, before the summary
         metrics = {m.key: m.value for m in client.get_logged_model(uri.removeprefix("models:/")).metrics}
-        assert metrics["probe_accuracy.layer_1"] == pytest.approx(result.probes["layer_1"])
+        assert metrics["probe_accuracy.layer_1"] == pytest.approx(result.probes["layer_1"], abs=1e-4)
         assert set(metrics) == set(parent.data.metrics)  # the run page's Models column links each of them
 
 
@@ -287,7 +330,9 @@ def test_a_worse_run_gets_the_challenger_alias_and_says_why(run, store):
     client = MlflowClient(uri)
     assert str(client.get_model_version_by_alias("tracked-encoder", "champion").version) == run[0].tracked.registration.model_version
     assert str(client.get_model_version_by_alias("tracked-encoder", "challenger").version) == worse.tracked.registration.model_version
-    assert "does not beat" in client.get_run(worse.tracked.run_id).data.tags["sae.registration"]
+    worse_run = client.get_run(worse.tracked.run_id).data.tags
+    assert worse_run["sae.registry"] == f"version {worse.tracked.registration.model_version} @challenger"
+    assert "does not beat" in worse_run["mlflow.note.content"]
 
 
 def test_a_rerun_with_identical_weights_adds_no_version_and_says_so(store):
@@ -301,8 +346,9 @@ def test_a_rerun_with_identical_weights_adds_no_version_and_says_so(store):
     assert (reg.new_version, reg.model_version, reg.alias) == (False, "1", "champion")
     assert reg.reason == "weights identical to version 1 (@champion): no new version added"
     tags = client.get_run(again.tracked.run_id).data.tags
-    assert tags["sae.registration"] == f"no new version: {reg.reason}"
-    assert f"Registry: `repeat-encoder` unchanged: {reg.reason}." in tags["mlflow.note.content"]
+    assert tags["sae.registry"] == "unchanged: version 1"
+    assert ("Registry: `repeat-encoder` unchanged: weights identical to version 1 (`@champion`): no new version "
+            "added.") in tags["mlflow.note.content"]
     assert first.tracked.registration.new_version
 
 
@@ -374,8 +420,9 @@ def test_a_layer_reused_from_a_cache_is_tagged_and_replays_its_epoch_history(sto
     tracking.on_register(result)
     layer1 = client.get_run(layer1.info.run_id)
     assert layer1.data.tags["sae.reused"] == "true" and layer1.data.params["hidden"] == "4"
-    assert steps(client, layer1.info.run_id, "loss") == list(range(2, EPOCHS + 1))
-    assert "epoch" not in layer1.data.metrics
+    assert steps(client, layer1.info.run_id, "loss") == list(range(1, EPOCHS + 1))
+    assert set(layer1.data.metrics) == LAYER_CHARTS  # the same charts as a layer trained in this run
+    assert "reused from the layer cache" in layer1.data.tags["mlflow.note.content"]
 
 
 def test_the_tracking_uri_comes_from_config_then_environment_then_the_working_directory(monkeypatch, tmp_path):
