@@ -140,12 +140,12 @@ def pages(workdir: Path, mlflow_url: str, prefect_api: str) -> dict[str, str]:
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("digits").experiment_id
-    parent = client.search_runs([experiment], "tags.sae.prefect.flow_run_id != ''", order_by=["start_time DESC"],
+    parent = client.search_runs([experiment], "tags.sae.flow_run != ''", order_by=["start_time DESC"],
                                 max_results=1)[0]
     (layer,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
                                                 "and attributes.run_name = 'layer-2'")
     model = client.get_model_version_by_alias("digits-encoder", "champion")
-    flow_run = parent.data.tags["sae.prefect.flow_run_id"]  # the link from MLflow back to Prefect
+    flow_run = parent.data.tags["sae.flow_run"]  # the link from MLflow back to Prefect
     query = {"artifacts": {"key": {"any_": ["digits-mlflow-run"]}}, "flow_runs": {"id": {"any_": [flow_run]}}}
     request = urllib.request.Request(f"{prefect_api}/artifacts/filter", data=json.dumps(query).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")

@@ -49,9 +49,9 @@ def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_serv
         # Linked both ways under one name: the parent names the flow run and its deployment, the flow run links
         # to the parent on the MLflow server (no local-store hint).
         tags, prefect_ui = parent.data.tags, env["PREFECT_API_URL"].removesuffix("/api")
-        assert parent.info.run_name == run["name"] and tags["sae.prefect.flow_run_id"] == run["id"]
-        assert tags["sae.prefect.flow_run_url"] == f"{prefect_ui}/runs/flow-run/{run['id']}"
-        assert tags["sae.prefect.deployment"] == "nightly"
+        assert parent.info.run_name == run["name"] and tags["sae.flow_run"] == run["id"]
+        assert f"]({prefect_ui}/runs/flow-run/{run['id']})" in tags["mlflow.note.content"]
+        assert tags["sae.deployment"] == "nightly"
         (link,) = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["e2e-pool-mlflow-run"]}}})
         page = (f"{server_env['MLFLOW_TRACKING_URI']}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
                 "?workflowType=machine_learning")  # the model-training view, not GenAI's

@@ -152,17 +152,27 @@ def test_the_flow_run_and_the_mlflow_parent_run_share_one_name_and_link_each_oth
     parent = MlflowClient(result.tracked.tracking_uri).get_run(result.tracked.run_id)
     assert re.fullmatch(r"tiny-\d{4}-\d{6}", flow_run.name) and parent.info.run_name == flow_run.name
     tags = parent.data.tags
-    assert tags["sae.prefect.flow_run_id"] == str(flow_run_id)
-    assert tags["sae.prefect.flow_run_url"] == f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
-    assert "sae.prefect.deployment" not in tags  # called directly, not from a deployment
-    assert f"Prefect flow run: [{flow_run.name}]({tags['sae.prefect.flow_run_url']})" in tags["mlflow.note.content"]
-    # The link back: an artifact of the flow run itself (no task run), keyed by the config's name.
+    assert tags["sae.flow_run"] == str(flow_run_id)
+    assert "sae.deployment" not in tags  # called directly, not from a deployment
+    # One click to Prefect: a link in the description's first lines (tags are plain text in the UI).
+    first_lines = tags["mlflow.note.content"].split("\n\n")[:3]
+    url = f"{PREFECT_UI_URL.value()}/runs/flow-run/{flow_run_id}"
+    assert any(line.startswith(f"Prefect flow run: [{flow_run.name}") and line.endswith(f"]({url})")
+               for line in first_lines), first_lines
+    # The link back: an artifact of the flow run itself (no task run), keyed by the config's name, whose card
+    # (its description) links the MLflow run, not the MLflow home page; the flow run's log prints the page.
     link = artifacts["tiny-mlflow-run"]
     assert link.task_run_id is None and link.data.startswith(f"[MLflow run {flow_run.name}")
     page = f"http://127.0.0.1:5000/#/experiments/{result.tracked.experiment_id}/runs/{result.tracked.run_id}"
     assert page in link.data and "sae-pipeline ui" in link.data and flow_run.name in link.data
+    assert f"[MLflow run {flow_run.name}]({page}" in link.description
+    assert page in artifacts["tiny-results"].description
+    assert "/#/models/tiny-encoder/versions/1)" in artifacts["tiny-model-version"].description
     assert {a.task_run_id for a in artifacts.values()} == {None}
     assert set(artifacts) == {"tiny-mlflow-run", "tiny-results", "tiny-model-version"}
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    assert any(page in log.message for log in logs)
 
 
 def test_tasks_are_named_without_suffixes_and_each_layer_waits_on_the_one_below(first):

@@ -63,11 +63,16 @@ def test_trials_are_mlflow_runs_pruned_ones_marked_and_best_yaml_reproduces_the_
             assert run.data.tags["sae.trial.state"] == state and run.info.status == STATUS[state]
             assert {k: float(v) for k, v in run.data.params.items()} == {k: float(v) for k, v in trial.params.items()}
             if state == "complete":
-                assert run.data.metrics["objective"] == trial.value
+                assert run.data.metrics["objective"] == pytest.approx(trial.value, rel=1e-3)  # four digits
+                # The layer runs' charts and numbering: epochs from 1, the pruner's reports at the same steps.
+                assert {"loss", "val_loss", "val_fvu", "val_l0", "val_rho_hat_mean", "val_objective"} <= set(
+                    run.data.metrics) and "epochs" not in run.data.metrics
+                assert min(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == 1
+            assert run.data.tags["mlflow.note.content"].startswith(f"**trial {layer.index + 1}.{trial.number + 1}: ")
     states = [t.state for layer in result.layers for t in layer.trials]
     assert optuna.trial.TrialState.PRUNED in states
     pruned = [r for r in runs if r.data.tags.get("sae.trial.state") == "pruned"]
-    assert all(len(client.get_metric_history(r.info.run_id, "objective_epoch")) >= 1 for r in pruned)
+    assert all(len(client.get_metric_history(r.info.run_id, "val_objective")) >= 1 for r in pruned)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"best.yaml", "trials.txt", "config.yaml", "plots"} <= artifacts
@@ -131,7 +136,7 @@ def test_tune_json_prints_every_trial_per_layer_and_the_best_params_it_wrote(tmp
     assert len(client.search_model_versions("name='tune-json-encoder'")) == 1
     assert client.get_run(printed["run_id"]).data.tags["sae.tune_run"] == run.data.tags["sae.tune_run"]
     tune_runs = [r for r in runs if r.data.tags.get("sae.kind") == "tune"]
-    assert sorted(r.data.tags["sae.best_run.recalled"] for r in tune_runs) == ["false", "true"]
+    assert sorted(r.data.tags["sae.recalled"] for r in tune_runs) == ["false", "true"]
     assert {r.data.tags["sae.best_run"] for r in tune_runs} == {printed["run_id"]}
 
     # Its model version deleted from the registry: the stack is run (and registered) again.
@@ -139,6 +144,30 @@ def test_tune_json_prints_every_trial_per_layer_and_the_best_params_it_wrote(tmp
     assert cli_main(["tune", str(tmp_path / "tune.yaml"), "--json", "--out", str(tmp_path / "best.yaml")]) == 0
     third = json.loads(capsys.readouterr().out)
     assert third["recalled"] is False and third["run_id"] != printed["run_id"] and third["model_version"] == "2"
+
+
+def test_the_search_shares_its_name_with_the_flow_run_links_both_ways_and_records_the_trials_asked(tmp_path):
+    config = small(tmp_path, "tune-links", layers=1, trials=3)
+    result = tune_flow(config, trials=2)  # --trials 2 wins over search.trials 3
+    client = MlflowClient(config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.name).experiment_id])
+    search = next(r for r in runs if r.data.tags.get("sae.kind") == "tune")
+    best = client.get_run(result.best_stack.tracked.run_id)
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(search.data.tags["sae.flow_run"])
+        artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == flow_run.id}
+        tasks = {t.name for t in prefect.read_task_runs() if t.flow_run_id == flow_run.id}
+    assert search.info.run_name == flow_run.name  # one name, made once
+    assert search.data.params["search.trials"] == "2" and len(result.layers[0].ran) == 2
+    note = search.data.tags["mlflow.note.content"]
+    assert note.startswith("**Search of tune-links**: 2 trials per layer") and "Prefect flow run: [" in note
+    assert f"Best stack: [{best.info.run_name}](" in note and "`@champion`" in note
+    assert f"the best config of search [{search.info.run_name}](" in best.data.tags["mlflow.note.content"]
+    assert best.data.tags["sae.tune_run"] == search.info.run_id
+    assert {"tune-links-tune-mlflow-run", "tune-links-search"} <= set(artifacts)
+    assert search.info.run_id in artifacts["tune-links-tune-mlflow-run"].description
+    assert best.info.run_name in artifacts["tune-links-search"].data
+    assert "recall-best-stack" not in tasks  # nothing to recall on a first search: no such task shown
 
 
 def test_a_tuning_deployment_carries_its_schedule_parameters_and_limit_to_the_server(tmp_path):
@@ -189,6 +218,7 @@ def test_serve_tune_serves_the_deployment_runs_a_search_from_it_and_stops_on_sig
         trials = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")[0],
                                    storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
         assert len(trials) == 2
+        assert stored_description(deployment) and Path(deployment.entrypoint.split(":")[0]).is_absolute()
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         try:
@@ -198,6 +228,14 @@ def test_serve_tune_serves_the_deployment_runs_a_search_from_it_and_stops_on_sig
                 os.killpg(serve.pid, signal.SIGKILL)
         log.close()
     assert serve.returncode is not None
+    with get_client(sync_client=True) as client:  # stopped: the switch and the schedule agree (both off)
+        stopped = client.read_deployment_by_name("sae-tune/tune-served")
+    assert stopped.paused and [s.active for s in stopped.schedules] == [False]
+
+
+def stored_description(deployment) -> bool:
+    """The deployment says what it runs: the config, its data, where the results go."""
+    return "config `tune-served` on data `digits`" in deployment.description and "MLflow" in deployment.description
 
 
 def _deployment(client, name: str):
