@@ -3,11 +3,13 @@
     python docs/screenshots.py [--out DIR] [--workdir DIR] [--epochs N]
 
 In a fresh working directory it starts a Prefect server on a free loopback port, runs `sae-pipeline run`
-three times against it (the digits example, again with a `--set` override, and the patches config; the MLflow
-store is the working directory's mlflow.db, as for any user), serves that store with `sae-pipeline ui` on
-another free port, and saves PNGs of: the experiment's run list, a parent run, a layer run's charts, the
-registered model, and a Prefect flow run. Needs Debian's `chromium` and `chromium-driver` (apt-get install
-chromium chromium-driver). A dev tool: nothing in the package imports it.
+three times against it (the digits example, again with a `--set` override, and the patches config) and
+`sae-pipeline tune examples/tune-digits.yaml --trials 3` (the MLflow store is the working directory's
+mlflow.db, as for any user), serves that store with `sae-pipeline ui` on another free port, and saves PNGs
+into docs/ (the README's pictures among them) of: the experiment's run list, a parent run, a layer run's
+charts, the registered model and its champion version, the search's run, and the Prefect flow runs of the
+run and of the search with the run's link artifact. Needs Debian's `chromium` and `chromium-driver`
+(apt-get install chromium chromium-driver). A dev tool: nothing in the package imports it.
 """
 
 from __future__ import annotations
@@ -79,14 +81,14 @@ def server(command: list[str], health: str, workdir: Path, env: dict[str, str], 
             process.wait(timeout=30)
 
 
-def pipeline_run(workdir: Path, env: dict[str, str], args: list[str]) -> dict:
-    """``sae-pipeline run ARGS --json`` in ``workdir`` (against the Prefect server in ``env``); its JSON answer."""
+def pipeline_run(workdir: Path, env: dict[str, str], args: list[str], command: str = "run") -> dict:
+    """``sae-pipeline COMMAND ARGS --json`` in ``workdir`` (against the Prefect server in ``env``); its JSON answer."""
     started = time.monotonic()
-    done = subprocess.run([str(BIN / "sae-pipeline"), "run", *args, "--json"], cwd=workdir, env=env,
+    done = subprocess.run([str(BIN / "sae-pipeline"), command, *args, "--json"], cwd=workdir, env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"sae-pipeline run {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    print(f"  run {' '.join(args) or '(digits)'}: {time.monotonic() - started:.0f}s", file=sys.stderr)
+        raise RuntimeError(f"sae-pipeline {command} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    print(f"  {command} {' '.join(args) or '(digits)'}: {time.monotonic() - started:.0f}s", file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -134,11 +136,24 @@ class Browser:
             self.log.close()
 
 
+def flow_run_of_artifact(prefect_api: str, key: str, flow_run: str | None = None) -> dict:
+    """The newest artifact ``key`` (of ``flow_run``, when given) as the Prefect API returns it."""
+    query: dict[str, Any] = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
+    if flow_run is not None:
+        query["flow_runs"] = {"id": {"any_": [flow_run]}}
+    request = urllib.request.Request(f"{prefect_api}/artifacts/filter", data=json.dumps(query).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        (found,) = json.loads(answer.read())
+    return found
+
+
 def pages(workdir: Path, mlflow_url: str, prefect_api: str) -> dict[str, str]:
-    """Screenshot name -> URL, for the newest digits run, read from the store the runs wrote."""
+    """Screenshot name -> URL, for the newest digits run and the search, read from the store the runs wrote."""
     from mlflow import MlflowClient  # slow imports only once the runs are done
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    ml = "?workflowType=machine_learning"  # MLflow 3.17 opens GenAI pages unless told (or toggled once)
     experiment = client.get_experiment_by_name("digits").experiment_id
     parent = client.search_runs([experiment], "tags.sae.flow_run != ''", order_by=["start_time DESC"],
                                 max_results=1)[0]
@@ -146,26 +161,26 @@ def pages(workdir: Path, mlflow_url: str, prefect_api: str) -> dict[str, str]:
                                                 "and attributes.run_name = 'layer-2'")
     model = client.get_model_version_by_alias("digits-encoder", "champion")
     flow_run = parent.data.tags["sae.flow_run"]  # the link from MLflow back to Prefect
-    query = {"artifacts": {"key": {"any_": ["digits-mlflow-run"]}}, "flow_runs": {"id": {"any_": [flow_run]}}}
-    request = urllib.request.Request(f"{prefect_api}/artifacts/filter", data=json.dumps(query).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        (link,) = json.loads(answer.read())  # the link from Prefect to MLflow
+    link = flow_run_of_artifact(prefect_api, "digits-mlflow-run", flow_run)  # the link from Prefect to MLflow
+    searches = client.get_experiment_by_name("digits-tune").experiment_id
+    (search,) = client.search_runs([searches], "tags.sae.kind = 'tune'", order_by=["start_time DESC"], max_results=1)
     prefect_ui = prefect_api.removesuffix("/api")
     return {
-        "mlflow-runs": f"{mlflow_url}/#/experiments/{experiment}/runs",
-        "mlflow-parent-run": f"{mlflow_url}/#/experiments/{experiment}/runs/{parent.info.run_id}",
-        "mlflow-layer-charts": f"{mlflow_url}/#/experiments/{experiment}/runs/{layer.info.run_id}/model-metrics",
+        "mlflow-runs": f"{mlflow_url}/#/experiments/{experiment}/runs{ml}",
+        "mlflow-parent-run": f"{mlflow_url}/#/experiments/{experiment}/runs/{parent.info.run_id}{ml}",
+        "mlflow-layer-charts": f"{mlflow_url}/#/experiments/{experiment}/runs/{layer.info.run_id}/model-metrics{ml}",
         "mlflow-registered-model": f"{mlflow_url}/#/models/digits-encoder",
         "mlflow-model-version": f"{mlflow_url}/#/models/digits-encoder/versions/{model.version}",
+        "mlflow-tune-run": f"{mlflow_url}/#/experiments/{searches}/runs/{search.info.run_id}{ml}",
         "prefect-flow-run": f"{prefect_ui}/runs/flow-run/{flow_run}",
+        "prefect-tune-flow-run": f"{prefect_ui}/runs/flow-run/{search.data.tags['sae.flow_run']}",
         "prefect-mlflow-link": f"{prefect_ui}/artifacts/artifact/{link['id']}",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"), help="where the PNGs go")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="where the PNGs go (the README's are among them)")
     parser.add_argument("--workdir", help="working directory for the runs (default: a new temporary one)")
     parser.add_argument("--epochs", type=int, help="cap every layer's and fine-tuning's epochs (quicker runs)")
     parser.add_argument("--reuse", action="store_true", help="skip the runs when --workdir already has a store")
@@ -194,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             patches_capped = [] if args.epochs is None else ["--set", f"defaults.epochs={args.epochs}"]
             pipeline_run(workdir, env, [str(ROOT / "pipeline" / "configs" / "patches.yaml"), *patches_capped])
             pipeline_run(workdir, env, [*capped, "--set", "layers.1.hidden=64"])  # the newest digits run: shown
+            tune_capped = [] if args.epochs is None else ["--set", f"defaults.epochs={args.epochs}",
+                                                          "--set", f"finetune.epochs={args.epochs}"]
+            pipeline_run(workdir, env, [str(ROOT / "examples" / "tune-digits.yaml"), "--trials", "3", *tune_capped,
+                                        "--out", str(workdir / "best.yaml")], command="tune")
         stack.enter_context(server([str(BIN / "sae-pipeline"), "ui", "--port", str(mlflow_port)],
                                    f"{mlflow_url}/health", workdir, env, "mlflow"))
         browser = Browser(chromium, driver, workdir)

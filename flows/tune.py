@@ -70,7 +70,7 @@ class SearchLinks(TuneHooks):
         self.config_name = config.name
         t = self.tracking
         if t.run_id is not None:
-            publish_run_link(config.name, t.uri, t.experiment_id, t.run_id, t.run_name or "", what="tune-mlflow-run")
+            publish_run_link(config.name, t.uri, t.experiment_id, t.run_id, t.run_name or "", what="mlflow-search-run")
 
     def on_search_end(self, result: TuneResult) -> None:
         publish_search(self.config_name, search_table(result), self.tracking.best_run_text)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pipeline.run.results import PretrainResult
 
 HEADLINE, SECONDS = "headline/", "seconds"
+SERIES_DIGITS = 6  # significant digits of an epoch series' points: enough for any chart, not 16 in the tables
 Charts = tuple[tuple[str, ...], tuple[str, ...]]  # (keys charted as they are, keys charted on validation)
 LAYER_CHARTS: Charts = (("loss", "val_loss"), ("fvu", "l0", "rho_hat_mean"))  # did the layer train well?
 FINETUNE_CHARTS: Charts = (("loss", "accuracy", "val_accuracy"), ())
@@ -80,12 +81,14 @@ def charted_keys(row: Mapping[str, Any], charts: Charts = LAYER_CHARTS) -> list[
 
 def epoch_points(rows: Iterable[Mapping[str, float]], now: int | None = None,
                  charts: Charts = LAYER_CHARTS) -> list[Metric]:
-    """Epoch-series points of the charted keys (``charted_keys``): step = epoch number counted from 1."""
+    """Epoch-series points of the charted keys (``charted_keys``): step = epoch number counted from 1, values to
+    SERIES_DIGITS significant digits."""
     now = int(time.time() * 1000) if now is None else now
     points = []
     for i, row in enumerate(rows):
         step = int(row.get("epoch", i)) + 1
-        points += [Metric(k, float(row[k]), now, step) for k in charted_keys(row, charts)]
+        points += [Metric(k, markdown.rounded(float(row[k]), SERIES_DIGITS), now, step)
+                   for k in charted_keys(row, charts)]
     return points
 
 

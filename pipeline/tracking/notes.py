@@ -51,10 +51,10 @@ def overrides_text(overrides: Sequence[str], origin: Origin | None = None) -> st
 
 def experiment_note(name: str) -> str:
     """The experiment's description: what its runs are and how to tell them apart."""
-    return (f"Runs of sae-pipeline config `{name}`. Each `sae-pipeline run` is a parent run `{name}-<date>-<time>` "
-            "(the Prefect flow run has the same name) with child runs `layer-N` and `finetune`; a search is a run "
-            "`tune-...` with `tune-layer-N` and `trial-N.M` children. A run's description says which `--set` made "
-            "it; the `sae.overrides` tag says the same as a column (Columns > Tags).\n")
+    return (f"Which `--set` made which run: add the `sae.overrides` tag as a column (Columns, Tags). Runs of "
+            f"sae-pipeline config `{name}`: each `sae-pipeline run` is a parent run `{name}-<mmdd>-<time>` (its "
+            "Prefect flow run has the same name) with child runs `layer-N` and `finetune`; a search is a run "
+            "`tune-...` with `tune-layer-N` and `trial-N.M` children.\n")
 
 
 def registration_tag(registration: Registration | None) -> str:
@@ -142,8 +142,16 @@ def layer_note(result: LayerResult) -> str:
                        ("rho_hat_mean", "ρ̂")) if key in t)
     return (f"**layer {result.index + 1}: {result.model.config.d_in} → {s.hidden}**, {sparsity}, "
             f"{len(result.history)} of {s.epochs} epochs, {how}.\n\nTest split: {test or 'not measured'}.\n\n"
+            f"Settings (the parent's `layers.{result.index}.*` params): {settings_text(s)}.\n\n"
             "Charts: loss on both splits (and together, log-scaled, in `loss_and_val_loss`); FVU, L0 and ρ̂ on the "
             "validation split; epochs counted from 1. Every epoch's numbers are in `history.json`.\n")
+
+
+def settings_text(settings: object) -> str:
+    """A layer's resolved settings as code spans, ``key=value``."""
+    from pipeline.tracking.describe import layer_params
+
+    return " ".join(f"`{k}={v}`" for k, v in layer_params(settings).items())
 
 
 def finetune_note(result: FinetuneResult, epochs: int) -> str:

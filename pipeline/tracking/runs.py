@@ -236,7 +236,7 @@ class MlflowTracking(PipelineHooks):
         name = f"layer-{result.index + 1}"
         run_id = self._child(name, result.settings)
         series = [] if name in self.lightning_logged else describe.epoch_points(result.history)  # cached: replay
-        self._log_batch(run_id, series, [Param("d_in", str(result.model.config.d_in))], [
+        self._log_batch(run_id, series, tags=[
             RunTag("sae.reused", str(result.reused).lower()), RunTag(MLFLOW_RUN_NOTE, notes.layer_note(result)),
             RunTag(run_files.LOGGED_IMAGES_TAG, "true")])
         with tempfile.TemporaryDirectory(prefix="sae-layer-") as tmp:  # one upload: weights, history, plots, chart
@@ -264,17 +264,17 @@ class MlflowTracking(PipelineHooks):
     # -- helpers ----------------------------------------------------------------------------------------
 
     def _child(self, name: str, settings: Any) -> str:
-        """The open child run ``name``, created (with ``settings`` as params) on first use."""
+        """The open child run ``name``, created on first use (fine-tuning's with its ``settings`` as params)."""
         if name in self.children:
             return self.children[name]
         assert self.run_id is not None
         tags = {MLFLOW_PARENT_RUN_ID: self.run_id, MLFLOW_RUN_NAME: name}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=resolve_tags(tags))
         self.children[name] = run.info.run_id
-        if settings is not None:
-            params = describe.layer_params(settings) if name.startswith("layer-") else \
-                {k: describe.param_value(v) for k, v in describe.flat(settings.model_dump(mode="json")).items()}
-            self._log_params(run.info.run_id, params)
+        # A layer run's settings are the parent's layers.N.* params and its description: with params of its own,
+        # MLflow 3.17 labels its loss image chart with all of them, covering the chart.
+        if settings is not None and not name.startswith("layer-"):
+            self._log_params(run.info.run_id, describe.layer_params(settings))
         return run.info.run_id
 
     def _end(self, name: str, status: str) -> None:

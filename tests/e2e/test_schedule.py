@@ -2,9 +2,11 @@
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from _support import (
+    api,
     background,
     client_env,
     gone,
@@ -27,6 +29,12 @@ def test_a_scheduled_run_completes_tracks_and_registers(tmp_path):
         command = [sys.executable, "-m", "flows.cli", "serve", str(config), "--interval", "10", "--name", "every-10s"]
         with background(command, env, log, cwd=tmp_path) as serve:
             run = wait_for_completed_run(env, 180, log, serve)
+        # Stopped (SIGTERM, as Ctrl-C): the deployment paused and its schedule off, not "active" beside a paused
+        # switch; its entrypoint absolute (the same wherever serve started) and its description says what it runs.
+        (deployment,) = api(env, "/deployments/filter", {"deployments": {"name": {"any_": ["every-10s"]}}})
+        assert deployment["paused"] and [s["active"] for s in deployment["schedules"]] == [False]
+        assert Path(deployment["entrypoint"].split(":")[0]).is_absolute()
+        assert "config `e2e-schedule` on data `digits`" in deployment["description"]
         assert re.fullmatch(r"e2e-schedule-\d{4}-\d{6}", run["name"])
         assert run["parameters"]["config"]["name"] == "e2e-schedule"
         assert run["auto_scheduled"] is True  # fired by the schedule, not triggered by hand

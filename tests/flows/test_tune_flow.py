@@ -164,8 +164,8 @@ def test_the_search_shares_its_name_with_the_flow_run_links_both_ways_and_record
     assert f"Best stack: [{best.info.run_name}](" in note and "`@champion`" in note
     assert f"the best config of search [{search.info.run_name}](" in best.data.tags["mlflow.note.content"]
     assert best.data.tags["sae.tune_run"] == search.info.run_id
-    assert {"tune-links-tune-mlflow-run", "tune-links-search"} <= set(artifacts)
-    assert search.info.run_id in artifacts["tune-links-tune-mlflow-run"].description
+    assert {"tune-links-mlflow-search-run", "tune-links-search"} <= set(artifacts)
+    assert search.info.run_id in artifacts["tune-links-mlflow-search-run"].description
     assert best.info.run_name in artifacts["tune-links-search"].data
     assert "recall-best-stack" not in tasks  # nothing to recall on a first search: no such task shown
 

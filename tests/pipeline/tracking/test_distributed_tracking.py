@@ -44,7 +44,7 @@ def test_ddp_spawn_layer_logs_one_child_run_whose_final_loss_matches_one_process
     history = client.get_metric_history(layer.info.run_id, "loss")
     assert len(history) == len(ddp.layers[0].history) == EPOCHS  # every epoch charted, counted from 1
     final = max(history, key=lambda m: m.step).value
-    assert final == pytest.approx(ddp.layers[0].history[-1]["loss"], rel=1e-6)
+    assert final == pytest.approx(ddp.layers[0].history[-1]["loss"], rel=1e-5)  # six digits logged
     assert final == pytest.approx(single.layers[0].history[-1]["loss"], rel=1e-4)
     all_runs = client.search_runs([parent.info.experiment_id])
     assert sum(r.info.run_name == "layer-1" for r in all_runs) == 2  # one per pipeline run, none from rank 1

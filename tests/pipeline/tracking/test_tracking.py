@@ -145,10 +145,13 @@ def test_params_hold_each_layers_resolved_settings_once_with_one_spelling_for_nu
     assert {"version.torch", "version.pytorch-lightning", "version.mlflow", "version.sae-pipeline"} <= set(params)
     if "git_commit" in params:
         assert len(params["git_commit"]) == 40
-    layer2 = children(client, parent)["layer-2"].data.params
-    assert layer2["hidden"] == "8" and layer2["target"] == "0.2" and layer2["d_in"] == "16"
-    assert layer2["trainer.accelerator"] == "cpu" and layer2["k"] == "null" and "index" not in layer2
-    assert not [k for k, v in layer2.items() if v in ("None", "True", "False")]
+    # A layer run's settings: the parent's layers.N.* params and the layer's description, no params of its own
+    # (MLflow 3.17 labels the loss image chart with every param of the run, covering the chart).
+    layer2 = children(client, parent)["layer-2"].data
+    assert layer2.params == {}
+    note = layer2.tags["mlflow.note.content"]
+    assert note.startswith("**layer 2: 16 → 8**") and "`target=0.2`" in note and "`trainer.accelerator=cpu`" in note
+    assert "`k=null`" in note and "`index=" not in note
     finetune = children(client, parent)["finetune"].data.params
     assert finetune["epochs"] == "2" and not [v for v in finetune.values() if v in ("None", "True", "False")]
 
@@ -168,7 +171,7 @@ def test_layer_runs_chart_five_series_from_epoch_one_plus_one_loss_image_and_des
     for key in LAYER_CHARTS:  # epochs counted from 1, every one charted
         assert steps(client, run_id, key) == list(range(1, EPOCHS + 1)), key
     last = client.get_metric_history(run_id, "val_fvu")[-1].value
-    assert last == pytest.approx(result.layers[0].history[-1]["val_fvu"], rel=1e-6)
+    assert last == float(f"{result.layers[0].history[-1]['val_fvu']:.6g}")  # six significant digits
     images = sorted(a.path for a in client.list_artifacts(run_id, "images"))
     assert len(images) == 2 and all(p.startswith(f"images/loss_and_val_loss+step+{EPOCHS}+timestamp+") for p in images)
     assert layer1.data.tags["mlflow.loggedImages"] == "true"
@@ -419,7 +422,7 @@ def test_a_layer_reused_from_a_cache_is_tagged_and_replays_its_epoch_history(sto
     result = evaluate_run(cfg, data, [cached], stack_encoder(cfg, data, [cached]), None, hooks=tracking, started=0.0)
     tracking.on_register(result)
     layer1 = client.get_run(layer1.info.run_id)
-    assert layer1.data.tags["sae.reused"] == "true" and layer1.data.params["hidden"] == "4"
+    assert layer1.data.tags["sae.reused"] == "true" and "`hidden=4`" in layer1.data.tags["mlflow.note.content"]
     assert steps(client, layer1.info.run_id, "loss") == list(range(1, EPOCHS + 1))
     assert set(layer1.data.metrics) == LAYER_CHARTS  # the same charts as a layer trained in this run
     assert "reused from the layer cache" in layer1.data.tags["mlflow.note.content"]
