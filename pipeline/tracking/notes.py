@@ -137,9 +137,9 @@ def layer_note(result: LayerResult) -> str:
     s, t = result.settings, result.test_metrics
     sparsity = {"kl": f"kl, target {s.target:g}, β {s.beta:g}", "topk": f"topk, k {s.k}"}.get(s.sparsity, s.sparsity)
     how = "reused from the layer cache" if result.reused else f"trained in {result.seconds:.1f} s"
-    test = " · ".join(f"{label} {num(t[key])}" for key, label in
-                      (("loss", "loss"), ("fvu", "FVU"), ("l0", "L0"), ("dead_fraction", "dead"),
-                       ("rho_hat_mean", "ρ̂")) if key in t)
+    shown = {"loss": "loss", "fvu": "FVU", "l0": "L0", "rho_hat_mean": "ρ̂"}
+    test = " · ".join([f"{label} {num(t[key])}" for key, label in shown.items() if key in t] +
+                      ([f"dead units {t['dead_fraction']:.0%}"] if "dead_fraction" in t else []))
     return (f"**layer {result.index + 1}: {result.model.config.d_in} → {s.hidden}**, {sparsity}, "
             f"{len(result.history)} of {s.epochs} epochs, {how}.\n\nTest split: {test or 'not measured'}.\n\n"
             f"Settings (the parent's `layers.{result.index}.*` params): {settings_text(s)}.\n\n"
