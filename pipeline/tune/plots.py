@@ -13,7 +13,16 @@ DPI = 100
 
 
 def objective_vs_trial(study: optuna.Study, out: Path, *, title: str) -> Path:
-    """Each trial's objective (pruned ones at their last report, hollow), and the best so far as a line."""
+    """``objective_figure`` as a PNG at ``out``."""
+    fig = objective_figure(study, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def objective_figure(study: optuna.Study, *, title: str) -> Figure:
+    """Each trial's objective (pruned ones at their last report, hollow), and the best so far as a line; trials
+    numbered from 1 on whole-number ticks."""
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     fig = Figure(figsize=(6, 3.5), dpi=DPI)
     ax = fig.add_subplot()
@@ -36,9 +45,7 @@ def objective_vs_trial(study: optuna.Study, out: Path, *, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return fig
 
 
 def param_importance(study: optuna.Study, out: Path, *, title: str) -> Path | None:

@@ -17,3 +17,4 @@ def test_every_epoch_prints_once_up_to_epoch_n_of_n():
     pretrain_stack(config, ProgressPrinter(out))
     epochs = re.findall(r"^(layer \d/2 epoch \d/3) ", out.getvalue(), flags=re.MULTILINE)
     assert epochs == [f"layer {layer}/2 epoch {epoch}/3" for layer in (1, 2) for epoch in (1, 2, 3)]
+

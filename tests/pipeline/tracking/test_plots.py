@@ -7,7 +7,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-from pipeline.tracking.plots import filter_grid, loss_curves, rho_hat_figure, rho_hat_histogram
+from pipeline.tracking.plots import filter_grid, loss_chart, loss_curves, rho_hat_figure, rho_hat_histogram
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -91,3 +91,28 @@ def test_rho_hat_histogram_x_tick_labels_do_not_overlap(spread):
     texts = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert len(texts) >= 2 and len(set(texts)) == len(texts)  # distinct values, not all "0.1"
     assert fig.axes[0].xaxis.get_offset_text().get_text() == ""  # the labels are the values themselves
+
+
+def test_the_loss_image_chart_is_written_as_mlflows_log_image_writes_one(tmp_path, monkeypatch):
+    """The layer run's loss chart is uploaded with its other files, not by log_image: the same two files."""
+    import re
+
+    from mlflow import MlflowClient
+
+    from pipeline.tracking.run_files import write_image_chart
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run("0").info.run_id
+    client.log_image(run, np.zeros((8, 8, 3), np.uint8), key="loss_and_val_loss", step=12)
+    theirs = [a.path for a in client.list_artifacts(run, "images")]
+    write_image_chart(tmp_path / "ours", "loss_and_val_loss", 12,
+                      lambda dpi, out: loss_chart([{"loss": 2.0, "val_loss": 1.5}], out, dpi=dpi))
+    ours = [f"images/{p.name}" for p in (tmp_path / "ours" / "images").iterdir()]
+
+    def shape(path: str) -> str:
+        return re.sub(r"\+timestamp\+\d+\+[0-9a-f-]{36}", "+timestamp+T+U", path)
+
+    assert sorted(map(shape, ours)) == sorted(map(shape, theirs)) == [
+        "images/loss_and_val_loss+step+12+timestamp+T+U+compressed.webp",
+        "images/loss_and_val_loss+step+12+timestamp+T+U.png"]
