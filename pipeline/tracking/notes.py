@@ -66,16 +66,19 @@ def registration_tag(registration: Registration | None) -> str:
     return f"version {registration.model_version} @{registration.alias}"
 
 
-def version_details(result: PretrainResult, overrides: Sequence[str]) -> str:
-    """What a model version holds: the stack, the data, the overrides, what ``predict`` takes."""
+def version_details(result: PretrainResult, overrides: Sequence[str], origin: Origin | None = None) -> str:
+    """What a model version holds: the stack, the data, the overrides (or the search that chose the config),
+    what ``predict`` takes, and the Prefect flow run that made it."""
     from pipeline.tracking.pyfunc import feature_names
 
     stack = result.registered_encoder
     kind, why = result.encoder_choice
     tuned = f"fine-tuned ({no_mentions(why)})" if kind == "finetuned" else \
         ("pretrained" + (f" ({no_mentions(why)})" if why else ""))
-    return (f"Trained: {shapes(result.config, result.data.n_features)}, {tuned}, on {data_text(result)}.\n\n"
-            f"{overrides_text(overrides)}\n\n{inputs_text(stack.d_in, stack.d_out, feature_names(stack))}")
+    lines = [f"Trained: {shapes(result.config, result.data.n_features)}, {tuned}, on {data_text(result)}.",
+             overrides_text(overrides, origin), *(origin.lines() if origin else []),
+             inputs_text(stack.d_in, stack.d_out, feature_names(stack))]
+    return "\n\n".join(lines)
 
 
 def overrides_tag(overrides: Sequence[str]) -> str:
@@ -225,7 +228,7 @@ def inputs_text(d_in: int, d_out: int, names: Sequence[str] | None) -> str:
     order = f" in this order: `{names[0]}` … `{names[-1]}`" if names else ""
     named = " (by these names, in any order)" if names else ""
     return (f"Input: {d_in} numeric columns{order}: a DataFrame{named}, a numpy array (float32 or float64) or a "
-            f"list of rows. Output: ({'n'}, {d_out}) float32 codes.")
+            f"list of rows. Output: (n, {d_out}) float32 codes.")
 
 
 def logged_model_note(kind: str, d_in: int, d_out: int, names: Sequence[str] | None) -> str:

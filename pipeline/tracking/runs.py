@@ -174,7 +174,7 @@ class MlflowTracking(PipelineHooks):
                 headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
                 model_id=info.model_id, extra_tags={"kind": chosen},
                 weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url(),
-                details=notes.version_details(result, self.overrides))
+                details=notes.version_details(result, self.overrides, self.origin))
             tracked.registration, tracked.model_uri = reg, reg.model_uri
         note = notes.parent_end(result, self.overrides, tracked.registration, self.origin)
         self.client.log_batch(self.run_id, tags=[RunTag(MLFLOW_RUN_NOTE, note), RunTag(
