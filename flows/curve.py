@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.artifacts import artifact_key, current_flow_run_tags, publish_run_link
+from flows.artifacts import artifact_key, current_flow_run_tags, current_origin, publish_run_link
 from flows.pretrain import ONCE, CachedLayers, Chain, _as_config, load_data_task
 from flows.session import current_session
 from pipeline.app.progress import ProgressPrinter
@@ -92,8 +92,9 @@ def curve_flow(config: PipelineConfig, labels: list[int | None], repeats: int = 
     session = current_session()
     chain, progress = Chain(), ProgressPrinter()
     layers = CachedLayers(config, progress, refresh_cache, chain)
-    tracking = CurveTracking(run_name=flow_run.get_name(), run_tags=current_flow_run_tags(),
-                             overrides=tuple(overrides or ()))
+    name = flow_run.get_name()
+    tracking = CurveTracking(run_name=name, run_tags=current_flow_run_tags(), overrides=tuple(overrides or ()),
+                             origin=current_origin(name))
     last = f"train-layer-{len(config.layers)}"
     done: list[str] = [last]
 

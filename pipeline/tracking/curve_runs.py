@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 from pipeline.data.budgets import budget_name
 from pipeline.run.curve import METRIC_KEYS, BudgetResult, CurveHooks, CurveResult
 from pipeline.tables import markdown_table
-from pipeline.tracking import describe, store, uris
+from pipeline.tracking import describe, markdown, notes, store, uris
 from pipeline.tracking.runs import EXPERIMENT_KIND, MODEL_TRAINING
 from pipeline.tracking.stale import close_stale_runs, process_tags
 
@@ -47,9 +47,11 @@ class CurveTracking(CurveHooks):
     """Records a curve in MLflow with an explicit client and run ids."""
 
     def __init__(self, tracking_uri: str | None = None, *, run_name: str | None = None,
-                 run_tags: Mapping[str, str] | None = None, overrides: tuple[str, ...] = ()) -> None:
+                 run_tags: Mapping[str, str] | None = None, overrides: tuple[str, ...] = (),
+                 origin: notes.Origin | None = None) -> None:
         self.configured_uri, self.requested_name = tracking_uri, run_name
         self.run_tags, self.overrides = dict(run_tags or {}), tuple(overrides)
+        self.origin = origin or notes.Origin()  # the Prefect flow run: linked from the description
         self.client: Any = None
         self.uri = self.experiment_id = ""
         self.run_id: str | None = None
@@ -59,14 +61,15 @@ class CurveTracking(CurveHooks):
         """Open the parent run: params (config, row counts, budgets), dataset inputs, the config file."""
         self.uri = uris.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
         self.client = store.client(self.uri)
-        self.experiment_id = store.experiment_id(self.client, self.uri, config.name)
+        self.experiment_id = store.experiment_id(self.client, self.uri, config.name, {
+            EXPERIMENT_KIND: MODEL_TRAINING, MLFLOW_RUN_NOTE: notes.experiment_note(config.name)})
         close_stale_runs(self.client, self.experiment_id)
-        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self.run_name = self.requested_name or curve_run_name(config.name)
         labels = ",".join(budget_name(b) for b in budgets)
         note = (f"**{config.name}**: label-efficiency curve on `{data.source}`, labels a class {labels}, "
-                f"{repeats} draw(s) a budget: running.\n\n{describe.overrides_text(self.overrides)}\n")
-        tags = {"sae.kind": "curve", "sae.data.source": str(data.source), "sae.data.fingerprint": data.fingerprint,
+                f"{repeats} draw(s) a budget: running.\n\n{notes.overrides_text(self.overrides)}\n")
+        tags = {"sae.kind": "curve", "sae.data.source": str(data.source),
+                "sae.data.hash": str(data.fingerprint)[:store.DIGEST_CHARS],
                 MLFLOW_RUN_NOTE: self._linked(note), **process_tags(), **self.run_tags}
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=resolve_tags(tags))
         self.run_id = run.info.run_id
@@ -114,8 +117,8 @@ class CurveTracking(CurveHooks):
         self.client.log_batch(self.run_id, metrics=describe.summary_points(
             {describe.SECONDS: result.seconds, "pretrain_seconds": result.pretrain_seconds}))
         note = (f"**{result.config.name}**: label-efficiency curve on `{result.data.source}`.\n\n"
-                f"{describe.overrides_text(self.overrides)}\n\n{_sentence(result.note())}\n\n"
-                f"{markdown_table(result.rows())}\n\nPlot: `plots/label_efficiency.png`; every draw: `curve.json` "
+                f"{notes.overrides_text(self.overrides)}\n\n{_sentence(result.note())}\n\n"
+                f"{markdown.table(result.rows())}\n\nPlot: `plots/label_efficiency.png`; every draw: `curve.json` "
                 "and the `labels-*` child runs.\n")
         self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self._linked(note))
         self.client.set_terminated(self.run_id, FINISHED)
@@ -135,8 +138,9 @@ class CurveTracking(CurveHooks):
         self.run_id = None
 
     def _linked(self, note: str) -> str:
-        url = self.run_tags.get("sae.prefect.flow_run_url")
-        return note if url is None else f"{note}\n\nPrefect flow run: [{self.run_name}]({url})"
+        """``note`` with the Prefect flow run's link after its first line (one click from the description)."""
+        head, _, rest = note.partition("\n\n")
+        return "\n\n".join([head, *self.origin.lines(), rest]) if self.origin.lines() else note
 
     def _params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(str(k), describe.param_value(v)[:6000]) for k, v in params.items()]

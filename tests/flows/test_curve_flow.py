@@ -47,7 +47,8 @@ def test_curve_prints_the_table_and_records_a_parent_with_a_child_per_budget(cur
                  if r.data.tags.get("sae.kind") == "curve"]
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("curve-curve-cli-")
     assert parent.data.params["curve.labels"] == "3,all" and parent.data.params["data.rows.labeled"] == "1437"
-    assert "| SAE probe (top layer) |" in parent.data.tags["mlflow.note.content"]
+    note = parent.data.tags["mlflow.note.content"]  # the table as fixed-width text: MLflow pads no table cells
+    assert "\nSAE probe (top layer)  " in note.split("```")[1] and "Prefect flow run: [curve-curve-cli-" in note
     kids = {r.info.run_name: r for r in client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert set(kids) == {"labels-3", "labels-all"}
