@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -131,8 +132,11 @@ def test_a_signal_ends_the_run_with_one_line_its_exit_status_and_the_run_closed(
     assert "Traceback" not in err
     client = MlflowClient(config["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("signalled").experiment_id])
-    assert {r.info.run_name.split("-2")[0]: r.info.status for r in runs} == {"signalled": status, "layer-1": status}
-    errors = {r.info.run_name.split("-2")[0]: r.data.tags.get("error") for r in runs}
+    def what(run):  # the run's name without its time: signalled-1205-075721 -> signalled
+        return re.sub(r"-\d{4}-\d{6}$", "", run.info.run_name)
+
+    assert {what(r): r.info.status for r in runs} == {"signalled": status, "layer-1": status}
+    errors = {what(r): r.data.tags.get("error") for r in runs}
     assert errors == {"signalled": f"interrupted by {name}", "layer-1": f"interrupted by {name}"}
 
 
