@@ -65,6 +65,6 @@ class ProgressPrinter(PipelineHooks):
     def on_finetune_end(self, result: FinetuneResult) -> None:
         self._say(
             f"fine-tuning: validation accuracy {result.val_accuracy_before:.4f} -> {result.val_accuracy_after:.4f} "
-            f"({'no epoch beat the start: kept it' if result.best_epoch is None else f'epoch {result.best_epoch + 1} kept'}), "
+            f"({result.kept} kept), "
             f"test {result.test_accuracy_before:.4f} -> {result.test_accuracy_after:.4f} ({result.seconds:.1f}s)"
         )

@@ -260,7 +260,8 @@ class MlflowTracking(PipelineHooks):
         summary = {"val_accuracy_before": result.val_accuracy_before, "val_accuracy_after": result.val_accuracy_after,
                    "test_accuracy_before": result.test_accuracy_before,
                    "test_accuracy_after": result.test_accuracy_after, describe.SECONDS: result.seconds,
-                   "best_epoch": -1 if result.best_epoch is None else result.best_epoch}
+                   "best_epoch": -1 if result.best_epoch is None else result.best_epoch,
+                   **{f"val_accuracy_{method}": value for method, value in result.candidates.items()}}
         self._log_batch(run_id, series + describe.summary_points(summary))
         self._end("finetune", FINISHED)
 
