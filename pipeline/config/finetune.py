@@ -40,9 +40,10 @@ class FinetuneConfig(_Section):
     """Fine-tuning of the whole stack with a softmax on top (only when the data has labels)."""
 
     method: Literal["semi", "supervised"] = "semi"
-    """semi: the semi-supervised recipe (finetune.semi) from a softmax whose L2 is chosen by k-fold CV over the
-    labeled rows; with enough labels (validate_from_per_class) it runs beside supervised fine-tuning and
-    validation keeps the better one. supervised: cross-entropy on the labeled rows only, best epoch by validation."""
+    """semi: where some training rows are unlabeled, the semi-supervised recipe (finetune.semi) from a softmax
+    whose L2 is chosen by k-fold CV over the labeled rows; with enough labels (validate_from_per_class) it runs
+    beside supervised fine-tuning and validation keeps the better one; with every row labeled, supervised
+    fine-tuning. supervised: cross-entropy on the labeled rows only, best epoch by validation."""
     epochs: Annotated[int, Field(ge=0)] = 30
     """Epochs of supervised fine-tuning (method supervised, and its run beside semi); 0 = no fine-tuning at all."""
     lr: Annotated[float, Field(gt=0)] = 0.001

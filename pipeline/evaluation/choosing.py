@@ -2,11 +2,10 @@
 
 Validation chooses (the probes' C, the fine-tuning epoch or checkpoint, the fine-tuned run, the registered
 encoder) when every class has at least ``validate_from_per_class`` labeled rows, training and validation
-together, or when no training row is unlabeled (with no unlabeled pool, semi-supervised fine-tuning has no
-information the supervised one lacks, and the two compete on validation as equals). Otherwise labels are few
-and precious: the validation rows join the labeled training rows, k-fold cross-validation over them chooses
-the regularisation (``pipeline.evaluation.cross_validation``), and fine-tuning keeps its last step. The test
-split is never read by either.
+together, or when no training row is unlabeled (a fully labeled data set is chosen on as it always was).
+Otherwise labels are few and precious: the validation rows join the labeled training rows, k-fold
+cross-validation over them chooses the regularisation (``pipeline.evaluation.cross_validation``), and
+fine-tuning keeps its last step. The test split is never read by either.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ def few_labels(data, per_class=4, seed=0, **changes):
     keep = draw_per_class(data.y_train, per_class, seed)
     y = np.full_like(np.asarray(data.y_train), -1)
     y[keep] = np.asarray(data.y_train)[keep]
-    y_val = np.asarray(data.y_val)[:3 * 10]  # a few labeled validation rows, which join training
-    return dataclasses.replace(data, y_train=y, X_val=data.X_val[:30], y_val=y_val, **changes)
+    val = {"X_val": data.X_val[:30], "y_val": np.asarray(data.y_val)[:30]}  # a few validation rows, which join training
+    return dataclasses.replace(data, **({"y_train": y} | val | changes))
 
 
 def val_labels(result, y):
@@ -172,13 +172,22 @@ def test_semi_fine_tuning_is_reproducible_with_its_seed(encoder, data):
 
 
 def test_with_enough_labels_validation_picks_between_semi_and_supervised_fine_tuning(encoder, data):
-    result = run(encoder, data, method="semi", validate_from_per_class=100)  # every training row is labeled
+    many = few_labels(data, per_class=60, X_val=data.X_val, y_val=data.y_val)  # 60 + ~14 validation rows a class
+    result = run(encoder, many, method="semi", validate_from_per_class=60)
     assert result.validated and set(result.candidates) == {"supervised", "semi"}
     assert result.method == max(result.candidates, key=lambda m: (result.candidates[m], m == "supervised"))
     assert result.val_accuracy_after == max(result.candidates.values())
+    assert result.n_labeled == 600 and result.n_unlabeled == len(data.y_train) - 600  # validation kept apart
     kept = StackClassifier(result.encoder, result.encoder.d_out, len(result.classes))
     kept.head = result.head
     assert accuracy(kept, data.X_val, val_labels(result, data.y_val)) == result.val_accuracy_after
+
+
+def test_with_every_training_row_labeled_fine_tuning_is_supervised(encoder, data):
+    result = run(encoder, data, method="semi")
+    supervised = run(encoder, data, method="supervised")
+    assert result.validated and result.method == "supervised" and set(result.candidates) == {"supervised"}
+    assert result.history == supervised.history and result.test_accuracy_after == supervised.test_accuracy_after
 
 
 def _candidate(method, val_after):
