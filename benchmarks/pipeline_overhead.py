@@ -61,8 +61,6 @@ TRAINING_PARTS = ("layer training", "fine-tuning epochs")
 SERVER = "temporary Prefect server start"
 # (module, factory, method, part): a method of the objects a factory returns (the fine-tuning Trainer's fit).
 TIMED_RESULTS = (("pipeline.run.end_to_end", "quiet_trainer", "fit", "fine-tuning epochs"),)
-# The plain loops reproduce supervised fine-tuning only: the pipeline runs that method too (the same work).
-SAME_WORK = ["finetune.method=supervised"]
 # (module, attribute, part): the functions each part of the wall time is spent in.
 TIMED = (
     ("pipeline.run.greedy", "train_autoencoder", "layer training"),
@@ -240,7 +238,7 @@ def real_size(overrides: list[str]) -> None:
         config = load_default_config("digits", [
             f"cache_dir={tmp}/cache", f"tracking_uri=sqlite:///{tmp}/mlflow.db", "name=mnist-5k",
             f"data.source={MNIST}", "data.features=images", "data.labels=labels",
-            "layers.0.hidden=200", "layers.1.hidden=200", *SAME_WORK, *overrides])
+            "layers.0.hidden=200", "layers.1.hidden=200", *overrides])
         from flows import pretrain_flow  # imported here: after PREFECT_HOME is set
         from flows.startup import flow_session
 
@@ -328,7 +326,7 @@ def digits_case(overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="sae-pipeline-bench-") as tmp:
         _prefect_env(tmp)
         config = load_default_config("digits", [f"cache_dir={tmp}/cache", f"tracking_uri=sqlite:///{tmp}/mlflow.db",
-                                                *SAME_WORK, *overrides])
+                                                *overrides])
         plain_training(config.model_copy(update={"layers": config.layers[:1]}))  # warm-up: imports, first calls
         cpu = time.process_time()
         plain_layers, plain_finetune = plain_training(config)

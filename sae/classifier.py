@@ -49,7 +49,7 @@ class ClassifierModule(pl.LightningModule):
     each, as layer training does). With ``keep="best"`` and ``validation`` each epoch reports
     ``val_accuracy``; ``best_state`` holds the starting weights until an epoch strictly beats
     ``start_accuracy`` (and every best so far), then that epoch's; ``best_epoch`` says which (None: the
-    start). ``keep="last"`` keeps the last epoch's weights (for runs that choose nothing on validation).
+    start). ``keep="last"`` keeps the last finite epoch's weights (for runs that choose nothing on validation).
     ``seed`` seeds the masks and directions of the unlabeled terms.
     """
 
@@ -80,7 +80,7 @@ class ClassifierModule(pl.LightningModule):
         self.best_epoch: int | None = None
         self.best_state = self._snapshot()
         self._weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-        self._sums: torch.Tensor | None = None  # loss * n, correct; on the model's device
+        self._sums: torch.Tensor | None = None  # loss * n, correct, each unlabeled term * n; on the model's device
         self._n = 0  # rows seen this epoch (on the host: no per-step copy to the device)
         self.automatic_optimization = False  # several optimizer steps per Lightning batch
 
@@ -136,9 +136,10 @@ class ClassifierModule(pl.LightningModule):
         loss, correct, *terms = self._sums.tolist()
         metrics = {"loss": loss / self._n, "accuracy": correct / self._n}
         metrics |= {name: value / self._n for name, value in zip(("consistency", "vat"), terms, strict=False)}
-        if not math.isfinite(metrics["loss"]):
-            self.trainer.should_stop = True  # diverged: the kept best epoch (or the start) is the answer
-        if self.keep == "last":
+        finite = math.isfinite(metrics["loss"])
+        if not finite:
+            self.trainer.should_stop = True  # diverged: the kept epoch (the best, the last finite, or the start)
+        if self.keep == "last" and finite:
             self.best_epoch, self.best_state = int(self.current_epoch), self._snapshot()
         if self.validation is not None:
             metrics["val_accuracy"] = self.validation_accuracy()

@@ -80,7 +80,8 @@ def finetune_stack(
     ``codes`` are the stack's top-layer codes of the data's splits when the layers already computed them
     (``LayerResult.codes``: exactly what ``encoder`` gives on them): the softmax is fitted and scored on them
     instead of encoding every split again. ``trainer_options`` are the run's Lightning settings: fine-tuning
-    uses their accelerator and precision on one device. ``logger`` gets the epochs of the configured method's run.
+    uses their accelerator and precision on one device. ``logger`` gets the epochs of the last run (semi when
+    two compete).
     """
     start = time.perf_counter()
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
@@ -94,7 +95,7 @@ def finetune_stack(
     y_test = indices_of(classes, data.y_test)
     methods = fine_tunings(settings.method, validated=rows.validated, n_unlabeled=rows.n_unlabeled)
     runs = [_run(method, encoder, rows, top, classes, y, y_val, codes.test, y_test, settings, seed=seed, device=device,
-                 logger=logger if method == settings.method else None) for method in methods]
+                 logger=logger if method == methods[-1] else None) for method in methods]
     kept = pick(runs)
     test_after = (accuracy(kept.model, data.X_test, y_test) if kept.best_epoch is not None or not rows.validated
                   else kept.test_before)

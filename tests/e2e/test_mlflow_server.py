@@ -42,7 +42,7 @@ def run(server, tmp_path_factory):
     config = PipelineConfig.from_dict({
         "name": "e2e", "tracking_uri": url, "trainer": {"accelerator": "cpu"},
         "defaults": {"epochs": 2, "batch_size": 128, "lr": 0.01},
-        "layers": [{"hidden": 16}, {"hidden": 8}], "finetune": {"epochs": 1, "method": "supervised"},
+        "layers": [{"hidden": 16}, {"hidden": 8}], "finetune": {"epochs": 1},
     })
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # nothing may fall back to a ./mlflow.db in the checkout

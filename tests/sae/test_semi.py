@@ -159,3 +159,14 @@ def test_semi_training_is_reproducible_with_its_seed():
     a, b, c = _fit(semi, seed=0), _fit(semi, seed=0), _fit(semi, seed=1)
     assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
     assert not all(torch.equal(a.best_state[k], c.best_state[k]) for k in a.best_state)
+
+
+def test_a_diverged_run_that_keeps_its_last_epoch_keeps_the_last_finite_one_or_the_start():
+    model = _classifier().float()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.full((12, 10), float("nan"))
+    module = ClassifierModule(model, lr=0.01, weight_decay=1e-4, keep="last")
+    batches = DrawnBatches(x, torch.arange(12) % 3, x, batch_labeled=4, batch_unlabeled=4, steps=2)
+    quiet_trainer(3, n_batches=1, accelerator="cpu").fit(module, train_dataloaders=SizedLoader(batches, group=2))
+    assert len(module.history) == 1 and module.best_epoch is None  # stopped after the first (NaN) epoch
+    assert all(torch.equal(module.best_state[k], start[k]) for k in start)

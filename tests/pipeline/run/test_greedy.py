@@ -16,7 +16,7 @@ TINY = {
     "data": {"source": "digits"},
     "defaults": {"epochs": 6, "batch_size": 64, "lr": 0.01, "weight_decay": 1e-4},
     "layers": [{"hidden": 32}, {"hidden": 16}],
-    "finetune": {"epochs": 10, "lr": 0.01, "semi": {"steps": 100, "eval_every": 20}},
+    "finetune": {"epochs": 10, "lr": 0.01},
 }
 
 

@@ -17,7 +17,7 @@ def _config(tmp_path, test_file):
                  "features": "X", "labels": "y"},
         "defaults": {"epochs": 8, "batch_size": 64, "lr": 0.3, "weight_decay": 1e-4, "early_stopping_patience": 1},
         "layers": [{"hidden": 24}, {"hidden": 12}],
-        "finetune": {"epochs": 4, "lr": 0.01, "softmax_iterations": 60, "semi": {"steps": 40, "eval_every": 20}},
+        "finetune": {"epochs": 4, "lr": 0.01, "softmax_iterations": 60},
     })
 
 

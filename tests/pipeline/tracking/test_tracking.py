@@ -35,7 +35,7 @@ TINY = {
     "defaults": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.01},
     "trainer": {"accelerator": "cpu"},
     "layers": [{"hidden": 16}, {"hidden": 8, "target": 0.2}],
-    "finetune": {"epochs": 2, "lr": 0.01, "method": "supervised"},  # its epochs are what the charts count
+    "finetune": {"epochs": 2, "lr": 0.01},
 }
 
 
@@ -279,8 +279,7 @@ def test_the_pretrained_stack_is_logged_too_and_resolves_by_run_uri(run, store):
 def test_a_worse_run_gets_the_challenger_alias_and_says_why(run, store):
     uri, _ = store
     # One code unit and no real fine-tuning: ~0.15 accuracy against ~0.3 for the fixture's run.
-    worse = pretrain_stack(config(uri, layers=[{"hidden": 1}], finetune={"epochs": 1, "lr": 1e-6, "method": "supervised"}),
-                           MlflowTracking())
+    worse = pretrain_stack(config(uri, layers=[{"hidden": 1}], finetune={"epochs": 1, "lr": 1e-6}), MlflowTracking())
     assert worse.tracked.registration.alias == "challenger"
     assert "does not beat" in worse.tracked.registration.reason
     client = MlflowClient(uri)
