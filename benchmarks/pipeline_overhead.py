@@ -68,7 +68,7 @@ TIMED = (
     ("pipeline.run.greedy", "finetune_stack", "fine-tuning, other"),
     ("pipeline.run.greedy", "probe_accuracies", "probes"),  # on a thread while the models are logged: background
     ("pipeline.run.greedy", "evaluate_run", "probes"),  # exclusive: the wait for those probes, beyond the model logging
-    ("pipeline.evaluation.layer_probes", "_probe", "each probe (on threads, summed)"),  # the raw one fitted ahead included
+    ("pipeline.evaluation.layer_probes", "probe_test_accuracy", "each probe (on threads, summed)"),  # the raw one fitted ahead included
     ("pipeline.tracking.pyfunc", "warm_requirement_checks", "warm-ups (store thread)"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),
