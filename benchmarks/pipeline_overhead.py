@@ -60,7 +60,7 @@ OUTSIDE_TRAINING_TARGET = 0.15
 TRAINING_PARTS = ("layer training", "fine-tuning epochs")
 SERVER = "temporary Prefect server start"
 # (module, factory, method, part): a method of the objects a factory returns (the fine-tuning Trainer's fit).
-TIMED_RESULTS = (("pipeline.run.finetune", "quiet_trainer", "fit", "fine-tuning epochs"),)
+TIMED_RESULTS = (("pipeline.run.end_to_end", "quiet_trainer", "fit", "fine-tuning epochs"),)
 # (module, attribute, part): the functions each part of the wall time is spent in.
 TIMED = (
     ("pipeline.run.greedy", "train_autoencoder", "layer training"),
@@ -68,7 +68,7 @@ TIMED = (
     ("pipeline.run.greedy", "finetune_stack", "fine-tuning, other"),
     ("pipeline.run.greedy", "probe_accuracies", "probes"),  # on a thread while the models are logged: background
     ("pipeline.run.greedy", "evaluate_run", "probes"),  # exclusive: the wait for those probes, beyond the model logging
-    ("pipeline.evaluation.layer_probes", "_probe", "each probe (on threads, summed)"),  # the raw one fitted ahead included
+    ("pipeline.evaluation.layer_probes", "probe_test_accuracy", "each probe (on threads, summed)"),  # the raw one fitted ahead included
     ("pipeline.tracking.pyfunc", "warm_requirement_checks", "warm-ups (store thread)"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.tracking.runs.MlflowTracking", "*", "tracking"),

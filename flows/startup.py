@@ -60,8 +60,9 @@ def flow_session(config: PipelineConfig, *, debug: bool = False, check: Callable
     with ExitStack() as stack:
         ahead = None
         if temporary and raw_probe:
-            ahead = stack.enter_context(raw_probe_ahead(data, seed=config.seed,
-                                                        accelerator=config.trainer.accelerator))
+            ahead = stack.enter_context(raw_probe_ahead(
+                data, seed=config.seed, accelerator=config.trainer.accelerator,
+                validate_from_per_class=config.finetune.validate_from_per_class))
         wait_for_temporary_server()
         session = stack.enter_context(use_session(FlowSession(data, data_key(config), raw_probe=ahead)))
         stack.enter_context(no_heartbeats_on_temporary_server())

@@ -96,6 +96,35 @@ class ShuffledBatches:
             yield carry
 
 
+class DrawnBatches:
+    """Iterable of ``steps`` (x_labeled, y_labeled, x_unlabeled) triples, one per optimizer step: ``batch_labeled``
+    labeled rows and ``batch_unlabeled`` rows of ``unlabeled``, each drawn with replacement (a hundred labeled
+    rows are revisited many times, so there is no epoch over them); redrawn from ``seed + pass`` each pass.
+    Everything stays on the data's device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor, *, batch_labeled: int,
+                 batch_unlabeled: int, steps: int, seed: int = 0) -> None:
+        if min(batch_labeled, batch_unlabeled, steps) < 1:
+            raise ValueError(f"batch_labeled={batch_labeled}, batch_unlabeled={batch_unlabeled}, steps={steps}: "
+                             "each must be a positive integer")
+        if x.shape[0] == 0 or unlabeled.shape[0] == 0:
+            raise ValueError("DrawnBatches needs at least one labeled and one unlabeled row")
+        self.x, self.y, self.unlabeled = x, y.to(dtype=torch.long, device=x.device), unlabeled
+        self.batch_labeled, self.batch_unlabeled, self.steps = batch_labeled, batch_unlabeled, steps
+        self.seed, self.passes = seed, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        for _ in range(self.steps):
+            labeled = torch.randint(self.x.shape[0], (self.batch_labeled,), generator=gen).to(self.x.device)
+            rows = torch.randint(self.unlabeled.shape[0], (self.batch_unlabeled,), generator=gen)
+            yield self.x[labeled], self.y[labeled], self.unlabeled[rows.to(self.unlabeled.device)]
+
+
 def row_chunks(
     X: np.ndarray, rows: int, dtype: np.dtype | type | None = np.float32
 ) -> Iterator[tuple[int, np.ndarray]]:

@@ -121,8 +121,12 @@ class StackedEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
         """(batch, d_in) raw features -> (batch, d_hidden of layer ``depth``) codes; depth is 1-based."""
+        return self.encode_scaled(self.scaler(x), depth)
+
+    def encode_scaled(self, h: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """(batch, d_in) features already through ``scaler`` -> codes of layer ``depth``: where fine-tuning
+        perturbs or masks the inputs (in the space layer 1 was trained in, whatever the raw units)."""
         depth = self._check_depth(depth) if self.configs else 0
-        h = self.scaler(x)
         for i in range(depth):
             if i:
                 h = self.code_scalers[i - 1](h)

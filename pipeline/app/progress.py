@@ -75,8 +75,9 @@ class ProgressPrinter(PipelineHooks):
         self._say(f"layer {result.index + 1}: {how}, test loss {loss:.4f}")
 
     def on_finetune_end(self, result: FinetuneResult) -> None:
+        chosen = (f"validation accuracy {result.val_accuracy_before:.4f} -> {result.val_accuracy_after:.4f}"
+                  if result.validated else f"{result.n_labeled} labeled rows, no validation split chose")
         self._say(
-            f"fine-tuning: validation accuracy {result.val_accuracy_before:.4f} -> {result.val_accuracy_after:.4f} "
-            f"({'no epoch beat the start: kept it' if result.best_epoch is None else f'epoch {result.best_epoch + 1} kept'}), "
+            f"fine-tuning: {chosen} ({result.kept} kept), "
             f"test {result.test_accuracy_before:.4f} -> {result.test_accuracy_after:.4f} ({result.seconds:.1f}s)"
         )

@@ -1,6 +1,7 @@
 """The run's config: the schema (schema.py), a layer's fields (layer.py), the search section (search.py), --set
 overrides and the generated reference. ``from pipeline.config import PipelineConfig`` reads from here."""
 
+from pipeline.config.finetune import FinetuneConfig, SemiSettings
 from pipeline.config.layer import (
     SHAPE_FIELDS,
     LayerConfig,
@@ -16,7 +17,6 @@ from pipeline.config.overrides import apply_overrides
 from pipeline.config.schema import (
     CONFIG_DIR,
     DataConfig,
-    FinetuneConfig,
     PipelineConfig,
     RegisterConfig,
     default_config_path,
@@ -26,6 +26,6 @@ from pipeline.config.search import SearchConfig
 
 __all__ = [
     "CONFIG_DIR", "SHAPE_FIELDS", "DataConfig", "FinetuneConfig", "LayerConfig", "LayerSettings", "PipelineConfig",
-    "Precision", "RegisterConfig", "ResolvedLayer", "SAESettings", "SearchConfig", "TrainerOverride",
+    "Precision", "RegisterConfig", "ResolvedLayer", "SAESettings", "SearchConfig", "SemiSettings", "TrainerOverride",
     "TrainerSettings", "apply_overrides", "attribute_docs", "default_config_path", "load_default_config",
 ]

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config.finetune import FinetuneConfig
 from pipeline.config.layer import (
     LayerConfig,
     LayerSettings,
@@ -65,21 +66,6 @@ class DataConfig(_Section):
     """unit: min-max to [0.1, 0.9] (clipped to [0, 1]); standard: mean 0, std 1; none: raw."""
     max_samples: Annotated[int, Field(ge=4)] | None = None
     """Optional cap on rows per file (the first N after a seeded shuffle); handy for quick runs."""
-
-
-class FinetuneConfig(_Section):
-    """Supervised fine-tuning of the whole stack (only when the data has labels)."""
-
-    epochs: Annotated[int, Field(ge=0)] = 30
-    """End-to-end epochs; 0 = no fine-tuning."""
-    lr: Annotated[float, Field(gt=0)] = 0.001
-    """Learning rate."""
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    """Rows per mini-batch."""
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    """lambda/2 * sum of squared weights of the softmax and the encoders (the classic exercise's 1e-4)."""
-    softmax_iterations: Annotated[int, Field(ge=1)] = 400
-    """Full-batch L-BFGS iterations fitting the softmax on frozen codes before end-to-end training."""
 
 
 class RegisterConfig(_Section):

@@ -45,3 +45,10 @@ def indices_of(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Each label's index in ``classes``; -1 for a label training never saw (it can never be predicted)."""
     lookup = {c: i for i, c in enumerate(np.asarray(classes).tolist())}
     return np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()], dtype=np.int64)
+
+
+def fewest_per_class(y: np.ndarray) -> int:
+    """The smallest number of rows any class has among the labeled ``y`` (0 when none is labeled)."""
+    y = np.asarray(y)[labeled_mask(y)]
+    return int(np.unique(y, return_counts=True)[1].min()) if y.size else 0
+

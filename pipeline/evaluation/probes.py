@@ -12,7 +12,7 @@ smooth curve with one clear minimum. The test split is only scored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -104,18 +104,49 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
                 torch.set_num_threads(_one_thread_users[1])
 
 
-def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of rows of ``x`` (n, d) whose top class under (k, d) weights and (k, 1) biases is ``y``."""
-    return float((torch.addmm(b, w, x.t()).argmax(0) == y).float().mean())
+def standardiser(rows: np.ndarray, device: torch.device | str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
+    """A map of (m, d) features to (m, d') tensors on ``device`` standardised with the mean and deviation of
+    ``rows`` (n, d). Columns constant in ``rows`` (MNIST's border pixels: 143 of 784) standardise to 0 and get
+    weight 0 at any C: they are left out (d' of d kept), which makes every fit that much cheaper."""
+    x = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=device)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    varying = torch.nonzero(std > 0).squeeze(1)
+    every = varying.numel() == x.shape[1]
+    if not every:
+        mean, std = mean[varying], std[varying]
+
+    def features(part: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(part, dtype=np.float32), device=device)
+        return ((t if every else t[:, varying]) - mean) / std
+
+    return features
 
 
-def _log_loss(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy of the rows of ``x`` whose label ``y`` was seen in training (``y >= 0``)."""
+def scores(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, log-loss) of (k, d) weights and (k, 1) biases on rows ``x`` (n, d) with class indices ``y``:
+    the fraction whose top class is ``y``, and the mean cross-entropy of the rows whose label was seen in
+    training (``y >= 0``; 0 when none was)."""
+    logits = torch.addmm(b, w, x.t())  # (k, n)
+    accuracy = float((logits.argmax(0) == y).float().mean())
     seen = y >= 0
     if not bool(seen.any()):
-        return 0.0
-    log_p = torch.log_softmax(torch.addmm(b, w, x[seen].t()), 0)  # (k, m)
-    return float(-log_p.gather(0, y[seen].unsqueeze(0)).mean())
+        return accuracy, 0.0
+    log_p = torch.log_softmax(logits[:, seen], 0)
+    return accuracy, float(-log_p.gather(0, y[seen].unsqueeze(0)).mean())
+
+
+def path_fits(x: torch.Tensor, y: torch.Tensor, n_classes: int, cs: Sequence[float], *, max_iter: int = PROBE_MAX_ITER
+              ) -> Iterator[tuple[float, torch.Tensor, torch.Tensor, int]]:
+    """(C, w (k, d), b (k, 1), L-BFGS iterations) for each C of ``cs`` sorted strong -> weak, each fit converged
+    and warm-started from the one before, on features ``x`` (n, d) (standardised) with class indices ``y`` (n,)."""
+    n = x.shape[0]
+    target = F.one_hot(y, n_classes).t().to(x.dtype)  # (k, n)
+    eig = _covariance_eig(x) if x.shape[1] <= PRECONDITION_MAX_FEATURES else None
+    x_fit = x if eig is None else x @ eig[1]  # rotated once onto the covariance's eigenvectors
+    w, b = torch.zeros(n_classes, x.shape[1], device=x.device), torch.zeros(n_classes, 1, device=x.device)
+    for c in sorted(cs):
+        w, b, steps = _fit_one(x_fit, target, w, b, 0.5 / (c * n), eig, max_iter, PROBE_TOLERANCE)
+        yield c, w, b, steps
 
 
 def fit_probe(
@@ -152,30 +183,12 @@ def _fit_path(
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(indices_of(classes, y), device=device)
 
-    x = torch.as_tensor(np.asarray(train, dtype=np.float32), device=device)
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    # Columns constant in training (MNIST's border pixels: 143 of 784) standardise to 0 and get weight 0 at
-    # any C: they are left out of the fit, which is that much cheaper.
-    varying = torch.nonzero(std > 0).squeeze(1)
-    if varying.numel() < x.shape[1]:
-        x, mean, std = x[:, varying], mean[varying], std[varying]
-    x = (x - mean) / std
-
-    def features(rows: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=device)
-        return ((t if varying.numel() == t.shape[1] else t[:, varying]) - mean) / std
-
-    xv, yv = features(val), labels(y_val)
-    n, k = x.shape[0], len(classes)
-    target = F.one_hot(torch.as_tensor(y_idx, device=device), k).t().to(x.dtype)  # (k, n)
-    eig = _covariance_eig(x) if x.shape[1] <= PRECONDITION_MAX_FEATURES else None
-    x_fit = x if eig is None else x @ eig[1]  # rotated once onto the covariance's eigenvectors
-    w, b = torch.zeros(k, x.shape[1], device=device), torch.zeros(k, 1, device=device)
+    features = standardiser(train, device)
+    x, xv, yv = features(train), features(val), labels(y_val)
     best: tuple[PathPoint, torch.Tensor, torch.Tensor] | None = None
     path: list[PathPoint] = []
-    for c in sorted(cs):
-        w, b, steps = _fit_one(x_fit, target, w, b, 0.5 / (c * n), eig, max_iter, PROBE_TOLERANCE)
-        point = PathPoint(c, _accuracy(w, b, xv, yv), _log_loss(w, b, xv, yv), steps)
+    for c, w, b, steps in path_fits(x, torch.as_tensor(y_idx, device=device), len(classes), cs, max_iter=max_iter):
+        point = PathPoint(c, *scores(w, b, xv, yv), steps)
         path.append(point)
         if best is None or point.val_log_loss < best[0].val_log_loss:
             best = (point, w, b)
@@ -187,7 +200,7 @@ def _fit_path(
     iterations = sum(p.iterations for p in path)
     test_accuracy = float("nan")
     if test is not None and y_test is not None:
-        test_accuracy = _accuracy(w, b, features(test), labels(y_test))
+        test_accuracy = scores(w, b, features(test), labels(y_test))[0]
     return ProbeFit(chosen.c, chosen.val_accuracy, test_accuracy, iterations, tuple(path))
 
 

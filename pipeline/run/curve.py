@@ -146,7 +146,8 @@ def run_budget(config: PipelineConfig, data: LoadedData, layers: list[LayerResul
         drawn = draw_budget(data, budget, seed)
         view = drawn.data
         top = layers[-1].codes  # the same splits in every view: the pretrained codes serve as they are
-        accuracies = {PROBE: probe_test_accuracy(view, top, config.seed, device)}
+        accuracies = {PROBE: probe_test_accuracy(view, top, config.seed, device,
+                                                 config.finetune.validate_from_per_class)}
         tuned = finetune_if_labelled(config, view, encoder, PipelineHooks(), top)
         if tuned is not None:
             accuracies[FINETUNED] = tuned.test_accuracy_after

@@ -165,7 +165,9 @@ def evaluate_run(
     """
     with ThreadPoolExecutor(1, thread_name_prefix="sae-evaluate") as pool:
         probing = (pool.submit(probe_accuracies, data, layers, seed=config.seed, raw=raw_probe,
-                               accelerator=config.trainer.accelerator) if data.y_train is not None else None)
+                               accelerator=config.trainer.accelerator,
+                               validate_from_per_class=config.finetune.validate_from_per_class)
+                   if data.y_train is not None else None)
         hooks.on_encoders(data, encoder, finetuned)
         probes = probing.result() if probing is not None else {}
     result = PretrainResult(

@@ -100,10 +100,12 @@ def summary_points(values: Mapping[str, float]) -> list[Metric]:
 
 def finetune_points(result: FinetuneResult) -> list[Metric]:
     """The fine-tuning run's summary: test accuracy before and after, the kept epoch (counted from 1; 0: the
-    start was kept), and ``val_accuracy`` at step 0, the frozen-codes softmax the epochs start from."""
+    start was kept), each competing method's validation accuracy (``val_accuracy_semi``/``_supervised``) and
+    ``val_accuracy`` at step 0, the frozen-codes softmax the epochs start from."""
     best = 0 if result.best_epoch is None else result.best_epoch + 1
     points = summary_points({"test_accuracy_before": result.test_accuracy_before,
-                             "test_accuracy_after": result.test_accuracy_after, "best_epoch": best})
+                             "test_accuracy_after": result.test_accuracy_after, "best_epoch": best,
+                             **{f"val_accuracy_{method}": value for method, value in result.candidates.items()}})
     return points + [Metric("val_accuracy", float(result.val_accuracy_before), points[0].timestamp, 0)]
 
 

@@ -158,11 +158,17 @@ def settings_text(settings: object) -> str:
 
 
 def finetune_note(result: FinetuneResult, epochs: int) -> str:
-    """The fine-tuning run: accuracies before and after and which epoch was kept (counted from 1)."""
+    """The fine-tuning run: accuracies before and after and what was kept (epochs counted from 1)."""
+    if not result.validated:
+        return (f"**fine-tuning ({result.method}): too few labels for a validation split to choose; the last step "
+                f"kept.**\n\nTest accuracy {num(result.test_accuracy_before)} → {num(result.test_accuracy_after)}; "
+                f"a softmax head over {len(result.classes)} classes on the top codes, trained with the stack.\n")
     kept = "no epoch beat the start: the start kept" if result.best_epoch is None else \
         f"epoch {result.best_epoch + 1} kept"
-    return (f"**fine-tuning: validation accuracy {num(result.val_accuracy_before)} → "
-            f"{num(result.val_accuracy_after)}**, {kept} (of {epochs}).\n\n"
+    competed = "".join(f"; {method} {num(value)}" for method, value in result.candidates.items()
+                       if len(result.candidates) > 1)
+    return (f"**fine-tuning ({result.method}): validation accuracy {num(result.val_accuracy_before)} → "
+            f"{num(result.val_accuracy_after)}**, {kept} (of {epochs}){competed}.\n\n"
             f"Test accuracy {num(result.test_accuracy_before)} → {num(result.test_accuracy_after)}; a softmax head "
             f"over {len(result.classes)} classes on the top codes, trained with the stack. `val_accuracy` at step 0 "
             "is the frozen-codes softmax before fine-tuning.\n")

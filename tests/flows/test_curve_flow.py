@@ -20,7 +20,8 @@ from tests import ROOT
 def config(tmp, name="curve-cli"):
     return {"name": name, "seed": 0, "cache_dir": str(tmp / "cache"), "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
             "data": {"source": "digits"}, "defaults": {"epochs": 3, "lr": 0.01}, "trainer": {"accelerator": "cpu"},
-            "layers": [{"hidden": 24}, {"hidden": 16}], "finetune": {"epochs": 2, "softmax_iterations": 50}}
+            "layers": [{"hidden": 24}, {"hidden": 16}], "finetune": {"epochs": 2, "softmax_iterations": 50,
+                                                                   "semi": {"steps": 40, "eval_every": 20}}}
 
 
 @pytest.fixture(scope="module")

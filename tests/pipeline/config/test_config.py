@@ -136,6 +136,13 @@ def test_unknown_keys_are_rejected_with_their_path():
         ("defaults.lr=0", "defaults.lr"),
         ("layers.0.epochs=0", "layers.0.epochs"),
         ("finetune.epochs=-1", "finetune.epochs"),
+        ("finetune.method=pseudo", "finetune.method"),
+        ("finetune.validate_from_per_class=1", "finetune.validate_from_per_class"),
+        ("finetune.semi.steps=0", "finetune.semi.steps"),
+        ("finetune.semi.consistency_noise=1.0", "finetune.semi.consistency_noise"),
+        ("finetune.semi.vat_eps=0", "finetune.semi.vat_eps"),
+        ("finetune.semi.ramp=1.5", "finetune.semi.ramp"),
+        ("finetune.semi.vat=-1", "finetune.semi.vat"),
         ("defaults.sparsity=sparse", "defaults.sparsity"),
         ("trainer.strategy=fsdp", "trainer.strategy"),
         ("name=has space", "name"),
@@ -148,6 +155,16 @@ def test_out_of_range_values_name_their_field(override, path):
 
 def test_finetune_epochs_zero_is_allowed():
     assert make("finetune.epochs=0").finetune.epochs == 0
+
+
+def test_a_finetune_section_written_before_the_semi_supervised_recipe_still_loads_with_its_defaults():
+    old = make("finetune.epochs=30", "finetune.lr=0.001", "finetune.batch_size=128", "finetune.weight_decay=0.0001")
+    assert (old.finetune.method, old.finetune.validate_from_per_class) == ("semi", 200)
+    semi = old.finetune.semi
+    assert (semi.steps, semi.lr, semi.batch_labeled, semi.batch_unlabeled) == (1000, 0.001, 64, 128)
+    assert (semi.consistency, semi.consistency_noise, semi.vat, semi.vat_eps, semi.ramp) == (1.0, 0.4, 1.0, 0.3, 0.3)
+    assert make("finetune.semi.steps=20", "finetune.method=supervised").finetune.semi.steps == 20
+    assert "finetune.semi.stepz: unknown key" in reject("finetune.semi.stepz=3")
 
 
 def test_at_least_one_layer_is_required():

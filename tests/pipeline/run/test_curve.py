@@ -18,7 +18,7 @@ def small(**finetune) -> PipelineConfig:
     return PipelineConfig.from_dict({
         "name": "curve", "seed": 0, "data": {"source": "digits"}, "trainer": {"accelerator": "cpu"},
         "defaults": {"epochs": 4, "lr": 0.01}, "layers": [{"hidden": 24}, {"hidden": 16}],
-        "finetune": {"epochs": 2, "softmax_iterations": 50, **finetune},
+        "finetune": {"epochs": 2, "softmax_iterations": 50, "semi": {"steps": 40, "eval_every": 20}, **finetune},
     })
 
 
@@ -43,6 +43,8 @@ def curve():
     mp = pytest.MonkeyPatch()
     mp.setattr(greedy, "train_autoencoder", lambda X, *a, **k: trained.append(X.shape[0]) or real_train(X, *a, **k))
     mp.setattr(layer_probes, "fit_probe", lambda *a, **k: probed.append((a[1], a[3])) or real_fit(*a, **k))
+    real_cv = layer_probes.fit_probe_cv  # few labels: cross-validation over them, no validation split
+    mp.setattr(layer_probes, "fit_probe_cv", lambda *a, **k: probed.append((a[1], a[1][:0])) or real_cv(*a, **k))
     mp.setattr(curve_module, "anchor_accuracies",
                lambda f, rows, y, seed: anchored.append(rows) or real_anchor(f, rows, y, seed))
     hooks = Recorder()

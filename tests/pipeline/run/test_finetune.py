@@ -1,4 +1,8 @@
-"""Fine-tuning keeps the best epoch by validation, never ends below its start, and runs where the trainer says."""
+"""Fine-tuning keeps the best epoch by validation, never ends below its start, and runs where the trainer says;
+with few labels it chooses nothing on validation and never reads the test split; with many, validation picks
+between semi-supervised and supervised fine-tuning."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -6,9 +10,11 @@ import torch
 from torch import nn
 
 from pipeline.config import FinetuneConfig
+from pipeline.data.budgets import draw_per_class
 from pipeline.data.loading import load_data
-from pipeline.run import finetune
-from pipeline.run.finetune import accuracy, choose_encoder, finetune_device, finetune_stack
+from pipeline.run import end_to_end
+from pipeline.run.end_to_end import Candidate, Device, accuracy
+from pipeline.run.finetune import choose_encoder, finetune_stack, pick
 from sae.classifier import StackClassifier
 from sae.config import SAEConfig
 from sae.stack import StackedEncoder
@@ -27,9 +33,22 @@ def encoder(data):
     return StackedEncoder(data.scaling, [(SAEConfig(d_in=64, d_hidden=24), nn.Linear(64, 24))])
 
 
-def run(encoder, data, **settings):
-    values = {"epochs": 6, "lr": 0.003, "batch_size": 64, "softmax_iterations": 100} | settings
-    return finetune_stack(encoder, data, FinetuneConfig(**values), seed=0, trainer_options={"accelerator": "cpu"})
+SEMI = {"steps": 60, "eval_every": 20, "batch_labeled": 32, "batch_unlabeled": 64}
+
+
+def run(encoder, data, seed=0, **settings):
+    values = {"method": "supervised", "epochs": 6, "lr": 0.003, "batch_size": 64, "softmax_iterations": 100,
+              "semi": SEMI} | settings
+    return finetune_stack(encoder, data, FinetuneConfig(**values), seed=seed, trainer_options={"accelerator": "cpu"})
+
+
+def few_labels(data, per_class=4, seed=0, **changes):
+    """``data`` with ``per_class`` labels a class in training, every other training row unlabeled (-1)."""
+    keep = draw_per_class(data.y_train, per_class, seed)
+    y = np.full_like(np.asarray(data.y_train), -1)
+    y[keep] = np.asarray(data.y_train)[keep]
+    val = {"X_val": data.X_val[:30], "y_val": np.asarray(data.y_val)[:30]}  # a few validation rows, which join training
+    return dataclasses.replace(data, **({"y_train": y} | val | changes))
 
 
 def val_labels(result, y):
@@ -74,14 +93,15 @@ def test_register_encoder_choices_follow_the_policy_and_say_why(encoder, data):
 
 def test_fine_tuning_runs_on_the_trainers_accelerator_in_batched_multi_step_form(encoder, data, monkeypatch):
     seen = {}
-    real = finetune.quiet_trainer
+    real = end_to_end.quiet_trainer
 
     def spy(epochs, **options):
         seen.update(options)
         return real(epochs, **options)
 
-    monkeypatch.setattr(finetune, "quiet_trainer", spy)
-    result = finetune_stack(encoder, data, FinetuneConfig(epochs=1, batch_size=64, softmax_iterations=10), seed=0,
+    monkeypatch.setattr(end_to_end, "quiet_trainer", spy)
+    result = finetune_stack(encoder, data, FinetuneConfig(method="supervised", epochs=1, batch_size=64,
+                                                          softmax_iterations=10), seed=0,
                             trainer_options={"accelerator": "cpu", "precision": "64-true"})
     assert seen["accelerator"] == "cpu" and seen["devices"] == 1 and seen["precision"] == "64-true"
     assert result.device == "cpu"
@@ -92,11 +112,11 @@ def test_fine_tuning_runs_on_the_trainers_accelerator_in_batched_multi_step_form
 
 def test_the_fine_tuning_device_follows_the_accelerator(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert finetune_device({"accelerator": "gpu"}).type == "cuda"
-    assert finetune_device({"accelerator": "auto"}).type == "cuda"
-    assert finetune_device({"accelerator": "cpu"}).type == "cpu"
+    assert Device.of({"accelerator": "gpu"}).torch.type == "cuda"
+    assert Device.of({"accelerator": "auto"}).torch.type == "cuda"
+    assert Device.of({"accelerator": "cpu"}).torch.type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert finetune_device({"accelerator": "auto"}).type == "cpu"
+    assert Device.of({"accelerator": "auto"}).torch.type == "cpu"
 
 
 def test_the_layers_codes_start_fine_tuning_without_encoding_the_splits_again(encoder, data, monkeypatch):
@@ -107,9 +127,75 @@ def test_the_layers_codes_start_fine_tuning_without_encoding_the_splits_again(en
     calls = []
     real = StackedEncoder.forward
     monkeypatch.setattr(StackedEncoder, "forward", lambda self, x: calls.append(x.shape[0]) or real(self, x))
-    reused = finetune_stack(encoder, data, FinetuneConfig(epochs=0, softmax_iterations=100), seed=0,
+    reused = finetune_stack(encoder, data, FinetuneConfig(method="supervised", epochs=0, softmax_iterations=100), seed=0,
                             trainer_options={"accelerator": "cpu"}, codes=splits)
     assert calls == []  # the softmax was fitted and scored on the given codes
     assert reused.val_accuracy_before == pytest.approx(plain.val_accuracy_before, abs=1 / len(data.y_val))
     assert reused.test_accuracy_before == pytest.approx(plain.test_accuracy_before, abs=1 / len(data.y_test))
     torch.testing.assert_close(reused.head.weight, plain.head.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_with_few_labels_semi_fine_tuning_learns_from_every_labeled_row_and_keeps_its_last_step(encoder, data):
+    few = few_labels(data)
+    result = run(encoder, few, method="semi")
+    assert not result.validated and result.method == "semi" and result.kept == "semi: last step"
+    assert result.n_labeled == 4 * 10 + 30 and result.n_unlabeled == len(data.y_train) - 40  # validation joined
+    assert np.isnan(result.val_accuracy_before) and np.isnan(result.val_accuracy_after) and result.candidates == {}
+    assert len(result.history) == 3 and result.best_epoch == 2  # 60 steps, 20 an epoch: the last one kept
+    assert result.history[-1]["vat"] > 0 and result.history[-1]["consistency"] > 0
+    kept = StackClassifier(result.encoder, result.encoder.d_out, len(result.classes))
+    kept.head = result.head
+    assert accuracy(kept, data.X_test, val_labels(result, data.y_test)) == result.test_accuracy_after
+    kind, why = choose_encoder("best", result)
+    assert kind == "finetuned" and "by rule" in why and "70 labeled rows" in why
+
+
+def test_the_few_label_path_never_reads_the_test_split(encoder, data):
+    few = few_labels(data)
+    rng = np.random.default_rng(5)
+    other = few_labels(data, X_test=rng.uniform(0, 16, data.X_test.shape).astype(np.float32),
+                       y_test=rng.permutation(np.asarray(data.y_test)))
+    a, b = run(encoder, few, method="semi"), run(encoder, other, method="semi")
+    for ta, tb in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values(), strict=True):
+        assert torch.equal(ta, tb)
+    assert torch.equal(a.head.weight, b.head.weight) and a.history == b.history
+    assert a.test_accuracy_after != b.test_accuracy_after
+
+
+def test_semi_fine_tuning_is_reproducible_with_its_seed(encoder, data):
+    few = few_labels(data)
+    a, b, c = run(encoder, few, method="semi"), run(encoder, few, method="semi"), run(encoder, few, seed=1, method="semi")
+    assert all(torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values(),
+                                                  strict=True))
+    assert a.test_accuracy_after == b.test_accuracy_after
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_with_enough_labels_validation_picks_between_semi_and_supervised_fine_tuning(encoder, data):
+    many = few_labels(data, per_class=60, X_val=data.X_val, y_val=data.y_val)  # 60 + ~14 validation rows a class
+    result = run(encoder, many, method="semi", validate_from_per_class=60)
+    assert result.validated and set(result.candidates) == {"supervised", "semi"}
+    assert result.method == max(result.candidates, key=lambda m: (result.candidates[m], m == "supervised"))
+    assert result.val_accuracy_after == max(result.candidates.values())
+    assert result.n_labeled == 600 and result.n_unlabeled == len(data.y_train) - 600  # validation kept apart
+    kept = StackClassifier(result.encoder, result.encoder.d_out, len(result.classes))
+    kept.head = result.head
+    assert accuracy(kept, data.X_val, val_labels(result, data.y_val)) == result.val_accuracy_after
+
+
+def test_with_every_training_row_labeled_fine_tuning_is_supervised(encoder, data):
+    result = run(encoder, data, method="semi")
+    supervised = run(encoder, data, method="supervised")
+    assert result.validated and result.method == "supervised" and set(result.candidates) == {"supervised"}
+    assert result.history == supervised.history and result.test_accuracy_after == supervised.test_accuracy_after
+
+
+def _candidate(method, val_after):
+    return Candidate(method, None, 0.5, val_after, 0.5, 0, "best")
+
+
+def test_ties_on_validation_go_to_supervised_fine_tuning_and_a_lone_run_is_kept():
+    assert pick([_candidate("supervised", 0.9), _candidate("semi", 0.9)]).method == "supervised"
+    assert pick([_candidate("supervised", 0.9), _candidate("semi", 0.91)]).method == "semi"
+    assert pick([_candidate("supervised", 0.95), _candidate("semi", 0.91)]).method == "supervised"
+    assert pick([_candidate("semi", float("nan"))]).method == "semi"

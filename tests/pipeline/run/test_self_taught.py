@@ -14,7 +14,7 @@ from pipeline.run.layer_store import input_fingerprint
 from tests import ROOT
 
 EXAMPLE = ROOT / "examples" / "self-taught.yaml"
-QUICK = ["defaults.epochs=3", "finetune.epochs=2", "layers.0.hidden=32"]
+QUICK = ["defaults.epochs=3", "finetune.epochs=2", "finetune.semi.steps=40", "layers.0.hidden=32"]
 
 
 def test_classes_5_to_9_only_pretrain_and_0_to_4_are_learned(monkeypatch):
