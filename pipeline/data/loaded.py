@@ -95,20 +95,24 @@ class LoadedData:
         return np.asarray(self.X_train[rows], np.float32), np.asarray(self.y_train)[rows]
 
     def counts(self) -> dict[str, int]:
-        """Row counts: pretrained (train + validation), labeled among them, train, validation, test, unlabeled
-        training rows and the pool's share of them."""
+        """Row counts: pretrained (the training rows the layers fit on), labeled (training rows with a label),
+        train, validation, test, unlabeled training rows and the pool's share of them."""
         n_train, n_val = int(self.X_train.shape[0]), int(self.X_val.shape[0])
-        labeled = self.labeled_rows("train").size + self.labeled_rows("val").size
-        return {"pretrained": n_train + n_val, "labeled": int(labeled), "train": n_train, "validation": n_val,
-                "test": int(self.X_test.shape[0]), "unlabeled": n_train - self.labeled_rows("train").size
-                if self.y_train is not None else n_train, "pool": int(self.n_pool)}
+        fit = n_train if self.pretrain_rows is None else int(self.pretrain_rows.size)
+        labeled = int(self.labeled_rows("train").size)
+        return {"pretrained": fit, "labeled": labeled, "train": n_train, "validation": n_val,
+                "test": int(self.X_test.shape[0]),
+                "unlabeled": n_train - labeled if self.y_train is not None else n_train, "pool": int(self.n_pool)}
 
     def counts_line(self) -> str:
-        """``pretrained on 4,000 rows, 100 labeled (test: 1,000 rows)``: what the results table says first."""
+        """``pretrained on 3,600 rows, 90 labeled; validation 400, test 1,000 rows``: what the results table
+        says first (with ``data.pretrain_on: unlabeled`` the labeled rows are ``plus`` the pretrained ones)."""
         c = self.counts()
-        labeled = f", {c['labeled']:,} labeled" if self.y_train is not None else ", no labels"
         pool = f" ({c['pool']:,} from the unlabeled pool)" if c["pool"] else ""
-        return f"pretrained on {c['pretrained']:,} rows{pool}{labeled}; test {c['test']:,} rows"
+        besides = "plus " if self.pretrain_rows is not None and self.y_train is not None else ""
+        labeled = f", {besides}{c['labeled']:,} labeled" if self.y_train is not None else ", no labels"
+        return (f"pretrained on {c['pretrained']:,} rows{pool}{labeled}; "
+                f"validation {c['validation']:,}, test {c['test']:,} rows")
 
     def keep_labels(self, train: np.ndarray, val: np.ndarray) -> LoadedData:
         """A copy in which only the training rows ``train`` and validation rows ``val`` (positions) keep their

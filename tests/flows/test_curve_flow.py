@@ -35,7 +35,7 @@ def test_curve_prints_the_table_and_records_a_parent_with_a_child_per_budget(cur
     capsys.readouterr()
     assert cli_main(["curve", str(curve / "c.yaml"), "--labels", "all,3", "--repeats", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("pretrained on 1,437 rows, 1,437 labeled; test 360 rows; 2 draws a budget")
+    assert out[0].startswith("pretrained on 1,293 rows, 1,293 labeled; validation 144, test 360 rows; 2 draws a budget")
     assert out[2].split() == ["labels", "a", "class", "3", "all"]
     methods = [line for line in out[4:10]]
     assert [m.split("  ")[0] for m in methods] == ["SAE probe (top layer)", "SAE fine-tuned",
@@ -47,7 +47,7 @@ def test_curve_prints_the_table_and_records_a_parent_with_a_child_per_budget(cur
     (parent,) = [r for r in client.search_runs(client.get_experiment_by_name("curve-cli").experiment_id)
                  if r.data.tags.get("sae.kind") == "curve"]
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("curve-curve-cli-")
-    assert parent.data.params["curve.labels"] == "3,all" and parent.data.params["data.rows.labeled"] == "1437"
+    assert parent.data.params["curve.labels"] == "3,all" and parent.data.params["data.rows.labeled"] == "1293"
     note = parent.data.tags["mlflow.note.content"]  # the table as fixed-width text: MLflow pads no table cells
     assert "\nSAE probe (top layer)  " in note.split("```")[1] and "Prefect flow run: [curve-curve-cli-" in note
     kids = {r.info.run_name: r for r in client.search_runs(

@@ -54,7 +54,7 @@ def test_run_on_minus_one_labels_learns_ten_classes_and_shows_the_counts(run, ca
     unlabeled = json.loads(contexts["unlabeled"].profile)["features_shape"][0]
     assert unlabeled == int(params["data.rows.unlabeled"])
     note = parent.data.tags["mlflow.note.content"]
-    assert f"labeled; test {int(params['data.rows.test']):,} rows." in note and "Pretrained on " in note
+    assert f"labeled; validation {int(params['data.rows.validation']):,}, test {int(params['data.rows.test']):,} rows" in note
     finetune = [r for r in client.search_runs([parent.info.experiment_id]) if r.info.run_name == "finetune"][0]
     assert finetune.data.metrics["test_accuracy_after"] > 0.6
 
@@ -68,7 +68,7 @@ def test_the_printed_table_starts_with_the_row_counts(run, capsys):
     capsys.readouterr()
     assert cli_main(["run", str(tmp / "partial.yaml")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("pretrained on ") and " labeled; test " in out[0] and "(297 from the unlabeled pool)" in out[0]
+    assert out[0].startswith("pretrained on ") and " labeled; validation " in out[0] and "(297 from the unlabeled pool)" in out[0]
     assert out[1].split()[:2] == ["layer", "shape"]
 
 

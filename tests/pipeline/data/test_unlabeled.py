@@ -64,10 +64,11 @@ def test_validation_and_test_come_from_labeled_rows_and_training_keeps_every_row
     X_lab, y_lab = data.labeled_train()
     assert (y_lab >= 0).all() and np.unique(y_lab).tolist() == list(range(10)) and X_lab.shape == (labeled.size, 64)
     c = data.counts()
-    assert c["pretrained"] == X.shape[0] - c["test"] and c["labeled"] == n_labeled - c["test"]
+    assert c["pretrained"] == X.shape[0] - c["test"] - c["validation"] == data.X_train.shape[0]
+    assert c["labeled"] == labeled.size
     assert c["unlabeled"] == int((written == -1).sum()) and c["pool"] == 0
     assert data.counts_line() == (f"pretrained on {c['pretrained']:,} rows, {c['labeled']:,} labeled; "
-                                  f"test {c['test']:,} rows")
+                                  f"validation {c['validation']:,}, test {c['test']:,} rows")
 
 
 def test_fully_labeled_data_loads_exactly_as_before(digits):

@@ -85,7 +85,7 @@ def test_the_probe_and_anchors_see_only_the_drawn_labels(curve):
 def test_table_json_and_plot(curve, tmp_path):
     result = curve[0]
     lines = result.table().splitlines()
-    assert lines[0].startswith("pretrained on 1,437 rows, 1,437 labeled; test 360 rows; 2 draws a budget")
+    assert lines[0].startswith("pretrained on 1,293 rows, 1,293 labeled; validation 144, test 360 rows; 2 draws a budget")
     assert lines[2].split() == ["labels", "a", "class", "3", "10", "all"]
     assert lines[3].split() == ["labeled", "rows", "30", "100", "1,437"]
     probe_row = next(line for line in lines if line.startswith(PROBE))

@@ -28,6 +28,7 @@ def test_classes_5_to_9_only_pretrain_and_0_to_4_are_learned(monkeypatch):
         assert set(data.labels(split).tolist()) == {0, 1, 2, 3, 4}
     y = load_digits().target
     assert data.counts()["unlabeled"] == int((y >= 5).sum())  # the 5-9 rows, unlabeled
+    assert data.counts_line().startswith(f"pretrained on {int((y >= 5).sum()):,} rows, plus {data.counts()['labeled']:,} labeled;")
     (x,) = fitted  # the layer learned from the 5-9 rows alone: none of the labeled 0-4 training rows
     assert x.shape[0] == int((y >= 5).sum()) == data.pretrain_rows.size
     np.testing.assert_array_equal(x, data.scaled().train[data.pretrain_rows])

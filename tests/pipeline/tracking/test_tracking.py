@@ -100,7 +100,7 @@ def test_the_description_holds_headline_overrides_registry_outcome_what_was_trai
     assert "Registry: `tracked-encoder` version 1 `@champion`: no version holds `@champion` yet" in note
     assert "Trained: 64 → 16 → 8 (kl, kl) on `digits`: " in note
     table = note.split("```\n")[1]  # fixed-width text: MLflow renders markdown tables without cell padding
-    assert table.startswith("layer       shape       sparsity") and "\nfine-tuned  softmax 10  epoch " in table
+    assert table.startswith("layer       shape       sparsity") and "\nfine-tuned  softmax 10  supervised: epoch " in table
     assert parent.data.tags["sae.overrides"] == "defaults.lr=0.01 layers.1.target=0.2"
 
 
@@ -183,8 +183,9 @@ def test_the_finetune_run_charts_its_epochs_from_the_start_and_keeps_a_few_summa
     result, client, parent = run
     finetune = children(client, parent)["finetune"]
     run_id = finetune.info.run_id
+    competed = {f"val_accuracy_{method}" for method in result.finetuned.candidates}  # methods that competed
     assert set(finetune.data.metrics) == {"loss", "accuracy", "val_accuracy", "test_accuracy_before",
-                                          "test_accuracy_after", "best_epoch"}
+                                          "test_accuracy_after", "best_epoch"} | competed
     assert steps(client, run_id, "loss") == [1, 2] and sorted(steps(client, run_id, "val_accuracy")) == [0, 1, 2]
     start = [m.value for m in client.get_metric_history(run_id, "val_accuracy") if m.step == 0]
     assert start == [result.finetuned.val_accuracy_before]  # step 0: the frozen-codes softmax, before fine-tuning
