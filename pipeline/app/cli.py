@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.process import interrupts
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 Extend = Callable[[argparse._SubParsersAction], None]
@@ -65,56 +66,21 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def check_output(out: Path, force: bool) -> None:
-    """InputError unless ``out`` can be written: absent (or ``force``) and in a writable folder."""
-    from pipeline.tracking.reachable import unwritable
-
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to overwrite it, or choose another --out")
-    blocked = unwritable(out.parent)
-    if blocked is not None:
-        raise InputError(f"{blocked}: cannot be written, so {out} cannot be created; choose another --out")
-    if out.is_file() and not os.access(out, os.W_OK):
-        raise InputError(f"{out}: exists and is read-only; make it writable or choose another --out")
-
-
-def _remote_model(model_uri: str) -> None:
-    """Probe the tracking server first for a models:/ or runs:/ URI; no download progress bars."""
-    from pipeline.tracking.reachable import check_tracking_server, configured_uri
-
-    if model_uri.startswith(("models:/", "runs:/")):
-        check_tracking_server(configured_uri())
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-
-
 def _export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    check_output(out, args.force)
-    _remote_model(args.model_uri)
-    import shutil
+    from pipeline.app.encode_export import export_command
 
-    import numpy as np
+    interrupts.install()  # SIGTERM too unwinds, so the half-written output is removed
 
-    from pipeline.serving.export import check_export, export_encoder
-    from pipeline.tracking.encoders import resolve_encoder
-
-    encoder = resolve_encoder(args.model_uri)
-    if out.is_dir() and args.force:
-        shutil.rmtree(out)
-    out = export_encoder(encoder, args.format, out)
-    sample = np.random.default_rng(0).normal(size=(16, encoder.d_in)).astype(np.float32)
-    diff = check_export(encoder, out, args.format, sample)
-    print(f"exported {args.model_uri} as {args.format} to {out} (max abs difference vs torch: {diff:.2e})")
+    print(export_command(args.model_uri, args.format, Path(args.out), args.force))
     return EXIT_OK
 
 
 def _encode(args: argparse.Namespace) -> int:
-    check_output(Path(args.out), args.force)
-    _remote_model(args.model_uri)
-    from pipeline.tracking.encoders import encode_file
+    from pipeline.app.encode_export import encode_command
 
-    out = encode_file(args.model_uri, Path(args.input), Path(args.out))
-    print(f"wrote codes to {out}")
+    interrupts.install()
+
+    print(encode_command(args.model_uri, Path(args.input), Path(args.out), args.force))
     return EXIT_OK
 
 
@@ -191,7 +157,6 @@ def build_parser(extend: Extend | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int:
     """Parse, dispatch, and map errors to exit codes: 2 bad input, 1 failure, 130/143 SIGINT/SIGTERM."""
-    from pipeline.process import interrupts
     from pipeline.tracking.reachable import bound_http_retries
 
     parser = build_parser(extend)
@@ -208,7 +173,7 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
         # Lightning answers a KeyboardInterrupt inside fit with SystemExit(1): that is an interruption too.
         if isinstance(error, SystemExit) and interrupts.signal_of(error) is None and not _from_lightning(error):
             raise
-        return _interrupted(error, args.debug)
+        return _interrupted(error, args)
     except Exception as error:  # noqa: BLE001 - the CLI boundary: one line, the traceback only with --debug
         if args.debug:
             traceback.print_exc()
@@ -217,19 +182,20 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
     except BaseException as error:  # an orchestrator's own signal exception (Prefect's TerminationSignal)
         if interrupts.signal_of(error) is None:
             raise
-        return _interrupted(error, args.debug)
+        return _interrupted(error, args)
     finally:
         interrupts.uninstall()  # a command that routed SIGINT/SIGTERM (run, tune) gives the handlers back
 
 
-def _interrupted(error: BaseException, debug: bool) -> int:
-    """One line for a run stopped by SIGINT/SIGTERM; the shell's exit status for that signal."""
-    from pipeline.process import interrupts
-
-    if debug:
+def _interrupted(error: BaseException, args: argparse.Namespace) -> int:
+    """One line for a command stopped by SIGINT/SIGTERM; the shell's exit status for that signal."""
+    if args.debug:
         traceback.print_exception(error)
     signum = interrupts.signal_of(error) or signal.SIGINT
     name, status = ("SIGTERM", "FAILED") if signum == signal.SIGTERM else ("SIGINT", "KILLED")
+    if args.command in ("encode", "export"):
+        print(f"interrupted ({name}): nothing was written to --out {args.out}", file=sys.stderr)
+        return interrupts.exit_status(signum)
     print(f"interrupted ({name}): the run stopped; its MLflow run is marked {status} and finished layers "
           "stay cached, so the next run resumes", file=sys.stderr)
     return interrupts.exit_status(signum)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pipeline.config import DataConfig
 
 SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+OUTPUT_SUFFIXES = (".npy", ".parquet")  # what `encode` writes
 
 
 def source_path(source: str, field_name: str) -> Path | None:

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from safetensors import SafetensorError
 
 from pipeline.data.codes import CHUNK_ROWS, encode_in_chunks
+from pipeline.data.paths import OUTPUT_SUFFIXES
 from pipeline.data.readers import read_array_file
 from pipeline.errors import InputError
 from pipeline.tracking.pyfunc import weights_dir
@@ -27,7 +28,6 @@ from pipeline.tracking.store import registry_uri, use_tracking_uri
 from pipeline.tracking.uris import resolve_tracking_uri
 from sae.stack import CONFIG_FILE, WEIGHTS_FILE, StackedEncoder
 
-OUTPUT_SUFFIXES = (".npy", ".parquet")
 MIN_BYTES_PER_WEIGHT = 2  # the smallest float a weight can be stored as (16-bit)
 
 
