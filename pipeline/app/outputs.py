@@ -10,13 +10,13 @@ temporary file is removed and the target is left as it was.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.data.links import check_no_loop
 from pipeline.errors import InputError
 
 ENCODER_FILES = ("config.json", "model.safetensors")  # what a safetensors export (StackedEncoder.save) writes
@@ -24,12 +24,7 @@ ENCODER_FILES = ("config.json", "model.safetensors")  # what a safetensors expor
 
 def resolved(path: Path, what: str = "--out") -> Path:
     """``path`` made absolute with links followed; InputError for a symbolic link loop."""
-    try:
-        os.stat(path)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise InputError(f"{what} {path}: is a symbolic link loop (too many levels of links); remove the "
-                             "link or choose another path") from None
+    check_no_loop(path, what)
     return Path(os.path.realpath(path))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -9,7 +10,6 @@ from urllib.parse import unquote, urlparse
 from pipeline.data.headers import check_names
 from pipeline.data.paths import source_path, unlabeled_sources
 from pipeline.errors import InputError
-from pipeline.tracking.reachable import check_tracking_server, configured_uri
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
@@ -46,17 +46,34 @@ def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
 
 
 def check_store(config: PipelineConfig) -> None:
-    """A local sqlite store's folder (and the artifact folder beside it) must be writable."""
-    from pipeline.tracking.reachable import check_local_store
-    from pipeline.tracking.store import artifact_location
-    from pipeline.tracking.uris import resolve_tracking_uri, sqlite_path
+    """The tracking store is usable (see ``store_checks``); a local sqlite store's folder and the artifact folder
+    beside it are writable; so is the layer cache."""
+    from pipeline.tracking.reachable import check_local_store, unwritable
+    from pipeline.tracking.store_checks import check_tracking_store
+    from pipeline.tracking.uris import artifact_location, sqlite_path
 
-    uri = resolve_tracking_uri(config.tracking_uri)
+    uri = check_tracking_store(config.tracking_uri)
     db = sqlite_path(uri)
-    if db is None:
-        return
-    location = artifact_location(uri, config.name)
-    check_local_store(uri, db.parent / "mlruns" if location is None else _path(location))
+    if db is not None:
+        location = artifact_location(uri, config.name)
+        check_local_store(uri, db.parent / "mlruns" if location is None else _path(location))
+    blocked = unwritable(Path(config.cache_dir).expanduser())
+    if blocked is not None:
+        raise InputError(f"cache_dir={config.cache_dir!r}: {blocked} cannot be written, so trained layers cannot be "
+                         "kept; set cache_dir to a writable folder")
+
+
+def check_prefect_api(url: str | None = None) -> None:
+    """InputError unless the Prefect API a flow will report to (``PREFECT_API_URL``) answers its health check."""
+    from pipeline.tracking.reachable import PROBE_SECONDS, unanswered
+
+    url = url or os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # a temporary server starts with the flow
+    problem = unanswered(f"{url.rstrip('/')}/health", PROBE_SECONDS)
+    if problem is not None:
+        raise InputError(f"Prefect API {url} is unreachable ({problem}); start the server "
+                         "(`sae-pipeline servers start`) or unset PREFECT_API_URL to run on a temporary one")
 
 
 def prepare_tracking_soon(config: PipelineConfig) -> None:
@@ -84,7 +101,8 @@ def _warm_plots() -> None:
 
 
 def check_run(config: PipelineConfig) -> LoadedData:
-    """Probe the tracking server, check the accelerator, read and check the data, check the store's folder."""
+    """Every check that reads no data first (file names, store, cache, servers, accelerator, memory for the
+    layers), then read and check the data."""
     for source, field_name in ((config.data.source, "data.source"), (config.data.test_source, "data.test_source")):
         if source is not None:  # the common mistakes answer before torch is imported
             path = source_path(source, field_name)
@@ -92,13 +110,13 @@ def check_run(config: PipelineConfig) -> LoadedData:
                 check_names(path, config.data.features, config.data.labels)
     for field_name, source in unlabeled_sources(config.data):
         source_path(source, field_name)  # a missing or unsupported unlabeled file, before torch too
-    check_tracking_server(configured_uri(config.tracking_uri))
+    check_store(config)
+    check_prefect_api()
     check_accelerator(config)
     from pipeline.data.loading import load_data
 
     data = load_data(config.data, config.seed)
     check_decoder_range(config, data)
-    check_store(config)
     return data
 
 

@@ -29,6 +29,7 @@ from pipeline.config.layer import (
 )
 from pipeline.config.overrides import apply_overrides
 from pipeline.config.search import SearchConfig
+from pipeline.data.links import check_no_loop
 from pipeline.errors import InputError
 from sae.config import SAEConfig
 
@@ -166,6 +167,7 @@ class PipelineConfig(_Section):
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
         """Read a YAML config file, apply ``key=value`` overrides, validate."""
         path = Path(path)
+        check_no_loop(path, "config file")
         if not path.is_file():
             shipped = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
             raise InputError(f"config file {path}: not found; give an existing YAML file (examples: {shipped} in {CONFIG_DIR})")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.data.builtin import BUILTIN_DATASETS
+from pipeline.data.links import check_no_loop
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ def source_path(source: str, field_name: str) -> Path | None:
     if source in BUILTIN_DATASETS:
         return None
     path = Path(source).expanduser()
+    check_no_loop(path, f"{field_name}=")
     if path.is_dir():
         raise InputError(f"{field_name}={source!r} is a directory ({path.resolve()}); give one "
                          f"{'/'.join(SUPPORTED_SUFFIXES)} file inside it")

@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.errors import InputError
 from pipeline.tracking.uris import is_server, sqlite_path
 
-PROBE_SECONDS = 3.0
+PROBE_SECONDS = 3.0  # longest wait for each answer of a server probed before a run (MLflow, Prefect)
+API_PROBE = "api/2.0/mlflow/experiments/search?max_results=1"  # a cheap request the tracking API answers
 # MLflow's defaults (7 retries, back-off factor 2, 120 s timeout) turn one dead server into a 13-minute wait.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -35,24 +36,38 @@ def configured_uri(configured: str | None = None) -> str | None:
 
 
 def check_tracking_server(uri: str | None, timeout: float = PROBE_SECONDS) -> None:
-    """InputError unless an http(s) tracking ``uri`` answers within ``timeout``; other stores pass."""
+    """InputError unless an http(s) tracking ``uri`` answers, on /health and on its API, within ``timeout`` each;
+    other stores pass. A server whose health check answers while its API hangs would otherwise hold a run for
+    minutes (MLflow's own timeout and retries)."""
     if not uri or not is_server(uri):
         return
+    fix = ("start it (`sae-pipeline servers start`) or set tracking_uri / MLFLOW_TRACKING_URI to a running server "
+           "(unset both for the local sqlite store)")
+    problem = unanswered(f"{uri.rstrip('/')}/health", timeout)
+    if problem is not None:
+        raise InputError(f"MLflow tracking server {uri} is unreachable ({problem}); {fix}")
+    problem = unanswered(f"{uri.rstrip('/')}/{API_PROBE}", timeout)
+    if problem is not None:
+        raise InputError(f"MLflow tracking server {uri} answers /health but not its API ({problem}); restart it, "
+                         f"or {fix.removeprefix('start it (`sae-pipeline servers start`) or ')}")
+
+
+def unanswered(url: str, timeout: float) -> str | None:
+    """None when ``url`` sends any HTTP answer within ``timeout`` seconds (an error status is an answer: an auth
+    proxy, an older server); else why not, in a few words."""
     import urllib.error  # here, not at the top: every command imports this module, few probe
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            pass
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
     except urllib.error.HTTPError:
-        return  # something answered (an auth proxy, an older server without /health): MLflow will tell
+        return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise InputError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it (`sae-pipeline servers start`) "
-            "or set tracking_uri / MLFLOW_TRACKING_URI to a running server (unset both for the local "
-            "sqlite store)"
-        ) from None
+        return f"no answer within {timeout:g} s" if isinstance(reason, TimeoutError) else str(reason)
 
 
 def check_local_store(uri: str, artifact_dir: Path) -> None:

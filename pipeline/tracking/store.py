@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 import warnings
@@ -23,12 +22,11 @@ from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.data.loading import fingerprint
-from pipeline.tracking.uris import sqlite_path
+from pipeline.tracking.uris import ARTIFACT_DIR, artifact_location, sqlite_path  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData
 
-ARTIFACT_DIR = "mlruns"
 DIGEST_CHARS = 16  # MLflow shows short digests (also the run tag sae.data.hash: a long value squeezes the key)
 
 
@@ -150,15 +148,6 @@ def _unsynced(connection: Any, _record: Any) -> None:
     # Only for the side file being built: nothing reads it before the one fsync that ends its creation.
     connection.execute("PRAGMA synchronous=OFF")
     connection.execute("PRAGMA journal_mode=MEMORY")
-
-
-def artifact_location(uri: str, experiment: str) -> str | None:
-    """``mlruns/<experiment>`` beside a sqlite database; None (the server's default) for other stores."""
-    db = sqlite_path(uri)
-    if db is None:
-        return None
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "default"
-    return (db.parent / ARTIFACT_DIR / slug).resolve().as_uri()
 
 
 def experiment_id(mlflow_client: MlflowClient, uri: str, name: str, tags: dict[str, str] | None = None) -> str:

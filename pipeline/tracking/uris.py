@@ -6,12 +6,14 @@ Light on purpose (no mlflow import): the CLI's fast checks and the Prefect artif
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 from pipeline.errors import InputError
 
 DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "mlruns"  # beside a sqlite store: its experiments' artifacts, one folder each
 LOCAL_UI = "http://127.0.0.1:5000"  # where `sae-pipeline ui` (`make ui`) serves a local store
 # MLflow 3.17's UI picks GenAI or model-training pages from a browser-wide toggle (default GenAI), not from
 # the experiment's mlflow.experimentKind tag; this query selects model training for the page a link opens.
@@ -87,3 +89,12 @@ def sqlite_path(uri: str) -> Path | None:
     if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
         return None
     return Path(unquote(parsed.path))
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """``mlruns/<experiment>`` beside a sqlite database; None (the server's default) for other stores."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "default"
+    return (db.parent / ARTIFACT_DIR / slug).resolve().as_uri()

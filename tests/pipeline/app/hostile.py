@@ -143,3 +143,44 @@ def health_only_server(hang_s: float = 30.0) -> Iterator[str]:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def mlflow_store(tmp: Path, name: str = "mlflow.db") -> Path:
+    """A real, empty MLflow sqlite store (MLflow's tables, no runs)."""
+    from pipeline.tracking.store import create_sqlite_store
+
+    db = tmp / name
+    create_sqlite_store(f"sqlite:///{db}")
+    return db
+
+
+def truncated_store(tmp: Path) -> Path:
+    db = mlflow_store(tmp)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    return db
+
+
+@contextmanager
+def locked_store(db: Path) -> Iterator[Path]:
+    """``db`` with another connection holding its exclusive lock until the block ends."""
+    import sqlite3
+
+    connection = sqlite3.connect(db, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=DELETE")
+    connection.execute("BEGIN EXCLUSIVE")
+    try:
+        yield db
+    finally:
+        connection.execute("ROLLBACK")
+        connection.close()
+
+
+def foreign_database(tmp: Path) -> Path:
+    """A SQLite file holding someone else's tables."""
+    import sqlite3
+
+    db = tmp / "mlflow.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+    return db

@@ -9,6 +9,7 @@ run in a child process (their own table). How fast these answers come is measure
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,14 +26,28 @@ from tests import ROOT
 from tests.pipeline.app.hostile import (
     UNREACHABLE,
     damage_config,
+    dead_port,
     encoder_dir,
     folder_with,
+    foreign_database,
+    health_only_server,
     in_npy,
+    locked_store,
+    mlflow_store,
     rng_data,
     save,
+    silent_port,
     snapshot,
+    truncated_store,
     write_config,
+    write_text,
 )
+
+
+def loop(tmp: Path, name: str) -> str:
+    """A symbolic link pointing at itself."""
+    (tmp / name).symlink_to(tmp / name)
+    return str(tmp / name)
 
 
 def overflow_column(tmp: Path) -> str:
@@ -55,7 +70,7 @@ def with_nan(tmp):
 Build = Callable[[Path], list[str]]
 
 # family -> case -> (argv builder given the folder, text the one line must contain)
-LEGACY: dict[str, tuple[Build, str]] = {
+CONFIG: dict[str, tuple[Build, str]] = {
     "config file missing": (lambda t: ["run", str(t / "absent.yaml")], "not found"),
     "config invalid yaml": (lambda t: ["run", save(t, "bad.csv", "name: [")], "invalid YAML"),
     "config not utf-8": (lambda t: [(t / "latin1.yaml").write_bytes(b"name: caf\xe9\n") and "run",
@@ -67,6 +82,11 @@ LEGACY: dict[str, tuple[Build, str]] = {
     "standard scaling with sigmoid decoder": (lambda t: ["run", write_config(t), "--set", "data.scale=standard",
                                                          "--set", "layers.0.decoder_activation=sigmoid"],
                                               "decoder_activation"),
+    "accelerator gpu without a gpu": (lambda t: ["run", write_config(t), "--set", "trainer.accelerator=gpu"],
+                                      "sees no GPU"),
+}
+
+DATA: dict[str, tuple[Build, str]] = {
     "data file missing": (lambda t: ["run", write_config(t), "--set", f"data.source={t / 'x.npy'}"], "no such file"),
     "data is a directory": (lambda t: ["run", write_config(t), "--set", f"data.source={t}"], "is a directory"),
     "data unsupported type": (lambda t: ["run", write_config(t), "--set",
@@ -89,23 +109,9 @@ LEGACY: dict[str, tuple[Build, str]] = {
     "unscaled data outside [0, 1] for a sigmoid decoder": (lambda t: ["run", write_config(
         t, data={"source": save(t, "wide.npy", rng_data((100, 4), -2, 2)), "scale": "none"}),
         "--set", "layers.0.decoder_activation=sigmoid"], "sigmoid decoder"),
-    "accelerator gpu without a gpu": (lambda t: ["run", write_config(t), "--set", "trainer.accelerator=gpu"],
-                                      "sees no GPU"),
-    "tracking server unreachable": (lambda t: ["run", write_config(t), "--set", f"tracking_uri={UNREACHABLE}"],
-                                    "is unreachable"),
-    "tracking uri legacy file store": (lambda t: ["run", write_config(t), "--set", f"tracking_uri=file://{t}/mlruns"],
-                                       "legacy MLflow file store"),
-    "mlruns not writable": (lambda t: [(t / "mlruns").write_text("a file in the way") and "run", write_config(t)],
-                            "cannot be written"),
-    "encode output exists": (lambda t: ["encode", str(encoder_dir(t)), save(t, "in.npy", rng_data((5, 4))), "--out",
-                                        save(t, "codes.npy", np.zeros(1))], "pass --force"),
-    "encode input is a directory": (lambda t: ["encode", str(encoder_dir(t)), str(t), "--out", str(t / "c.npy")],
-                                    "is a directory"),
-    "encode from an unreachable server": (lambda t: ["encode", "models:/bad-encoder@champion",
-                                                     save(t, "in.npy", rng_data((5, 4))), "--out", str(t / "c.npy")],
-                                          "is unreachable"),
-    "export output folder blocked by a file": (lambda t: ["export", str(encoder_dir(t)), "--format", "onnx", "--out",
-                                                          f"{save(t, 'f.csv', 'x')}/sub/e.onnx"], "cannot be written"),
+}
+
+MODELS: dict[str, tuple[Build, str]] = {
     "encoder config tampered": (lambda t: ["export", str(damage_config(t, lambda c: c.pop("layers"))), "--format",
                                            "onnx", "--out", str(t / "e.onnx")], "config.json is unreadable"),
     "encoder weights tampered": (lambda t: [(encoder_dir(t) / "model.safetensors").write_bytes(b"\0" * 400) and
@@ -118,7 +124,14 @@ LEGACY: dict[str, tuple[Build, str]] = {
 
 
 
+
 OUTPUTS: dict[str, tuple[Build, str]] = {
+    "encode output exists": (lambda t: ["encode", str(encoder_dir(t)), save(t, "in.npy", rng_data((5, 4))), "--out",
+                                        save(t, "codes.npy", np.zeros(1))], "pass --force"),
+    "encode input is a directory": (lambda t: ["encode", str(encoder_dir(t)), str(t), "--out", str(t / "c.npy")],
+                                    "is a directory"),
+    "export output folder blocked by a file": (lambda t: ["export", str(encoder_dir(t)), "--format", "onnx", "--out",
+                                                          f"{save(t, 'f.csv', 'x')}/sub/e.onnx"], "cannot be written"),
     "export --out . --force": (lambda t: ["export", str(encoder_dir(t)), "--format", "onnx", "--out", ".", "--force"],
                                "is the working directory"),
     "export safetensors --out . --force": (lambda t: ["export", str(encoder_dir(t)), "--format", "safetensors",
@@ -163,7 +176,67 @@ OUTPUTS: dict[str, tuple[Build, str]] = {
                                     "no such directory"),
 }
 
-FAMILIES: dict[str, dict[str, tuple[Build, str]]] = {"legacy": LEGACY, "outputs": OUTPUTS}
+
+def uri(db: Path) -> str:
+    return f"tracking_uri=sqlite:///{db}"
+
+
+STORES: dict[str, tuple[Build, str]] = {
+    "tracking uri legacy file store": (lambda t: ["run", write_config(t), "--set", f"tracking_uri=file://{t}/mlruns"],
+                                       "legacy MLflow file store"),
+    "mlruns not writable": (lambda t: [(t / "mlruns").write_text("a file in the way") and "run", write_config(t)],
+                            "cannot be written"),
+    "sqlite path is a directory": (lambda t: ["run", write_config(t), "--set",
+                                              uri(folder_with(t, "store"))], "is a directory"),
+    "sqlite:////dev/null": (lambda t: ["run", write_config(t), "--set", "tracking_uri=sqlite:////dev/null"],
+                            "not a regular file"),
+    "garbage mlflow.db": (lambda t: ["run", write_config(t), "--set",
+                                     uri(write_text(t, "mlflow.db", os.urandom(4096)))], "not a SQLite database"),
+    "truncated mlflow.db": (lambda t: ["run", write_config(t), "--set", uri(truncated_store(t))], "damaged"),
+    "locked mlflow.db": (lambda t: ["run", write_config(t), "--set", uri(keep(locked_store(mlflow_store(t))))],
+                         "locked by another process"),
+    "someone else's sqlite file": (lambda t: ["run", write_config(t), "--set", uri(foreign_database(t))],
+                                   "without MLflow's tables"),
+    "postgresql without its driver": (lambda t: ["run", write_config(t), "--set",
+                                                 "tracking_uri=postgresql://me:secret@127.0.0.1/mlflow"],
+                                      "needs the database driver"),
+    "ftp://": (lambda t: ["run", write_config(t), "--set", "tracking_uri=ftp://x"], "cannot track to ftp://"),
+    "databricks without credentials": (lambda t: [setenv("HOME", str(t)) and "run", write_config(t), "--set",
+                                                  "tracking_uri=databricks"], "no Databricks credentials"),
+    "encode from a models:/ URI on a garbage store": (lambda t: [
+        setenv("MLFLOW_TRACKING_URI", f"sqlite:///{write_text(t, 'mlflow.db', b'x' * 4096)}") and "encode",
+        "models:/bad-encoder@champion", in_npy(t), "--out", str(t / "c.npy")], "not a SQLite database"),
+}
+
+PATHS: dict[str, tuple[Build, str]] = {
+    "cache_dir under /proc": (lambda t: ["run", write_config(t), "--set", "cache_dir=/proc/sae-cache"],
+                              "cache_dir='/proc/sae-cache'"),
+    "cache_dir is a file": (lambda t: ["run", write_config(t), "--set", f"cache_dir={write_text(t, 'f', 'x')}"],
+                            "cannot be written"),
+    "data.source a symlink loop": (lambda t: ["run", write_config(t), "--set", f"data.source={loop(t, 'x.npy')}"],
+                                   "symbolic link loop"),
+    "config file a symlink loop": (lambda t: ["run", loop(t, "c.yaml")], "symbolic link loop"),
+}
+
+SERVERS: dict[str, tuple[Build, str]] = {
+    "tracking server unreachable": (lambda t: ["run", write_config(t), "--set", f"tracking_uri={UNREACHABLE}"],
+                                    "is unreachable"),
+    "encode from an unreachable server": (lambda t: ["encode", "models:/bad-encoder@champion",
+                                                     save(t, "in.npy", rng_data((5, 4))), "--out", str(t / "c.npy")],
+                                          "is unreachable"),
+    "MLflow answers /health but hangs on its API": (lambda t: ["run", write_config(t), "--set",
+                                                               f"tracking_uri={keep(health_only_server())}"],
+                                                    "answers /health but not its API"),
+    "PREFECT_API_URL never answers": (lambda t: [setenv("PREFECT_API_URL", f"http://127.0.0.1:{keep(silent_port())}"
+                                                        "/api") and "run", write_config(t)], "no answer within 3 s"),
+    "PREFECT_API_URL on a dead port": (lambda t: [setenv("PREFECT_API_URL", f"http://127.0.0.1:{dead_port()}/api")
+                                                  and "run", write_config(t)], "Prefect API"),
+}
+
+FAMILIES: dict[str, dict[str, tuple[Build, str]]] = {
+    "config": CONFIG, "data": DATA, "paths": PATHS, "stores": STORES, "servers": SERVERS, "outputs": OUTPUTS,
+    "models": MODELS,
+}
 CASES = {f"{family}: {name}": case for family, cases in FAMILIES.items() for name, case in cases.items()}
 
 
@@ -207,6 +280,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_every_file_as_it_was(case, t
         pytest.skip("this machine has a GPU")
     build, expected = CASES[case]
     argv = build(tmp_path)
+    capsys.readouterr()  # what building the case printed (MLflow creating a store)
     if "tracking_uri" not in " ".join(argv) and argv[0] == "run":
         monkeypatch.delenv("MLFLOW_TRACKING_URI")
     before = snapshot(tmp_path)
@@ -298,6 +372,39 @@ def test_an_unreachable_tracking_server_fails_a_fresh_run_process_with_one_line(
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and UNREACHABLE in done.stderr
+
+
+def read_only_mount_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+# Read-only folders (a bind mount made read-only in a private mount namespace: file modes do not stop root):
+# folder to make read-only -> (--set overrides given the folder, text the one line must contain).
+READ_ONLY: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "read-only mlflow.db": (lambda d: [f"tracking_uri=sqlite:///{mlflow_store(d)}"], "cannot be written"),
+    "read-only cache_dir": (lambda d: [f"cache_dir={d}"], "cache_dir="),
+}
+
+
+@pytest.mark.skipif(not read_only_mount_works(), reason="needs unshare (a private mount namespace)")
+@pytest.mark.parametrize("case", list(READ_ONLY))
+def test_a_read_only_store_or_cache_exits_2_before_anything_starts(case, tmp_path):
+    build, expected = READ_ONLY[case]
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    overrides = [arg for setting in build(folder) for arg in ("--set", setting)]
+    config = write_config(tmp_path)
+    before = snapshot(tmp_path)
+    cli = " ".join(map(shlex.quote, [sys.executable, "-m", "flows.cli", "run", config, *overrides]))
+    script = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && exec {cli}"
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and expected in done.stderr, done.stderr
+    assert snapshot(tmp_path) == before
 
 
 # Signals during encode: (signal, output suffix, whether an older output is there to keep) -> exit status.

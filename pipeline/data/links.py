@@ -1,0 +1,20 @@
+"""Symbolic link loops, named before anything else trips over them (pathlib reads a loop as a missing file)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+
+def check_no_loop(path: Path, what: str) -> None:
+    """InputError when ``path`` (or a folder on the way) is a symbolic link loop; any other problem is left to
+    the caller, which names it better (missing, a directory, ...)."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{what} {path}: is a symbolic link loop (too many levels of links); remove the "
+                             "link or choose another path") from None
