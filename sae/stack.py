@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,7 @@ class StackedEncoder(nn.Module):
                 f"{', '.join(map(str, READABLE_VERSIONS))}: re-export the encoder with this version"
             )
         tensors = load_file(str(directory / WEIGHTS_FILE))
+        _check_finite(directory, config, tensors)
         for key in ("scaler.shift", "scaler.factor"):
             if key not in tensors:
                 raise ValueError(
@@ -249,6 +251,25 @@ class StackedEncoder(nn.Module):
 
 
 _IDENTITY = {"kind": "none", "offset": 0.0, "clip": False}
+
+
+def _check_finite(directory: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the first NaN or infinite number among the scalings' offsets and the tensors: a damaged
+    encoder would otherwise turn every input into NaN codes without a word."""
+    offsets = {"scaling.offset": (config.get("scaling") or {}).get("offset", 0.0)}
+    offsets |= {f"code_scalings.{i}.offset": entry.get("offset", 0.0)
+                for i, entry in enumerate(config.get("code_scalings") or []) if isinstance(entry, dict)}
+    for key, value in offsets.items():
+        try:
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            continue  # not a number at all: loading names that
+        if not finite:
+            raise ValueError(f"{directory / CONFIG_FILE}: {key} is {value}; the encoder is damaged")
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{directory / WEIGHTS_FILE}: tensor {key!r} holds NaN or infinite values; the encoder "
+                             "is damaged")
 
 
 def _array(tensors: dict[str, torch.Tensor], key: str, directory: Path) -> np.ndarray:

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.app.limits import cap_line
 from pipeline.errors import InputError
 from pipeline.process import interrupts
 
@@ -85,10 +86,15 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from pipeline.tracking.uris import project_root, resolve_tracking_uri
+    from pipeline.app.servers import port_free
+    from pipeline.tracking.store_checks import check_tracking_store
+    from pipeline.tracking.uris import project_root
 
+    if not port_free(args.host, args.port):
+        raise InputError(f"port {args.port} on {args.host} is already in use (another MLflow UI?); open "
+                         f"http://{args.host}:{args.port} or pass --port with a free one")
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    store = resolve_tracking_uri()
+    store = check_tracking_store()
     cmd = [mlflow, "ui", "--backend-store-uri", store, "--default-artifact-root", str(project_root() / "mlruns"),
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {store}); Ctrl-C stops it", file=sys.stderr)
@@ -167,7 +173,7 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
     except InputError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(cap_line(f"error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, SystemExit) as error:
         # Lightning answers a KeyboardInterrupt inside fit with SystemExit(1): that is an interruption too.
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
     except Exception as error:  # noqa: BLE001 - the CLI boundary: one line, the traceback only with --debug
         if args.debug:
             traceback.print_exc()
-        print(f"failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(cap_line(f"failed: {type(error).__name__}: {error}"), file=sys.stderr)
         return EXIT_FAILED
     except BaseException as error:  # an orchestrator's own signal exception (Prefect's TerminationSignal)
         if interrupts.signal_of(error) is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from pipeline.app.limits import check_memory
 from pipeline.data.headers import check_names
 from pipeline.data.paths import source_path, unlabeled_sources
 from pipeline.errors import InputError
@@ -17,15 +18,26 @@ if TYPE_CHECKING:
 
 
 def check_accelerator(config: PipelineConfig) -> None:
-    """``accelerator: gpu`` needs a GPU that torch can see."""
-    wanted = [s.index for s in config.resolved_layers() if s.trainer.accelerator == "gpu"]
-    if not wanted:
+    """``accelerator: gpu`` needs a GPU that torch can see; ``devices`` must not exceed the GPUs, or (on CPU) the
+    cores: each device is a process training on the same cache (they raced on it: a rank read a layer's
+    codes while another replaced them)."""
+    layers = config.resolved_layers()
+    wanted = [s.index for s in layers if s.trainer.accelerator == "gpu"]
+    cores = os.cpu_count() or 1
+    many = [s for s in layers if isinstance(s.trainer.devices, int) and s.trainer.devices > cores]
+    if not wanted and not many:
         return
     import torch
 
-    if not torch.cuda.is_available():
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wanted and not gpus:
         raise InputError(f"layers.{wanted[0]}.trainer.accelerator=gpu, but torch sees no GPU on this machine "
                          f"(torch {torch.__version__}); set trainer.accelerator: auto or cpu")
+    for layer in many:
+        if layer.trainer.accelerator == "cpu" or not gpus or layer.trainer.devices > gpus:
+            have = f"{cores} CPU cores" + (f" and {gpus} GPUs" if gpus else " and no GPU")
+            raise InputError(f"layers.{layer.index}.trainer.devices={layer.trainer.devices}, but this machine has "
+                             f"{have}; set trainer.devices to at most {max(gpus, cores)} (1 trains in this process)")
 
 
 def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
@@ -113,6 +125,7 @@ def check_run(config: PipelineConfig) -> LoadedData:
     check_store(config)
     check_prefect_api()
     check_accelerator(config)
+    check_memory(config)
     from pipeline.data.loading import load_data
 
     data = load_data(config.data, config.seed)

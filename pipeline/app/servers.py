@@ -43,7 +43,8 @@ def _executable(name: str) -> str:
     return str(beside) if beside.is_file() else name
 
 
-def _free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """True when nothing accepts connections on ``host:port``."""
     with socket.socket() as sock:
         return sock.connect_ex((host, port)) != 0
 
@@ -110,7 +111,7 @@ def start(
         if _running(directory, name):
             continue
         port = int(server.url.rsplit(":", 1)[1])
-        if not _free(host, port):
+        if not port_free(host, port):
             stop(directory, only=started)
             raise InputError(f"{name} server: port {port} on {host} is already in use; stop what uses it or "
                              f"choose another port (sae-pipeline servers start uses {name}_port={port})")

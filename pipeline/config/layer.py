@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from sae.config import SAEConfig
 
-_MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+_MODEL_CONFIG = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, allow_inf_nan=False)
 _PRECISION_ALIASES = {32: "32-true", 64: "64-true", 16: "16-mixed", "32": "32-true", "64": "64-true", "16": "16-mixed"}
 Precision = Annotated[
     Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"],

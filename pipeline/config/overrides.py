@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.reading import UniqueKeyLoader
 from pipeline.errors import InputError
 
 
@@ -24,9 +25,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not all(parts):
             raise InputError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. layers.0.hidden=100")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError:
             value = raw  # stays a string; validation names the field if that is wrong
+        except RecursionError:
+            raise InputError(f"override {key}=…: nested too deeply; flatten the value") from None
         value = _number_or_self(value)
         node: Any = data
         for depth, part in enumerate(parts):

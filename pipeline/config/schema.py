@@ -28,6 +28,7 @@ from pipeline.config.layer import (
     inputs_in_unit_range,
 )
 from pipeline.config.overrides import apply_overrides
+from pipeline.config.reading import check_size, load_yaml, quoted, read_config_text
 from pipeline.config.search import SearchConfig
 from pipeline.data.links import check_no_loop
 from pipeline.errors import InputError
@@ -72,8 +73,8 @@ class DataConfig(_Section):
 class RegisterConfig(_Section):
     """Where the trained encoder is registered in MLflow."""
 
-    model: str | None = None
-    """Registered model name; null = the config name followed by -encoder (digits-encoder for name digits)."""
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", max_length=200)] | None = None
+    """Registered model name (letters, digits, _ . -; not starting with a dot); null = the config name followed by -encoder (digits-encoder for name digits)."""
     alias: Annotated[str, Field(min_length=1)] = "champion"
     """Alias moved to the new version only when its headline metric strictly beats the holder's."""
     encoder: Literal["pretrained", "finetuned", "best"] = "best"
@@ -93,8 +94,8 @@ class PipelineConfig(_Section):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     """MLflow experiment name (letters, digits, _ . -); it also names the registered model, e.g. digits-encoder."""
-    seed: int = 0
-    """Seed for the split, shuffling and initialisation."""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Seed for the split, shuffling and initialisation (0 to 2**32 - 1, what numpy and scikit-learn accept)."""
     tracking_uri: str | None = None
     """MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else the file mlflow.db in the working directory."""
     cache_dir: str = ".sae-cache"
@@ -158,6 +159,7 @@ class PipelineConfig(_Section):
     def from_dict(cls, data: dict[str, Any], overrides: Sequence[str] = (), *, source: str = "config") -> PipelineConfig:
         """Validate ``data`` after applying ``overrides``; any problem is one InputError naming the field."""
         data = apply_overrides(data, overrides)
+        check_size(data, source)
         try:
             return cls.model_validate(data)
         except ValidationError as error:
@@ -171,16 +173,7 @@ class PipelineConfig(_Section):
         if not path.is_file():
             shipped = ", ".join(p.name for p in sorted(CONFIG_DIR.glob("*.yaml")))
             raise InputError(f"config file {path}: not found; give an existing YAML file (examples: {shipped} in {CONFIG_DIR})")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as error:
-            raise InputError(f"config file {path}: not UTF-8 text (byte {error.start}: {error.reason}); save it "
-                             "as UTF-8") from None
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            what = getattr(error, "problem", None) or " ".join(str(error).split())
-            raise InputError(f"config file {path}: invalid YAML{where} ({what}); fix the syntax") from None
+        data = load_yaml(read_config_text(path), f"config file {path}")
         if not isinstance(data, dict):
             raise InputError(f"config file {path}: expected a mapping of sections (name, data, layers, ...), "
                              f"got {type(data).__name__}; see {CONFIG_DIR / 'digits.yaml'}")
@@ -259,7 +252,7 @@ def _describe(errors: list[Any]) -> str:
         elif error["type"] == "missing":
             reason = "required field is missing; add it"
         else:
-            reason = error["msg"].removeprefix("Value error, ") + (f" (got {error['input']!r})" if path else "")
+            reason = error["msg"].removeprefix("Value error, ") + (f" (got {quoted(error['input'])})" if path else "")
         reasons.setdefault(path, []).append(reason)
     return "; ".join(f"{path}: " * bool(path) + " or ".join(r) for path, r in reasons.items())
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from pipeline.data.scratch import scratch_array
+from pipeline.data.shapes import MEMMAP_BYTES
 from sae.batches import release_pages, row_chunks
 
 CHUNK_ROWS = 8192
-MEMMAP_BYTES = 256 * 2**20  # outputs above this go to disk rather than RAM
 
 
 def encode_in_chunks(

@@ -16,6 +16,7 @@ from pipeline.data.loaded import LoadedData, Splits, labels_fingerprint
 from pipeline.data.paths import source_path
 from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
 from pipeline.data.scaling import column_range, fit_scaling
+from pipeline.data.shapes import LARGE_FILE_BYTES
 from pipeline.data.unlabeled import drop_classes, read_unlabeled, stack_rows
 from pipeline.errors import InputError
 from sae.batches import row_chunks
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from pipeline.config import DataConfig
 
 MAX_SCALED = 1e18  # float32 squares of scaled values must stay finite (max ~3.4e38)
-LARGE_FILE_BYTES = 256 * 2**20  # a .npy file above this stays memory-mapped and is split contiguously
 __all__ = ["LoadedData", "Splits", "fingerprint", "load_data"]
 
 

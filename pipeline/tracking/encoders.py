@@ -54,6 +54,9 @@ def check_sizes(directory: Path, where: str) -> None:
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
         shapes = [(int(layer["d_in"]), int(layer["d_hidden"])) for layer in config["layers"]]
+    except RecursionError:
+        raise InputError(f"{where}: {CONFIG_FILE} is nested too deeply to be an encoder's config; export the "
+                         "encoder again") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"{where}: {CONFIG_FILE} is unreadable ({type(error).__name__}: {error}); export the "
                          "encoder again") from None
@@ -86,15 +89,27 @@ def resolve_encoder(uri: str | Path, tracking_uri: str | None = None) -> Stacked
 
 
 def read_features(input_path: Path, encoder: StackedEncoder) -> np.ndarray:
-    """The file's features, picking the encoder's training columns from a wider table when they are there."""
+    """The file's features in the encoder's column order: a table's columns are picked and ordered by the names the
+    encoder was trained on; files without names (.npy, .npz) and encoders without them go by position."""
     X, _, names = read_array_file(input_path)
     wanted = list(encoder.meta.get("feature_names") or [])
-    if X.shape[1] != encoder.d_in and wanted and set(wanted) <= set(names) and len(wanted) == encoder.d_in:
+    named = input_path.suffix.lower() in (".csv", ".parquet") and len(wanted) == encoder.d_in
+    if named and names != wanted and not _positional(wanted):
+        missing = [name for name in wanted if name not in names]
+        if missing:
+            raise InputError(f"{input_path}: lacks column(s) {', '.join(map(repr, missing[:5]))}"
+                             f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} that the encoder was "
+                             "trained on; pass a table with the training columns (their order does not matter)")
         X, _, _ = read_array_file(input_path, features=wanted)
     if X.shape[1] != encoder.d_in:
         raise InputError(f"{input_path}: has {X.shape[1]} features but the encoder expects {encoder.d_in}; "
                          "pass the same columns the encoder was trained on")
     return X
+
+
+def _positional(names: list[str]) -> bool:
+    """True for the names the readers give unnamed columns (x0, x1, ...): they say nothing about a table's."""
+    return names == [f"x{i}" for i in range(len(names))]
 
 
 def encode_file(

@@ -56,10 +56,11 @@ def save(tmp: Path, name: str, X) -> str:
     return str(path)
 
 
-def encoder_dir(tmp: Path, name: str = "encoder", d_in: int = 4) -> Path:
+def encoder_dir(tmp: Path, name: str = "encoder", d_in: int = 4, names: list[str] | None = None) -> Path:
     torch.manual_seed(0)
     layer = SparseAutoencoder(SAEConfig(d_in=d_in, d_hidden=3))
-    return StackedEncoder.from_autoencoders(Scaling.identity(d_in), [layer]).save(tmp / name)
+    meta = {"feature_names": names} if names else None
+    return StackedEncoder.from_autoencoders(Scaling.identity(d_in), [layer], meta=meta).save(tmp / name)
 
 
 def damage_config(tmp: Path, change: Callable[[dict], object]) -> Path:
@@ -184,3 +185,37 @@ def foreign_database(tmp: Path) -> Path:
     with sqlite3.connect(db) as connection:
         connection.execute("CREATE TABLE invoices (id INTEGER)")
     return db
+
+
+def npz_declaring(tmp: Path, shape: tuple[int, ...], dtype: str = "<f8") -> str:
+    """An .npz of a few bytes whose features member's header declares ``shape`` (its data is missing)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    path = tmp / "declares.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header.getvalue() + b"\0" * 64)
+    return str(path)
+
+
+def alias_bomb(tmp: Path, levels: int = 9) -> str:
+    """A config whose data.features expands to 9**levels strings through nested YAML aliases."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    config = base_config(tmp)
+    body = yaml.safe_dump({k: v for k, v in config.items() if k != "data"})
+    text = "\n".join(lines) + f"\n{body}data:\n  source: digits\n  features: *a{levels - 1}\n"
+    return write_text(tmp, "bomb.yaml", text)
+
+
+def deep_json(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def alias_bomb_value(levels: int = 9) -> str:
+    """A YAML flow sequence (a --set value) expanding to 9**levels strings through nested aliases."""
+    parts = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    parts += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"[{', '.join(parts)}]"

@@ -22,11 +22,15 @@ import pytest
 import torch
 
 from flows.cli import main
+from pipeline.app import limits
 from tests import ROOT
 from tests.pipeline.app.hostile import (
     UNREACHABLE,
+    alias_bomb,
+    alias_bomb_value,
     damage_config,
     dead_port,
+    deep_json,
     encoder_dir,
     folder_with,
     foreign_database,
@@ -34,6 +38,7 @@ from tests.pipeline.app.hostile import (
     in_npy,
     locked_store,
     mlflow_store,
+    npz_declaring,
     rng_data,
     save,
     silent_port,
@@ -82,6 +87,17 @@ CONFIG: dict[str, tuple[Build, str]] = {
     "standard scaling with sigmoid decoder": (lambda t: ["run", write_config(t), "--set", "data.scale=standard",
                                                          "--set", "layers.0.decoder_activation=sigmoid"],
                                               "decoder_activation"),
+    "seed 2**70": (lambda t: ["run", write_config(t), "--set", f"seed={2**70}"], "seed"),
+    "seed -1": (lambda t: ["run", write_config(t), "--set", "seed=-1"], "seed"),
+    "seed 2**32": (lambda t: ["run", write_config(t), "--set", f"seed={2**32}"], "seed"),
+    "lr .inf": (lambda t: ["run", write_config(t), "--set", "defaults.lr=.inf"], "defaults.lr"),
+    "lr .nan": (lambda t: ["run", write_config(t), "--set", "defaults.lr=.nan"], "defaults.lr"),
+    "register.model=../../etc": (lambda t: ["run", write_config(t), "--set", "register.model=../../etc"],
+                                 "register.model"),
+    "duplicate key": (lambda t: ["run", write_text(t, "dup.yaml", Path(write_config(t)).read_text() + "defaults: {}\n")],
+                      "duplicate key 'defaults'"),
+    "trainer.devices beyond the cores": (lambda t: ["run", write_config(t), "--set", "trainer.devices=512"],
+                                         "trainer.devices=512"),
     "accelerator gpu without a gpu": (lambda t: ["run", write_config(t), "--set", "trainer.accelerator=gpu"],
                                       "sees no GPU"),
 }
@@ -117,6 +133,14 @@ MODELS: dict[str, tuple[Build, str]] = {
     "encoder weights tampered": (lambda t: [(encoder_dir(t) / "model.safetensors").write_bytes(b"\0" * 400) and
                                             "export", str(t / "encoder"), "--format", "onnx", "--out", str(t / "e.onnx")],
                                  "damaged"),
+    "encoder scaling.offset NaN": (lambda t: ["export", str(damage_config(t, lambda c: c["scaling"].update(
+        offset=float("nan")))), "--format", "onnx", "--out", str(t / "e.onnx")], "scaling.offset is nan"),
+    "encoder config.json 200,000 deep": (lambda t: [write_text(encoder_dir(t), "config.json", deep_json(200_000))
+                                                    and "export", str(t / "encoder"), "--format", "onnx", "--out",
+                                                    str(t / "e.onnx")], "nested too deeply"),
+    "encode a table lacking the encoder's columns": (lambda t: ["encode", str(encoder_dir(t, names=list("abcd"))),
+                                                                save(t, "x.csv", "a,b,c,e\n1,2,3,4\n"), "--out",
+                                                                str(t / "c.npy")], "lacks column(s) 'd'"),
     "encoder claims a huge layer": (lambda t: ["export", str(damage_config(
         t, lambda c: c["layers"][0].update(d_hidden=5_000_000))), "--format", "onnx", "--out", str(t / "e.onnx")],
         "declares layers"),
@@ -229,12 +253,35 @@ SERVERS: dict[str, tuple[Build, str]] = {
                                                     "answers /health but not its API"),
     "PREFECT_API_URL never answers": (lambda t: [setenv("PREFECT_API_URL", f"http://127.0.0.1:{keep(silent_port())}"
                                                         "/api") and "run", write_config(t)], "no answer within 3 s"),
+    "ui on a taken port": (lambda t: ["ui", "--port", str(keep(silent_port()))], "already in use"),
     "PREFECT_API_URL on a dead port": (lambda t: [setenv("PREFECT_API_URL", f"http://127.0.0.1:{dead_port()}/api")
                                                   and "run", write_config(t)], "Prefect API"),
 }
 
+SIZES: dict[str, tuple[Build, str]] = {
+    "YAML alias bomb in data.features": (lambda t: ["run", alias_bomb(t)], "expands to more than 100,000 values"),
+    "alias bomb in a --set value": (lambda t: ["run", write_config(t), "--set", f"data.features={alias_bomb_value()}"],
+                                    "expands to more than 100,000 values"),
+    "a 100,000-character data.source is echoed cut": (lambda t: ["run", write_config(t), "--set",
+                                                                 "data.source=" + "x" * 100_000 + ".npy"],
+                                                       "more characters)"),
+    "config file of 50 MB": (lambda t: ["run", write_text(t, "big.yaml", "name: big\n" + "# padding\n" * 5_000_000)],
+                             "over the 1,048,576-byte limit"),
+    "config nested 100,000 deep": (lambda t: ["run", write_text(t, "deep.yaml", "name: " + deep_json(100_000))],
+                                   "nested too deeply"),
+    ".npz header declaring 8 GB": (lambda t: [available(4 * 2**30) and "run", write_config(t), "--set",
+                                              f"data.source={npz_declaring(t, (100_000, 10_000))}"],
+                                   "needs about"),
+    ".npz header declaring 8 TB": (lambda t: ["run", write_config(t), "--set",
+                                              f"data.source={npz_declaring(t, (100_000_000, 10_000))}"],
+                                   "needs about"),
+    "hidden 200000 on 784 inputs": (lambda t: [available(4 * 2**30) and "run", write_config(t), "--set",
+                                               f"data.source={save(t, 'mnist-like.npy', rng_data((100, 784)))}",
+                                               "--set", "layers.0.hidden=200000"], "layers.0 (784 -> 200,000)"),
+}
+
 FAMILIES: dict[str, dict[str, tuple[Build, str]]] = {
-    "config": CONFIG, "data": DATA, "paths": PATHS, "stores": STORES, "servers": SERVERS, "outputs": OUTPUTS,
+    "config": CONFIG, "sizes": SIZES, "data": DATA, "paths": PATHS, "stores": STORES, "servers": SERVERS, "outputs": OUTPUTS,
     "models": MODELS,
 }
 CASES = {f"{family}: {name}": case for family, cases in FAMILIES.items() for name, case in cases.items()}
@@ -246,6 +293,12 @@ SCENE: dict[str, object] = {}  # the running case's ExitStack and monkeypatch, f
 def keep(context):
     """Enter ``context`` (a hostile server) for the rest of the case; returns what it yields."""
     return SCENE["stack"].enter_context(context)
+
+
+def available(nbytes: int) -> bool:
+    """The machine has ``nbytes`` of memory available for the rest of the case."""
+    SCENE["monkeypatch"].setattr(limits, "available_bytes", lambda: nbytes)
+    return True
 
 
 def setenv(name: str, value: str) -> str:
@@ -323,6 +376,7 @@ HEAVY = ("torch", "pytorch_lightning", "prefect", "mlflow", "sklearn", "pandas")
 PROBE = """
 import sys
 from flows.cli import main
+from pipeline.app import limits
 code = main(sys.argv[1:])
 print(code, sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}))
 """

@@ -72,6 +72,14 @@ def test_a_csv_with_a_label_column_is_encoded_from_its_training_columns_to_parqu
     np.testing.assert_allclose(codes.to_numpy(), encoder.transform(digits[:100]), atol=1e-6)
 
 
+def test_a_csv_with_the_training_columns_in_another_order_is_encoded_by_name(encoder, digits, tmp_path):
+    names = encoder.meta["feature_names"]
+    frame = pd.DataFrame(digits[:40], columns=names)[list(reversed(names))]
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    out = encode_file(encoder, tmp_path / "x.csv", tmp_path / "codes.npy")
+    np.testing.assert_allclose(np.load(out), encoder.transform(digits[:40]), atol=1e-6)
+
+
 def test_a_feature_count_mismatch_names_both_counts(encoder, digits, tmp_path):
     np.save(tmp_path / "x.npy", digits[:10, :60])
     with pytest.raises(InputError, match="has 60 features but the encoder expects 64"):
