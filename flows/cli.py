@@ -33,7 +33,8 @@ def _run(args: argparse.Namespace) -> int:
     name, value, _ = result.headline()
     print(f"\n{name}: {value:.4f}")
     if reg:
-        print(f"registered: {reg.model_uri} (version {reg.model_version}, alias {reg.alias})")
+        why = f": {reg.reason}" if reg.alias != config.register.alias else ""
+        print(f"registered: {reg.model_uri} (version {reg.model_version}, alias {reg.alias}{why})")
     if tracked:
         print(_next_line(tracked.tracking_uri, tracked.experiment_id, tracked.run_id))
     return EXIT_OK

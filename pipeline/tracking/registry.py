@@ -52,22 +52,27 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def alias_holder(client: MlflowClient, name: str, alias: str) -> tuple[str, Headline | None] | None:
-    """(version, its headline) of the version holding ``alias``, or None when no version holds it."""
+def alias_holder(client: MlflowClient, name: str, alias: str) -> tuple[str, Headline | None, str | None] | None:
+    """(version, its headline, where its files went missing or None) of the version holding ``alias``, or None
+    when no version holds it."""
     try:
         held = client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
         if error.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    return str(held.version), Headline.from_tags(dict(held.tags))
+    return str(held.version), Headline.from_tags(dict(held.tags)), versions.files_gone(client, held)
 
 
-def choose_alias(new: Headline, holder: tuple[str, Headline | None] | None, alias: str) -> tuple[str, str]:
-    """(alias for the new version, why): ``alias`` when it wins or nobody holds it, else ``challenger``."""
+def choose_alias(new: Headline, holder: tuple[str, Headline | None] | tuple[str, Headline | None, str | None] | None,
+                 alias: str) -> tuple[str, str]:
+    """(alias for the new version, why): ``alias`` when it wins, nobody holds it or the holder's files are gone,
+    else ``challenger``."""
     if holder is None:
         return alias, f"no version holds @{alias} yet"
-    version, held = holder
+    version, held, gone = (*holder, None)[:3]
+    if gone is not None:
+        return alias, f"version {version} holding @{alias} lost its files ({gone})"
     if held is None:
         return alias, f"version {version} holding @{alias} has no headline tags"
     if held.metric != new.metric:
@@ -97,7 +102,7 @@ def move_alias(client: MlflowClient, name: str, alias: str, headline: Headline, 
     return CHALLENGER, f"@{alias} kept moving during {tries} tries, so @{CHALLENGER}"
 
 
-def _version(holder: tuple[str, Headline | None] | None) -> str | None:
+def _version(holder: tuple[str, Headline | None, str | None] | None) -> str | None:
     return None if holder is None else holder[0]
 
 
@@ -131,28 +136,39 @@ def register_model(
     run_name: str | None = None,
     run_url: str | None = None,
     details: str | None = None,
+    ineligible: str | None = None,
 ) -> Registration:
     """Add ``source`` as a new version of ``name`` (described, tagged, linked); set the alias by policy.
 
-    A version whose ``weights_sha256`` is already registered is not added again: the registration names the
-    existing version and says why (``new_version=False``).
+    A version whose ``weights_sha256`` is already registered is not added again, unless its files are gone: the
+    registration names the existing version and says why (``new_version=False``). An ``ineligible`` run (a
+    degenerate result: why) gets ``challenger`` whatever its headline.
     """
     ensure_registered_model(client, name)
     tags = versions.version_tags(headline, run_id, weights_sha256, extra_tags)
     with registry_lock(client.tracking_uri):
         if weights_sha256 and (same := versions.identical_version(client, name, weights_sha256)) is not None:
-            return unchanged(name, same)
+            gone = versions.files_gone(client, same)
+            if gone is None:
+                return unchanged(name, same)
+            log.warning("%s version %s has the same weights but its files are gone (%s): adding a new version",
+                        name, same.version, gone)
         # The store looks a models:/<id> source up through a client on MLflow's global URI: point it at ours.
         with use_tracking_uri(client.tracking_uri):
             if model_id is not None:
                 version = versions.create_linked_version(client, name, model_id=model_id, run_id=run_id, tags=tags)
             else:
                 version = client.create_model_version(name, source, run_id=run_id, tags=tags)
-        chosen, reason = move_alias(client, name, alias, headline, str(version.version))
+        if ineligible:
+            chosen, reason = CHALLENGER, f"not eligible for @{alias}: {ineligible}"
+            client.set_registered_model_alias(name, chosen, version.version)
+        else:
+            chosen, reason = move_alias(client, name, alias, headline, str(version.version))
     client.set_model_version_tag(name, version.version, REASON_TAG, reason)
     versions.describe_version(client, name, str(version.version), headline, chosen, reason, run_id=run_id,
                               run_name=run_name, run_url=run_url, details=details)
-    log.info("registered %s version %s as @%s: %s", name, version.version, chosen, reason)
+    (log.warning if ineligible else log.info)("registered %s version %s as @%s: %s", name, version.version, chosen,
+                                              reason)
     return Registration(name, str(version.version), chosen, f"models:/{name}@{chosen}",
                         f"models:/{name}/{version.version}", reason)
 

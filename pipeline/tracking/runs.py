@@ -25,6 +25,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from pytorch_lightning.utilities import rank_zero_only
 
+from pipeline.run.degenerate import degenerate
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
 from pipeline.tracking import describe, notes, registry, run_files, store, uris, versions
@@ -168,13 +169,13 @@ class MlflowTracking(PipelineHooks):
         assert tracked is not None, "on_run_end fills result.tracked"
         if self.register:
             name, value, greater = result.headline()
-            stack = result.registered_encoder
+            stack, problem = result.registered_encoder, degenerate(result)  # a degenerate run never takes the alias
             reg = registry.register_model(
                 self.client, name=self.config.model_name, source=info.model_uri, run_id=self.run_id,
                 headline=registry.Headline(name, float(value), greater), alias=self.config.register.alias,
                 model_id=info.model_id, extra_tags={"kind": chosen},
                 weights_sha256=versions.weights_digest(stack), run_name=self.run_name, run_url=self.run_url(),
-                details=notes.version_details(result, self.overrides, self.origin))
+                details=notes.version_details(result, self.overrides, self.origin), ineligible=problem)
             tracked.registration, tracked.model_uri = reg, reg.model_uri
         note = notes.parent_end(result, self.overrides, tracked.registration, self.origin)
         self.client.log_batch(self.run_id, tags=[RunTag(MLFLOW_RUN_NOTE, note), RunTag(

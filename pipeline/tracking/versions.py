@@ -7,7 +7,9 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -81,6 +83,24 @@ def identical_version(client: MlflowClient, name: str, weights_sha256: str) -> M
     newest = max(found, key=lambda v: int(v.version), default=None)
     # Searches leave aliases out on some stores: read the version itself.
     return None if newest is None else client.get_model_version(name, str(newest.version))
+
+
+def files_gone(client: MlflowClient, version: ModelVersion) -> str | None:
+    """Where a version's files should be when that is a local folder that is gone or empty (``mlruns/`` deleted);
+    None when they are there, or live on a server this cannot look into."""
+    source = version.source or ""
+    if source.startswith("models:/"):
+        try:
+            source = client.get_logged_model(source.removeprefix("models:/").split("/")[0]).artifact_location
+        except MlflowException:
+            return f"logged model {source} is gone"
+    if source.startswith("file:"):
+        path = Path(unquote(urlparse(source).path))
+    elif source and "://" not in source and not source.startswith(("runs:/", "models:/")):
+        path = Path(source)
+    else:
+        return None
+    return None if path.is_dir() and any(path.iterdir()) else str(path)
 
 
 def version_tags(headline: Headline, run_id: str, weights_sha256: str | None,

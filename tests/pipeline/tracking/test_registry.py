@@ -2,18 +2,23 @@
 
 import contextlib
 import math
+import shutil
 import threading
 import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from sklearn.datasets import load_digits
 
 import pipeline.tracking.registry as registry_module
 from pipeline.config import PipelineConfig
 from pipeline.run.greedy import pretrain_stack
+from pipeline.tracking import versions
 from pipeline.tracking.registry import CHALLENGER, choose_alias, register_model
 from pipeline.tracking.runs import MlflowTracking
 from pipeline.tracking.versions import Headline, weights_digest
@@ -72,12 +77,13 @@ def client(store):
     return MlflowClient(store)
 
 
-def register(client, tmp_path, value, metric="acc", greater=True, name="enc", weights=None):
+def register(client, tmp_path, value, metric="acc", greater=True, name="enc", weights=None, ineligible=None):
     run = client.create_run("0")
     source = tmp_path / f"model-{run.info.run_id}"
     source.mkdir()
+    (source / "MLmodel").write_text("a model's files")
     return register_model(client, name=name, source=source.as_uri(), run_id=run.info.run_id,
-                          headline=Headline(metric, value, greater), weights_sha256=weights)
+                          headline=Headline(metric, value, greater), weights_sha256=weights, ineligible=ineligible)
 
 
 def holder(client, alias="champion", name="enc"):
@@ -150,6 +156,7 @@ def test_two_concurrent_registrations_leave_the_alias_with_the_better_one_and_lo
         local.value = value
         source = tmp_path / f"model-{value}"
         source.mkdir()
+        (source / "MLmodel").write_text("a model's files")  # a version whose folder is empty lost its files
         try:
             results[value] = register_model(MlflowClient(uri), name="race", source=source.as_uri(),
                                             run_id=runs[value], headline=Headline("acc", value, True))
@@ -218,3 +225,57 @@ def test_the_weights_digest_follows_the_weights_not_the_metadata():
     assert weights_digest(stack(0, {"name": "a"})) == weights_digest(stack(0, {"name": "b"}))
     assert weights_digest(stack(0, {})) != weights_digest(stack(1, {}))
     assert len(weights_digest(stack(0, {}))) == 64
+
+
+def test_identical_weights_whose_files_are_gone_are_registered_again_and_take_the_alias(client, tmp_path):
+    first = register(client, tmp_path, 0.8, weights="c" * 64, name="lost")
+    source = client.get_model_version("lost", first.model_version).source
+    for file in Path(unquote(urlparse(source).path)).iterdir():  # mlruns/ deleted between two identical runs
+        file.unlink()
+    again = register(client, tmp_path, 0.8, weights="c" * 64, name="lost")
+    assert again.new_version and (again.model_version, again.alias) == ("2", "champion")
+    assert f"version 1 holding @champion lost its files ({unquote(urlparse(source).path)})" == again.reason
+    assert holder(client, name="lost") == "2"
+
+
+def test_an_ineligible_run_never_takes_the_alias_and_says_why(client, tmp_path):
+    reg = register(client, tmp_path, 1.0, name="degenerate", ineligible="every unit of layer 1 is dead")
+    assert (reg.alias, reg.reason) == (CHALLENGER, "not eligible for @champion: every unit of layer 1 is dead")
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("degenerate", "champion")
+    assert holder(client, CHALLENGER, name="degenerate") == reg.model_version
+
+
+@pytest.mark.parametrize(("setting", "why"), [
+    ({"defaults": {"lr": 1e6, "epochs": 3}}, "training diverged"),
+    ({"data": {"source": "one-class.npz", "labels": "y"}}, "the labels hold a single class (3)"),
+], ids=["lr 1e6", "one class"])
+def test_a_degenerate_run_is_registered_as_challenger_with_the_reason(setting, why, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    X = load_digits().data[:300].astype(np.float32)
+    np.savez(tmp_path / "one-class.npz", X=X, y=np.full(300, 3))
+    base = {"name": "degen", "tracking_uri": store, "data": {"source": "digits", "max_samples": 300},
+            "defaults": {"epochs": 1, "batch_size": 64}, "trainer": {"accelerator": "cpu"},
+            "layers": [{"hidden": 8}], "finetune": {"epochs": 0}}
+    result = pretrain_stack(PipelineConfig.from_dict(base | setting), MlflowTracking())
+    reg = result.tracked.registration
+    assert reg.alias == CHALLENGER and reg.reason.startswith("not eligible for @champion: ") and why in reg.reason
+    tags = MlflowClient(store).get_run(result.tracked.run_id).data.tags
+    assert why in tags["sae.registration"]
+
+
+def test_a_rerun_after_mlruns_was_deleted_registers_a_version_whose_files_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = PipelineConfig.from_dict({
+        "name": "rerun", "tracking_uri": uri, "data": {"source": "digits", "max_samples": 300},
+        "defaults": {"epochs": 1, "batch_size": 64}, "trainer": {"accelerator": "cpu"}, "layers": [{"hidden": 8}],
+        "finetune": {"epochs": 0}})
+    first = pretrain_stack(config, MlflowTracking()).tracked.registration
+    shutil.rmtree(tmp_path / "mlruns")
+    second = pretrain_stack(config, MlflowTracking()).tracked.registration
+    assert (first.model_version, second.model_version, second.alias) == ("1", "2", "champion")
+    assert second.new_version and "version 1 holding @champion lost its files" in second.reason
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("rerun-encoder", "champion").version) == "2"
+    assert versions.files_gone(client, client.get_model_version("rerun-encoder", "2")) is None
