@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.scratch import scratch_array
+from pipeline.data.scratch import reserve, scratch_array
 from pipeline.data.shapes import MEMMAP_BYTES
 from sae.batches import release_pages, row_chunks
 
@@ -33,6 +33,7 @@ def encode_in_chunks(
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out: np.ndarray = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n, d_out))
+        reserve(out_path, out_path.stat().st_size)  # a full disk raises ENOSPC here, not SIGBUS mid-write
     elif n * d_out * 4 > MEMMAP_BYTES:
         out = scratch_array((n, d_out))
     else:
