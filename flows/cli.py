@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,7 +194,14 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``sae-pipeline`` console script."""
     quiet_runtime()  # before any command imports torch
-    return pipeline_main(argv, extend=_add_flow_commands)
+    code = pipeline_main(argv, extend=_add_flow_commands)
+    from flows.server_guard import server_lost
+
+    if server_lost() is not None:  # Prefect would spend minutes at exit sending events to the dead server
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +53,47 @@ class _OwnSession:
     def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - stands in for subprocess.Popen
         process = subprocess.Popen(*args, start_new_session=True, **kwargs)
         watch(os.getpid(), process.pid)
+        _servers.append(process)
         return process
+
+
+_servers: list[subprocess.Popen] = []  # the temporary servers this process started
+_lost: list[str] = []  # how the temporary server ended while a run used it (stop_run_if_server_dies)
+WATCH_SECONDS = 0.5  # how often a run checks that its temporary server still runs
+TEMPORARY_SERVER_RETRIES = 3  # API retries against the temporary server (Prefect's default: 5, 62 s of back-off)
+
+
+@contextmanager
+def stop_run_if_server_dies() -> Iterator[None]:
+    """While the block runs, a thread checks every WATCH_SECONDS that the temporary Prefect server this process
+    started still runs; if it ended, the run is stopped at once (``interrupts.interrupt``): it could not record
+    its flow run any more, and it must not go on to register a model. Prefect's own stop at exit comes after."""
+    from pipeline.process import interrupts
+
+    done = threading.Event()
+
+    def check() -> None:
+        while not done.wait(WATCH_SECONDS):
+            ended = [(server, server.poll()) for server in list(_servers)]
+            if ended and all(code is not None for _, code in ended):  # a second start that found the port taken
+                server, code = ended[0]                                  # ends at once: only all of them count
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                _lost.append(f"Prefect's temporary server (pid {server.pid}) stopped during the run ({how})")
+                interrupts.interrupt(_lost[0])
+                return
+
+    thread = threading.Thread(target=check, name="sae-server-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def server_lost() -> str | None:
+    """How the temporary server ended during a run of this process (``stop_run_if_server_dies``), else None."""
+    return _lost[0] if _lost else None
 
 
 def watch(parent: int, server: int) -> subprocess.Popen:
@@ -87,7 +128,8 @@ def quiet_tracebacks() -> None:
 
 @contextmanager
 def no_heartbeats_on_temporary_server() -> Iterator[None]:
-    """Flow runs started in the block send no heartbeats when they report to Prefect's temporary server.
+    """Flow runs started in the block send no heartbeats, and retry API calls fewer times, when they report to
+    Prefect's temporary server.
 
     Heartbeats let a lasting server mark a run whose process died as crashed; the temporary server ends with
     this process, so nothing could ever read them. And each flow run's end waited for its heartbeat thread's
@@ -98,7 +140,9 @@ def no_heartbeats_on_temporary_server() -> Iterator[None]:
     if not temporary_server_expected():
         yield
         return
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+    # Its API calls retry TEMPORARY_SERVER_RETRIES times (2 + 4 + 8 s), not Prefect's 5 (62 s): the server is this
+    # process's own, on loopback; once it is gone, each call of the crashed run's shutdown waited out all five.
+    with temporary_settings(updates={"flows.heartbeat_frequency": None, "client.max_retries": TEMPORARY_SERVER_RETRIES}):
         yield
 
 

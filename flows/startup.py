@@ -43,6 +43,7 @@ def flow_session(config: PipelineConfig, *, debug: bool = False, check: Callable
         no_heartbeats_on_temporary_server,
         quiet_tracebacks,
         start_temporary_server_soon,
+        stop_run_if_server_dies,
         temporary_server_expected,
         wait_for_temporary_server,
     )
@@ -66,4 +67,6 @@ def flow_session(config: PipelineConfig, *, debug: bool = False, check: Callable
         wait_for_temporary_server()
         session = stack.enter_context(use_session(FlowSession(data, data_key(config), raw_probe=ahead)))
         stack.enter_context(no_heartbeats_on_temporary_server())
+        if temporary:
+            stack.enter_context(stop_run_if_server_dies())
         yield session

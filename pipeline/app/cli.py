@@ -181,12 +181,14 @@ def main(argv: Sequence[str] | None = None, extend: Extend | None = None) -> int
             raise
         return _interrupted(error, args)
     except Exception as error:  # noqa: BLE001 - the CLI boundary: one line, the traceback only with --debug
+        if interrupts.reason() is not None:  # what the interruption became on its way out
+            return _interrupted(error, args)
         if args.debug:
             traceback.print_exc()
         print(cap_line(f"failed: {type(error).__name__}: {error}"), file=sys.stderr)
         return EXIT_FAILED
     except BaseException as error:  # an orchestrator's own signal exception (Prefect's TerminationSignal)
-        if interrupts.signal_of(error) is None:
+        if interrupts.signal_of(error) is None and interrupts.reason() is None:
             raise
         return _interrupted(error, args)
     finally:
@@ -197,6 +199,10 @@ def _interrupted(error: BaseException, args: argparse.Namespace) -> int:
     """One line for a command stopped by SIGINT/SIGTERM; the shell's exit status for that signal."""
     if args.debug:
         traceback.print_exception(error)
+    if interrupts.reason() is not None:  # not a signal: another thread stopped the run and said why
+        print(cap_line(f"failed: {interrupts.reason()}; the run stopped, its MLflow run is marked FAILED and nothing "
+                       "was registered; finished layers stay cached: run again"), file=sys.stderr)
+        return EXIT_FAILED
     signum = interrupts.signal_of(error) or signal.SIGINT
     name, status = ("SIGTERM", "FAILED") if signum == signal.SIGTERM else ("SIGINT", "KILLED")
     if args.command in ("encode", "export"):

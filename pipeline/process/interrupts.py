@@ -11,6 +11,7 @@ from types import FrameType
 
 _received: list[int] = []
 _previous: dict[int, object] = {}
+_reasons: list[str] = []  # why something other than a signal interrupted the main thread (``interrupt``)
 
 
 def install() -> None:
@@ -27,6 +28,22 @@ def uninstall() -> None:
         signal.signal(signum, handler)  # type: ignore[arg-type]
     _previous.clear()
     _received.clear()
+    _reasons.clear()
+
+
+def interrupt(reason: str) -> None:
+    """From another thread: stop the main thread's work now (a KeyboardInterrupt there), recording ``reason``,
+    which the run's failure record and the CLI's one line then give instead of a signal's name."""
+    import _thread
+
+    if not _reasons:
+        _reasons.append(reason)
+        _thread.interrupt_main()
+
+
+def reason() -> str | None:
+    """What ``interrupt`` recorded since ``install``, else None."""
+    return _reasons[0] if _reasons else None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

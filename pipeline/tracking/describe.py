@@ -124,6 +124,8 @@ def parent_summary(result: PretrainResult) -> dict[str, float]:
 def failure(error: BaseException) -> tuple[str, str, bool]:
     """How a run that raised ``error`` ends: (MLflow status, the ``error`` tag, interrupted?). Ctrl-C is KILLED,
     SIGTERM and everything else FAILED; a signal is named rather than the exception it became."""
+    if interrupts.reason() is not None:  # stopped from another thread (the Prefect server it reports to died)
+        return RunStatus.to_string(RunStatus.FAILED), str(interrupts.reason())[:5000], True
     signum = interrupts.signal_of(error)
     status = RunStatus.to_string(RunStatus.KILLED if signum == signal.SIGINT else RunStatus.FAILED)
     message = f"{type(error).__name__}: {error}" if signum is None else f"interrupted by {signal.Signals(signum).name}"
