@@ -74,8 +74,9 @@ def _model_path(model_uri: str) -> Path | None:
 
 def _remote_model(model_uri: str) -> None:
     """Check the tracking store (probe its server) first for a models:/ or runs:/ URI; no download progress bars."""
+    from pipeline.tracking.model_uris import check_model_uri
     from pipeline.tracking.store_checks import check_tracking_store
 
     if model_uri.startswith(REMOTE):
-        check_tracking_store()
+        check_model_uri(model_uri, check_tracking_store())
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from pipeline.app.limits import check_memory
@@ -126,11 +127,25 @@ def check_run(config: PipelineConfig) -> LoadedData:
     check_prefect_api()
     check_accelerator(config)
     check_memory(config)
-    from pipeline.data.loading import load_data
+    read = read_files_now(config)
+    from pipeline.data.loading import load_data  # scikit-learn and torch: seconds
 
-    data = load_data(config.data, config.seed)
+    data = load_data(config.data, config.seed, read)
     check_decoder_range(config, data)
     return data
+
+
+def read_files_now(config: PipelineConfig) -> Callable[[Path, Any, Any], Any]:
+    """Read and check the data files before the heavy imports (a NaN, a wrong shape or label answers in a second
+    or two); returns the reader ``load_data`` takes, which hands it what was read here."""
+    from pipeline.data.readers import read_array_file
+
+    done = {}
+    for source, field_name in ((config.data.source, "data.source"), (config.data.test_source, "data.test_source")):
+        path = None if source is None else source_path(source, field_name)
+        if path is not None:
+            done[path] = read_array_file(path, config.data.features, config.data.labels)
+    return lambda path, features, labels: done.pop(path) if path in done else read_array_file(path, features, labels)
 
 
 def _path(file_uri: str) -> Path:

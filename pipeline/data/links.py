@@ -1,4 +1,5 @@
-"""Symbolic link loops, named before anything else trips over them (pathlib reads a loop as a missing file)."""
+"""Paths that cannot be looked at: symbolic link loops (pathlib reads one as a missing file) and names too long for
+the file system (pathlib raises), named before anything else trips over them."""
 
 from __future__ import annotations
 
@@ -18,3 +19,6 @@ def check_no_loop(path: Path, what: str) -> None:
         if error.errno == errno.ELOOP:
             raise InputError(f"{what} {path}: is a symbolic link loop (too many levels of links); remove the "
                              "link or choose another path") from None
+        if error.errno == errno.ENAMETOOLONG:
+            raise InputError(f"{what} {path}: the name is too long for the file system; choose a shorter "
+                             "path") from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -19,17 +21,19 @@ from pipeline.data.scaling import column_range, fit_scaling
 from pipeline.data.shapes import LARGE_FILE_BYTES
 from pipeline.data.unlabeled import drop_classes, read_unlabeled, stack_rows
 from pipeline.errors import InputError
-from sae.batches import row_chunks
+from sae.chunks import row_chunks
 from sae.scaling import Scaling
 
 if TYPE_CHECKING:
     from pipeline.config import DataConfig
 
+Reader = Callable[[Path, Any, Any], tuple[np.ndarray, Labels, list[str]]]  # read_array_file's signature
 MAX_SCALED = 1e18  # float32 squares of scaled values must stay finite (max ~3.4e38)
 __all__ = ["LoadedData", "Splits", "fingerprint", "load_data"]
 
 
-def _read_source(data: DataConfig, source: str, field_name: str, seed: int) -> tuple[np.ndarray, Labels, list[str]]:
+def _read_source(data: DataConfig, source: str, field_name: str, seed: int, read: Reader = read_array_file
+                 ) -> tuple[np.ndarray, Labels, list[str]]:
     """A built-in or a file, capped at data.max_samples rows; small files are read into memory."""
     if source in BUILTIN_DATASETS:
         labeled = BUILTIN_DATASETS[source].has_labels
@@ -43,7 +47,7 @@ def _read_source(data: DataConfig, source: str, field_name: str, seed: int) -> t
     else:
         path = source_path(source, field_name)
         assert path is not None
-        X, y, names = read_array_file(path, data.features, data.labels)
+        X, y, names = read(path, data.features, data.labels)
         if isinstance(X, np.memmap) and path.stat().st_size <= LARGE_FILE_BYTES:
             X = np.asarray(X, dtype=np.float32)  # small enough to read; a cap below reads only the kept rows
     if data.max_samples is not None and X.shape[0] > data.max_samples:
@@ -100,13 +104,14 @@ def fingerprint(*arrays: np.ndarray | None) -> str:
     return digest.hexdigest()
 
 
-def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
-    """Read, validate, split and fit the scaling on the train split: every problem is an InputError up front.
+def load_data(data: DataConfig, seed: int = 0, read: Reader = read_array_file) -> LoadedData:
+    """Read (with ``read``: the preflight passes what it already read), validate, split and fit the scaling on the
+    train split: every problem is an InputError up front.
 
     Validation and test rows are drawn (stratified) from the labeled rows only; the training split is the
     other labeled rows, then the source's unlabeled rows, then every ``data.unlabeled_source`` file's rows.
     """
-    X, y, names = _read_source(data, data.source, "data.source", seed)
+    X, y, names = _read_source(data, data.source, "data.source", seed, read)
     lo, hi = column_range(X)
     if np.all(lo == hi):
         raise InputError(f"{data.source}: every feature is constant ({X.shape[1]} columns, one value each); "
@@ -120,7 +125,7 @@ def load_data(data: DataConfig, seed: int = 0) -> LoadedData:
         if not labeled.all():
             unlabeled, (X, y) = [X[~labeled]], _take(X, y, labeled)
     if data.test_source is not None:
-        X_test, y_test = _read_test_source(data, X, y, seed)
+        X_test, y_test = _read_test_source(data, X, y, seed, read)
     else:
         keep, out = _split(data.source, X, y, data.test_fraction, "test_fraction", seed)
         (X_test, y_test), (X, y) = _take(X, y, out), _take(X, y, keep)
@@ -176,9 +181,10 @@ def _check_labeled(data: DataConfig, y: np.ndarray) -> np.ndarray:
     return labeled
 
 
-def _read_test_source(data: DataConfig, X: np.ndarray, y: Labels, seed: int) -> tuple[np.ndarray, Labels]:
+def _read_test_source(data: DataConfig, X: np.ndarray, y: Labels, seed: int, read: Reader = read_array_file
+                      ) -> tuple[np.ndarray, Labels]:
     assert data.test_source is not None
-    X_test, y_test, _ = _read_source(data, data.test_source, "data.test_source", seed)
+    X_test, y_test, _ = _read_source(data, data.test_source, "data.test_source", seed, read)
     if X_test.shape[1] != X.shape[1]:
         raise InputError(f"data.test_source={data.test_source!r} has {X_test.shape[1]} features but "
                          f"data.source={data.source!r} has {X.shape[1]}; they need the same columns")

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from pipeline.data.headers import NPZ_FEATURE_KEYS, check_columns, check_npz_keys
 from pipeline.data.labels import UNLABELED, UNLABELED_NAME
 from pipeline.data.paths import SUPPORTED_SUFFIXES
 from pipeline.errors import InputError
-from sae.batches import row_chunks
+from sae.chunks import row_chunks  # numpy only: reading a file imports no torch
 
 CHUNK_ROWS = 65_536
 Labels = np.ndarray | None
@@ -81,6 +79,9 @@ def _read_npz(path: Path, features: Any, labels: str | None) -> tuple[np.ndarray
 
 
 def _read_table(path: Path, features: Any, labels: str | None) -> tuple[np.ndarray, Labels, list[str]]:
+    import pandas as pd  # here: .npy and .npz files need neither pandas nor pyarrow
+    import pyarrow as pa
+
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -117,7 +118,7 @@ def _clean_labels(path: Path, y: np.ndarray, n: int, name: str) -> np.ndarray:
     if y.ndim != 1 or y.shape[0] != n:
         raise InputError(f"{path}: labels {name!r} have shape {y.shape} but the features have {n} rows; "
                          f"need one label per row ({n},)")
-    missing = np.asarray(pd.isna(y), dtype=bool)
+    missing = _missing(y)
     if y.dtype.kind == "O" and all(isinstance(v, int | float | np.number) and not isinstance(v, bool)
                                    for v in y[~missing]):
         y = np.where(missing, np.nan, y).astype(np.float64)  # nullable integers (pandas Int64) and the like
@@ -129,6 +130,17 @@ def _clean_labels(path: Path, y: np.ndarray, n: int, name: str) -> np.ndarray:
                              "names (NaN or -1 marks a row without a label)")
         return np.where(missing, UNLABELED, y).astype(np.int64)
     return np.where(missing, UNLABELED_NAME, y.astype(str))
+
+
+def _missing(y: np.ndarray) -> np.ndarray:
+    """(n,) bool: NaN among numbers; None, NaN and NaT among objects (pandas, imported only for those)."""
+    if y.dtype.kind == "f":
+        return np.isnan(y)
+    if y.dtype.kind in "biu":
+        return np.zeros(y.shape, dtype=bool)
+    import pandas as pd
+
+    return np.asarray(pd.isna(y), dtype=bool)
 
 
 def _check_finite(path: Path, X: np.ndarray, names: list[str], show: int = 5) -> None:

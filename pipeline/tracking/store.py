@@ -22,17 +22,12 @@ from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.data.loading import fingerprint
-from pipeline.tracking.uris import ARTIFACT_DIR, artifact_location, sqlite_path  # noqa: F401 - re-exported
+from pipeline.tracking.uris import ARTIFACT_DIR, artifact_location, registry_uri, sqlite_path  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from pipeline.data.loading import LoadedData
 
 DIGEST_CHARS = 16  # MLflow shows short digests (also the run tag sae.data.hash: a long value squeezes the key)
-
-
-def registry_uri(tracking_uri: str) -> str:
-    """``$MLFLOW_REGISTRY_URI`` when set, else the tracking store itself."""
-    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
 
 
 def client(tracking_uri: str) -> MlflowClient:

@@ -58,6 +58,11 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def registry_uri(tracking_uri: str) -> str:
+    """``$MLFLOW_REGISTRY_URI`` when set, else the tracking store itself."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
 def is_server(uri: str) -> bool:
     """True for an http(s) MLflow server, which serves its own UI."""
     return uri.startswith(("http://", "https://"))
@@ -84,11 +89,12 @@ def ui_command(uri: str) -> str | None:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for other stores."""
+    """The database file of a ``sqlite:///`` URI, or None for other stores. As for SQLAlchemy (and so MLflow),
+    ``sqlite:///x.db`` is relative to the working directory and ``sqlite:////abs/x.db`` absolute."""
     parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+    if parsed.scheme != "sqlite" or parsed.path in ("", "/", "/:memory:"):
         return None
-    return Path(unquote(parsed.path))
+    return Path(unquote(parsed.path[1:]))
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

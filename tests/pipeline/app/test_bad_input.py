@@ -212,6 +212,9 @@ STORES: dict[str, tuple[Build, str]] = {
                             "cannot be written"),
     "sqlite path is a directory": (lambda t: ["run", write_config(t), "--set",
                                               uri(folder_with(t, "store"))], "is a directory"),
+    "relative sqlite:///path is a directory": (lambda t: ["run", write_config(t), "--set",
+                                                          f"tracking_uri=sqlite:///{Path(folder_with(t, 'rel')).name}"],
+                                               "rel: is a directory"),
     "sqlite:////dev/null": (lambda t: ["run", write_config(t), "--set", "tracking_uri=sqlite:////dev/null"],
                             "not a regular file"),
     "garbage mlflow.db": (lambda t: ["run", write_config(t), "--set",
@@ -227,6 +230,15 @@ STORES: dict[str, tuple[Build, str]] = {
     "ftp://": (lambda t: ["run", write_config(t), "--set", "tracking_uri=ftp://x"], "cannot track to ftp://"),
     "databricks without credentials": (lambda t: [setenv("HOME", str(t)) and "run", write_config(t), "--set",
                                                   "tracking_uri=databricks"], "no Databricks credentials"),
+    "encode a models:/ URI from a store that does not exist": (lambda t: [
+        setenv("MLFLOW_TRACKING_URI", f"sqlite:///{t / 'absent.db'}") and "encode", "models:/bad-encoder@champion",
+        in_npy(t), "--out", str(t / "c.npy")], "does not exist"),
+    "encode a models:/ URI the store does not hold": (lambda t: [
+        setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store(t)}") and "encode", "models:/bad-encoder@champion",
+        in_npy(t), "--out", str(t / "c.npy")], "no registered model named 'bad-encoder' (registered: none)"),
+    "export a runs:/ URI the store does not hold": (lambda t: [
+        setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store(t)}") and "export", "runs:/0123abcd/encoder",
+        "--format", "onnx", "--out", str(t / "e.onnx")], "no run with id '0123abcd'"),
     "encode from a models:/ URI on a garbage store": (lambda t: [
         setenv("MLFLOW_TRACKING_URI", f"sqlite:///{write_text(t, 'mlflow.db', b'x' * 4096)}") and "encode",
         "models:/bad-encoder@champion", in_npy(t), "--out", str(t / "c.npy")], "not a SQLite database"),
