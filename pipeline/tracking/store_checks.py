@@ -69,7 +69,7 @@ def check_sqlite_store(uri: str) -> None:
 
 def _check_database(db: Path) -> None:
     try:
-        connection = sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True, timeout=LOCK_WAIT_SECONDS,
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=LOCK_WAIT_SECONDS,
                                      isolation_level=None)
     except sqlite3.Error as error:
         raise InputError(f"sqlite store {db}: cannot be opened ({error}); {FIX}") from None

@@ -219,6 +219,9 @@ STORES: dict[str, tuple[Build, str]] = {
                             "not a regular file"),
     "garbage mlflow.db": (lambda t: ["run", write_config(t), "--set",
                                      uri(write_text(t, "mlflow.db", os.urandom(4096)))], "not a SQLite database"),
+    "garbage relative sqlite:///mlflow.db": (lambda t: ["run", write_config(t), "--set", "tracking_uri=sqlite:///"
+                                                        + Path(write_text(t, "mlflow.db", os.urandom(4096))).name],
+                                             "not a SQLite database"),
     "truncated mlflow.db": (lambda t: ["run", write_config(t), "--set", uri(truncated_store(t))], "damaged"),
     "locked mlflow.db": (lambda t: ["run", write_config(t), "--set", uri(keep(locked_store(mlflow_store(t))))],
                          "locked by another process"),
