@@ -98,6 +98,8 @@ CONFIG: dict[str, tuple[Build, str]] = {
                       "duplicate key 'defaults'"),
     "trainer.devices beyond the cores": (lambda t: ["run", write_config(t), "--set", "trainer.devices=512"],
                                          "trainer.devices=512"),
+    "trainer.devices=8 on 2 CPU cores": (lambda t: [cores(2) and "run", write_config(t), "--set", "trainer.devices=8"],
+                                         "trainer.devices=8, but this machine has 2 CPU cores"),
     "accelerator gpu without a gpu": (lambda t: ["run", write_config(t), "--set", "trainer.accelerator=gpu"],
                                       "sees no GPU"),
 }
@@ -316,6 +318,12 @@ def available(nbytes: int) -> bool:
     return True
 
 
+def cores(n: int) -> bool:
+    """The machine has ``n`` CPU cores for the rest of the case."""
+    SCENE["monkeypatch"].setattr(os, "cpu_count", lambda: n)
+    return True
+
+
 def setenv(name: str, value: str) -> str:
     """Set an environment variable for the rest of the case; returns ``value``."""
     SCENE["monkeypatch"].setenv(name, value)
@@ -329,8 +337,17 @@ def imported():
     import pipeline.tracking.store  # noqa: F401
 
 
+def never_train(*args, **kwargs):
+    raise AssertionError("a bad-input case reached training")
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
+    # A case that slipped past the preflight must fail here, never train: with trainer.devices > 1, Lightning's
+    # ddp would re-launch sys.argv (this pytest) once per device, and those children would do the same.
+    import pytorch_lightning as pl
+
+    monkeypatch.setattr(pl.Trainer, "fit", never_train)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)  # only models:/ URIs and runs without one reach it
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
