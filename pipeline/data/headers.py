@@ -38,7 +38,7 @@ def check_names(path: Path, features: str | list[str] | None, labels: str | None
     """
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        names = _npz_keys(path)
+        names = npz_keys(path)
         check = check_npz_keys
     elif suffix in (".csv", ".parquet"):
         names = _csv_columns(path) if suffix == ".csv" else _parquet_columns(path)
@@ -54,7 +54,8 @@ def table_columns(path: Path) -> list[str] | None:
     return _csv_columns(path) if path.suffix.lower() == ".csv" else _parquet_columns(path)
 
 
-def _npz_keys(path: Path) -> list[str] | None:
+def npz_keys(path: Path) -> list[str] | None:
+    """The member names of an .npz archive (without .npy); None when it is not a readable zip."""
     try:
         with zipfile.ZipFile(path) as archive:
             return [name.removesuffix(".npy") for name in archive.namelist()]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.data.builtin import BUILTIN_DATASETS
-from pipeline.data.headers import table_columns
+from pipeline.data.headers import npz_keys, table_columns
 from pipeline.data.labels import labeled_mask, unlabeled_marker
 from pipeline.data.paths import source_path, unlabeled_sources
 from pipeline.data.readers import CHUNK_ROWS, Labels
@@ -49,7 +49,7 @@ def read_unlabeled(data: DataConfig, read: Reader, names: list[str]) -> list[np.
                 features = list(names)
         elif path is not None and path.suffix.lower() == ".npz":
             features = data.features if isinstance(data.features, str) else None
-            labels = data.labels
+            labels = data.labels if data.labels in (npz_keys(path) or []) else None  # an unlabeled archive may lack it
         X, _, _ = read(data.model_copy(update={"features": features, "labels": labels}), source, field_name)
         if X.shape[1] != len(names):
             raise InputError(f"{where}: {X.shape[1]} features but data.source={data.source!r} has {len(names)}; "

@@ -104,6 +104,16 @@ def test_an_unlabeled_pool_in_any_format_joins_the_training_rows_only(tmp_path, 
     assert single.n_pool == 300
 
 
+def test_an_unlabeled_npz_without_the_labels_key_is_read(tmp_path, digits):
+    X, y = digits
+    np.savez(tmp_path / "lab.npz", X=X[:600], y=y[:600])
+    np.savez(tmp_path / "pool.npz", X=X[600:700])  # unlabeled rows: no y in it
+    data = load_data(DataConfig(source=str(tmp_path / "lab.npz"), labels="y",
+                                unlabeled_source=str(tmp_path / "pool.npz")))
+    assert data.n_pool == 100
+    np.testing.assert_array_equal(data.X_train[-100:], X[600:700])
+
+
 def test_the_layer_cache_key_follows_the_pretraining_rows_not_the_labels(tmp_path, digits):
     X, y = digits
     np.savez(tmp_path / "lab.npz", X=X[:600], y=y[:600])
