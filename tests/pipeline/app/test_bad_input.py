@@ -55,6 +55,13 @@ def loop(tmp: Path, name: str) -> str:
     return str(tmp / name)
 
 
+def unlabeled(tmp: Path, source: str | list[str]) -> dict:
+    """A data section: 100 rows of 4 features with labels, plus ``source`` as unlabeled rows."""
+    X = rng_data((100, 4))
+    np.savez(tmp / "labeled.npz", X=X, y=np.arange(100) % 2)
+    return {"source": str(tmp / "labeled.npz"), "labels": "y", "unlabeled_source": source}
+
+
 def overflow_column(tmp: Path) -> str:
     X = rng_data((100, 4))
     X[:, 2] = 1e30
@@ -124,6 +131,10 @@ DATA: dict[str, tuple[Build, str]] = {
     "data overflows after scaling": (lambda t: ["run", write_config(
         t, data={"source": overflow_column(t), "scale": "none"}, defaults={"decoder_activation": "linear"})],
         "column 'x2' reaches 1e+30"),
+    "data.unlabeled_source with a NaN": (lambda t: ["run", write_config(t, data=unlabeled(t, with_nan(t)))],
+                                         "NaN or infinite"),
+    "data.unlabeled_source of another width": (lambda t: ["run", write_config(t, data=unlabeled(
+        t, save(t, "narrow.npy", rng_data((50, 3)))))], "unlabeled rows need the same features"),
     "unscaled data outside [0, 1] for a sigmoid decoder": (lambda t: ["run", write_config(
         t, data={"source": save(t, "wide.npy", rng_data((100, 4), -2, 2)), "scale": "none"}),
         "--set", "layers.0.decoder_activation=sigmoid"], "sigmoid decoder"),
@@ -257,6 +268,12 @@ PATHS: dict[str, tuple[Build, str]] = {
     "data.source a symlink loop": (lambda t: ["run", write_config(t), "--set", f"data.source={loop(t, 'x.npy')}"],
                                    "symbolic link loop"),
     "config file a symlink loop": (lambda t: ["run", loop(t, "c.yaml")], "symbolic link loop"),
+    "data.unlabeled_source missing": (lambda t: ["run", write_config(t, data=unlabeled(t, str(t / "absent.npy")))],
+                                      "data.unlabeled_source='"),
+    "data.unlabeled_source.1 a symlink loop": (lambda t: ["run", write_config(t, data=unlabeled(
+        t, [str(in_npy(t)), loop(t, "u.npy")]))], "symbolic link loop"),
+    "data.unlabeled_source a directory": (lambda t: ["run", write_config(t, data=unlabeled(t, folder_with(t, "u")))],
+                                          "is a directory"),
 }
 
 SERVERS: dict[str, tuple[Build, str]] = {
@@ -292,6 +309,8 @@ SIZES: dict[str, tuple[Build, str]] = {
     ".npz header declaring 8 TB": (lambda t: ["run", write_config(t), "--set",
                                               f"data.source={npz_declaring(t, (100_000_000, 10_000))}"],
                                    "needs about"),
+    "data.unlabeled_source .npz declaring 8 TB": (lambda t: ["run", write_config(t, data=unlabeled(
+        t, npz_declaring(t, (100_000_000, 10_000))))], "needs about"),
     "hidden 200000 on 784 inputs": (lambda t: [available(4 * 2**30) and "run", write_config(t), "--set",
                                                f"data.source={save(t, 'mnist-like.npy', rng_data((100, 784)))}",
                                                "--set", "layers.0.hidden=200000"], "layers.0 (784 -> 200,000)"),

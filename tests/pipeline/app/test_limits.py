@@ -35,3 +35,18 @@ def test_memory_estimate_names_the_layer_and_both_numbers():
     check_memory(config, available=8 * 2**30)  # digits: 1,797 x 64, fits
     with pytest.raises(InputError, match=r"layers\.1 \(10 -> 100,000\) [\d.]+ GiB\) but the machine has 0\.5 GiB"):
         check_memory(config, available=2**29)
+
+
+def test_memory_estimate_counts_the_unlabeled_files_and_their_rows(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "lab.npy", np.ones((1_000, 100), dtype=np.float32))
+    np.save(tmp_path / "pool.npy", np.ones((50_000, 100), dtype=np.float32))  # 20 MB: read, not memory-mapped
+    data = {"source": str(tmp_path / "lab.npy")}
+    layers = [{"hidden": 1_000}]
+    alone = PipelineConfig.from_dict({"name": "m", "data": data, "layers": layers})
+    pooled = PipelineConfig.from_dict({"name": "m", "data": data | {"unlabeled_source": str(tmp_path / "pool.npy")},
+                                       "layers": layers})
+    check_memory(alone, available=200 * 2**20)  # 1,000 rows: codes and probe in a few tens of MB
+    with pytest.raises(InputError, match=r"pool\.npy \(50,000 x 100\) 0\.1 GiB, layers\.0 \(100 -> 1,000\) 0\.2"):
+        check_memory(pooled, available=200 * 2**20)  # 51,000 rows' codes in memory (0.19 GiB) plus the pool's
