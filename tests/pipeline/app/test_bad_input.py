@@ -62,6 +62,11 @@ def unlabeled(tmp: Path, source: str | list[str]) -> dict:
     return {"source": str(tmp / "labeled.npz"), "labels": "y", "unlabeled_source": source}
 
 
+def save_npz(tmp: Path, name: str, **arrays) -> str:
+    np.savez(tmp / name, **arrays)
+    return str(tmp / name)
+
+
 def overflow_column(tmp: Path) -> str:
     X = rng_data((100, 4))
     X[:, 2] = 1e30
@@ -131,6 +136,9 @@ DATA: dict[str, tuple[Build, str]] = {
     "data overflows after scaling": (lambda t: ["run", write_config(
         t, data={"source": overflow_column(t), "scale": "none"}, defaults={"decoder_activation": "linear"})],
         "column 'x2' reaches 1e+30"),
+    "data labels a single class": (lambda t: ["run", write_config(t, data={
+        "source": save_npz(t, "one.npz", X=rng_data((100, 4)), y=np.full(100, 3)), "labels": "y"})],
+        "only class 3 has labeled rows"),
     "data.unlabeled_source with a NaN": (lambda t: ["run", write_config(t, data=unlabeled(t, with_nan(t)))],
                                          "NaN or infinite"),
     "data.unlabeled_source of another width": (lambda t: ["run", write_config(t, data=unlabeled(
@@ -148,6 +156,9 @@ MODELS: dict[str, tuple[Build, str]] = {
                                  "damaged"),
     "encoder scaling.offset NaN": (lambda t: ["export", str(damage_config(t, lambda c: c["scaling"].update(
         offset=float("nan")))), "--format", "onnx", "--out", str(t / "e.onnx")], "scaling.offset is nan"),
+    "encode with an encoder whose scaling.offset is NaN": (lambda t: ["encode", str(damage_config(
+        t, lambda c: c["scaling"].update(offset=float("nan")))), in_npy(t), "--out", str(t / "c.npy")],
+        "scaling.offset is nan"),
     "encoder config.json 200,000 deep": (lambda t: [write_text(encoder_dir(t), "config.json", deep_json(200_000))
                                                     and "export", str(t / "encoder"), "--format", "onnx", "--out",
                                                     str(t / "e.onnx")], "nested too deeply"),
@@ -202,6 +213,9 @@ OUTPUTS: dict[str, tuple[Build, str]] = {
                                                  folder_with(t, "d", "a.txt")], "is a directory"),
     "encode --out with a bad suffix": (lambda t: ["encode", str(encoder_dir(t)), in_npy(t), "--out",
                                                   str(t / "c.txt")], "unsupported output type '.txt'"),
+    "encode --out with a bad suffix, before a models:/ model is looked up": (lambda t: [
+        "encode", "models:/bad-encoder@champion", in_npy(t), "--out", str(t / "c.txt")],
+        "unsupported output type '.txt'"),
     "encode --out a symlink loop": (lambda t: ["encode", str(encoder_dir(t)), in_npy(t), "--out",
                                                str((t / "loop.npy").symlink_to(t / "loop.npy") or t / "loop.npy")],
                                     "symbolic link loop"),
