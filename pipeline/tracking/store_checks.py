@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import importlib.util
 import os
 import socket
 import sqlite3
@@ -26,6 +27,10 @@ LOCK_WAIT_SECONDS = 3.0  # longest wait for another process's write lock on a sq
 CHECK_SECONDS = 2.0  # longest integrity check of an existing sqlite store (past it, its header alone is checked)
 CONNECT_SECONDS = 3.0  # longest wait for a database server's port to accept a connection
 DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's SQL stores and their default ports
+# The driver SQLAlchemy imports for a URI naming none (postgresql://, not postgresql+psycopg2://): when it is not
+# installed, it is named without importing SQLAlchemy (~0.4 s). tests/pipeline/tracking/test_store_checks.py holds
+# this table to the installed SQLAlchemy.
+DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb", "mssql": "pyodbc"}
 FIX = f"or set tracking_uri to another sqlite:///…/{DB_NAME} file"
 
 
@@ -117,6 +122,9 @@ def _check_integrity(connection: sqlite3.Connection, db: Path) -> None:
 
 def check_database_server(uri: str, default_port: int) -> None:
     """InputError unless the store's SQLAlchemy driver is installed and its server accepts a connection."""
+    driver = DEFAULT_DRIVERS.get(urlparse(uri).scheme)
+    if driver is not None and importlib.util.find_spec(driver) is None:
+        raise _no_driver(_without_password(uri), driver)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -125,8 +133,7 @@ def check_database_server(uri: str, default_port: int) -> None:
         shown = url.render_as_string(hide_password=True)
         url.get_dialect().import_dbapi()
     except ModuleNotFoundError as error:
-        raise InputError(f"tracking URI {shown}: needs the database driver {error.name!r}, which is not installed; "
-                         f"`pip install {error.name}`, or use sqlite:///{DB_NAME}") from None
+        raise _no_driver(shown, str(error.name)) from None
     except (ArgumentError, NoSuchModuleError, ValueError) as error:
         raise InputError(f"tracking URI {uri.split('@')[-1]!r}: not a database URL SQLAlchemy knows ({error}); "
                          "e.g. postgresql://user:password@host:5432/mlflow") from None
@@ -137,6 +144,19 @@ def check_database_server(uri: str, default_port: int) -> None:
         raise InputError(f"tracking URI {shown}: the database server {host}:{port} did not accept a connection "
                          f"within {CONNECT_SECONDS:g} s ({error.strerror or error}); start it, or use "
                          f"sqlite:///{DB_NAME}") from None
+
+
+def _no_driver(shown: str, module: str) -> InputError:
+    return InputError(f"tracking URI {shown}: needs the database driver {module!r}, which is not installed; "
+                      f"`pip install {module}`, or use sqlite:///{DB_NAME}")
+
+
+def _without_password(uri: str) -> str:
+    """``uri`` with its password shown as ``***`` (as SQLAlchemy renders it)."""
+    parts = urlparse(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def check_databricks_credentials(uri: str) -> None:
