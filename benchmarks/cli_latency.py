@@ -2,8 +2,8 @@
 
 Times (median of --repeat runs, wall clock, each a fresh process) for --help and config commands, then one
 error of each kind a user meets: config, data (caught from the path or a file's header, and one that reads the
-file), tracking URI (scheme, sqlite store, database driver, an unreachable server), model URI (a folder, a
-models:/ URI against a missing or empty store, an unreachable server) and --out (the working directory, a bad
+file), tracking URI (scheme, sqlite store, database driver, an unreachable server), model URI (a folder missing or
+damaged, a models:/ URI against a missing store, an unreachable server) and --out (the working directory, a bad
 suffix, the input itself). Each row names its bar: 1.5 s where the answer needs no data read, 3 s where it reads
 the data file. Beside them, in the same run: a bare interpreter, and importing torch + Lightning + Prefect +
 MLflow (what every answer used to cost before the CLI imported them lazily), as a ratio.
@@ -72,6 +72,7 @@ def commands(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], float | No
         "tracking URI: server unreachable (run)": ([*cli, "run"], {"MLFLOW_TRACKING_URI": UNREACHABLE}, NO_READ),
         "model URI: folder missing": ([*cli, "encode", str(tmp / "absent"), str(f["in"]), "--out",
                                        str(tmp / "c.npy")], {}, NO_READ),
+        "model: a damaged encoder folder (its config.json)": ([*encode, str(tmp / "c.npy")], {}, NO_READ),
         "model URI: models:/ on a store that does not exist": (
             [*cli, "encode", "models:/x@champion", str(f["in"]), "--out", str(tmp / "c.npy")],
             {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'absent.db'}"}, NO_READ),

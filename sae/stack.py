@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,9 @@ from torch import nn
 
 from sae.batches import row_chunks
 from sae.config import SAEConfig
+from sae.files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_config
 from sae.model import SparseAutoencoder, encode_with
 from sae.scaling import InputScaler, Scaling
-
-FORMAT = "sae-stacked-encoder"
-FORMAT_VERSION = 2  # 2 added the code scalings between layers; version 1 files load with identity ones
-READABLE_VERSIONS = (1, 2)
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class StackedEncoder(nn.Module):
@@ -202,18 +196,9 @@ class StackedEncoder(nn.Module):
                 raise FileNotFoundError(
                     f"{directory / name}: file missing; the folder needs {CONFIG_FILE} and {WEIGHTS_FILE}"
                 )
-        try:
-            config = json.loads((directory / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({err})") from err
-        if config.get("format") != FORMAT or config.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(
-                f"{directory / CONFIG_FILE}: format {config.get('format')!r} "
-                f"version {config.get('format_version')!r}; this code reads {FORMAT!r} versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}: re-export the encoder with this version"
-            )
+        config = read_config(directory)  # not JSON, another format, a NaN offset: a ValueError naming it
         tensors = load_file(str(directory / WEIGHTS_FILE))
-        _check_finite(directory, config, tensors)
+        _check_finite(directory, tensors)
         for key in ("scaler.shift", "scaler.factor"):
             if key not in tensors:
                 raise ValueError(
@@ -253,19 +238,9 @@ class StackedEncoder(nn.Module):
 _IDENTITY = {"kind": "none", "offset": 0.0, "clip": False}
 
 
-def _check_finite(directory: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """ValueError naming the first NaN or infinite number among the scalings' offsets and the tensors: a damaged
-    encoder would otherwise turn every input into NaN codes without a word."""
-    offsets = {"scaling.offset": (config.get("scaling") or {}).get("offset", 0.0)}
-    offsets |= {f"code_scalings.{i}.offset": entry.get("offset", 0.0)
-                for i, entry in enumerate(config.get("code_scalings") or []) if isinstance(entry, dict)}
-    for key, value in offsets.items():
-        try:
-            finite = math.isfinite(float(value))
-        except (TypeError, ValueError):
-            continue  # not a number at all: loading names that
-        if not finite:
-            raise ValueError(f"{directory / CONFIG_FILE}: {key} is {value}; the encoder is damaged")
+def _check_finite(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the first tensor holding NaN or infinite values: a damaged encoder would otherwise turn
+    every input into NaN codes without a word (config.json's offsets: ``read_config``)."""
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{directory / WEIGHTS_FILE}: tensor {key!r} holds NaN or infinite values; the encoder "
@@ -279,4 +254,4 @@ def _array(tensors: dict[str, torch.Tensor], key: str, directory: Path) -> np.nd
     return tensors[key].numpy()
 
 
-__all__ = ["FORMAT_VERSION", "InputScaler", "Scaling", "StackedEncoder"]
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "InputScaler", "Scaling", "StackedEncoder"]

@@ -17,7 +17,7 @@ def export_command(model_uri: str, fmt: str, out: Path, force: bool) -> str:
     """Export ``model_uri`` as ``fmt`` to ``out``, checked against torch before it replaces anything."""
     local = _model_path(model_uri)
     check_target(out, force=force, folder=fmt == "safetensors", inputs=[local] if local else [])
-    _remote_model(model_uri)
+    _check_model(model_uri, local)
     import numpy as np
 
     from pipeline.serving.export import check_export, export_encoder
@@ -40,7 +40,7 @@ def encode_command(model_uri: str, input_path: Path, out: Path, force: bool) -> 
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"--out {out}: unsupported output type {suffix or '(no extension)'!r}; "
                          f"use one of {', '.join(OUTPUT_SUFFIXES)}")
-    _remote_model(model_uri)
+    _check_model(model_uri, local)
     from pipeline.tracking.encoders import encode_file
 
     with replaced_whole(out) as partial:
@@ -72,11 +72,15 @@ def _model_path(model_uri: str) -> Path | None:
     return path
 
 
-def _remote_model(model_uri: str) -> None:
-    """Check the tracking store (probe its server) first for a models:/ or runs:/ URI; no download progress bars."""
+def _check_model(model_uri: str, local: Path | None) -> None:
+    """Before torch and MLflow are imported: a local folder's config.json, or for a models:/ or runs:/ URI the
+    tracking store (its server probed) and what it holds; no download progress bars."""
+    from pipeline.serving.encoder_folder import check_encoder_folder
     from pipeline.tracking.model_uris import check_model_uri
     from pipeline.tracking.store_checks import check_tracking_store
 
-    if model_uri.startswith(REMOTE):
+    if local is not None:
+        check_encoder_folder(local, model_uri)
+    elif model_uri.startswith(REMOTE):
         check_model_uri(model_uri, check_tracking_store())
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -7,7 +7,6 @@ model). Remote models are downloaded as files and rebuilt from safetensors + JSO
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,12 +22,12 @@ from pipeline.data.codes import CHUNK_ROWS, encode_in_chunks
 from pipeline.data.paths import OUTPUT_SUFFIXES
 from pipeline.data.readers import read_array_file
 from pipeline.errors import InputError
+from pipeline.serving.encoder_folder import check_encoder_folder
 from pipeline.tracking.pyfunc import weights_dir
 from pipeline.tracking.store import registry_uri, use_tracking_uri
 from pipeline.tracking.uris import resolve_tracking_uri
-from sae.stack import CONFIG_FILE, WEIGHTS_FILE, StackedEncoder
-
-MIN_BYTES_PER_WEIGHT = 2  # the smallest float a weight can be stored as (16-bit)
+from sae.files import CONFIG_FILE, WEIGHTS_FILE
+from sae.stack import StackedEncoder
 
 
 def load_local(directory: Path, uri: str | None = None) -> StackedEncoder:
@@ -40,31 +39,13 @@ def load_local(directory: Path, uri: str | None = None) -> StackedEncoder:
             raise InputError(f"{where}: neither an encoder folder ({CONFIG_FILE} + {WEIGHTS_FILE}) nor an MLflow "
                              "model logged by sae-pipeline; pass a models:/ or runs:/ URI or an exported folder")
         directory = weights
-    check_sizes(directory, where)
+    check_encoder_folder(directory, where)
     try:
         return StackedEncoder.load(directory)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{where}: the encoder files are damaged or not an sae-pipeline encoder ({first}); "
                          "export it again or fetch it from the registry") from None
-
-
-def check_sizes(directory: Path, where: str) -> None:
-    """InputError when config.json's layer shapes need more weights than model.safetensors holds (before allocating)."""
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        shapes = [(int(layer["d_in"]), int(layer["d_hidden"])) for layer in config["layers"]]
-    except RecursionError:
-        raise InputError(f"{where}: {CONFIG_FILE} is nested too deeply to be an encoder's config; export the "
-                         "encoder again") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{where}: {CONFIG_FILE} is unreadable ({type(error).__name__}: {error}); export the "
-                         "encoder again") from None
-    needed = sum(max(d_in, 0) * max(d_hidden, 0) for d_in, d_hidden in shapes) * MIN_BYTES_PER_WEIGHT
-    size = (directory / WEIGHTS_FILE).stat().st_size
-    if needed > size:
-        raise InputError(f"{where}: {CONFIG_FILE} declares layers {shapes} (at least {needed:,} bytes of weights) "
-                         f"but {WEIGHTS_FILE} has {size:,} bytes; the folder was altered: export the encoder again")
 
 
 def resolve_encoder(uri: str | Path, tracking_uri: str | None = None) -> StackedEncoder:

@@ -474,6 +474,25 @@ def test_a_wrong_column_or_key_is_named_before_anything_heavy_is_imported(file, 
     assert message in done.stderr
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda c: c["scaling"].update(offset=float("nan")), "scaling.offset is nan"),
+    (lambda c: c["layers"][0].update(d_hidden=5_000_000), "declares layers"),
+    (lambda c: c.update(format="something-else"), "format 'something-else'"),
+    (lambda c: c.pop("layers"), "config.json is unreadable"),
+], ids=["NaN offset", "huge layer", "another format", "no layers"])
+@pytest.mark.parametrize("command", ["encode", "export"])
+def test_a_damaged_encoder_folder_is_named_before_anything_heavy_is_imported(command, damage, message, tmp_path):
+    damage_config(tmp_path, damage)
+    save(tmp_path, "in.npy", rng_data((5, 4)))
+    argv = (["encode", "encoder", "in.npy", "--out", "c.npy"] if command == "encode"
+            else ["export", "encoder", "--format", "onnx", "--out", "e.onnx"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "2 []", done.stdout + done.stderr
+    assert message in done.stderr
+
+
 def test_tune_checks_its_data_before_anything_heavy_is_imported(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
