@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -21,24 +23,34 @@ if TYPE_CHECKING:
 def check_accelerator(config: PipelineConfig) -> None:
     """``accelerator: gpu`` needs a GPU that torch can see; ``devices`` must not exceed the GPUs, or (on CPU) the
     cores: each device is a process training on the same cache (they raced on it: a rank read a layer's
-    codes while another replaced them)."""
+    codes while another replaced them). Torch (seconds to import) is asked only where a GPU may be."""
     layers = config.resolved_layers()
     wanted = [s.index for s in layers if s.trainer.accelerator == "gpu"]
     cores = os.cpu_count() or 1
     many = [s for s in layers if isinstance(s.trainer.devices, int) and s.trainer.devices > cores]
     if not wanted and not many:
         return
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_cpu = not wanted and all(s.trainer.accelerator == "cpu" for s in many)
+    gpus = 0 if on_cpu or _no_gpu_device() else _visible_gpus()
     if wanted and not gpus:
         raise InputError(f"layers.{wanted[0]}.trainer.accelerator=gpu, but torch sees no GPU on this machine "
-                         f"(torch {torch.__version__}); set trainer.accelerator: auto or cpu")
+                         f"(torch {version('torch')}); set trainer.accelerator: auto or cpu")
     for layer in many:
         if layer.trainer.accelerator == "cpu" or not gpus or layer.trainer.devices > gpus:
-            have = f"{cores} CPU cores" + (f" and {gpus} GPUs" if gpus else " and no GPU")
+            have = f"{cores} CPU cores" + ("" if on_cpu else f" and {gpus} GPUs" if gpus else " and no GPU")
             raise InputError(f"layers.{layer.index}.trainer.devices={layer.trainer.devices}, but this machine has "
                              f"{have}; set trainer.devices to at most {max(gpus, cores)} (1 trains in this process)")
+
+
+def _no_gpu_device() -> bool:
+    """True where torch cannot see a GPU, told without importing it: Linux with no NVIDIA or AMD device node."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd"))
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def check_decoder_range(config: PipelineConfig, data: LoadedData) -> None:
@@ -138,6 +150,7 @@ def check_run(config: PipelineConfig) -> LoadedData:
 def read_files_now(config: PipelineConfig) -> Callable[[Path, Any, Any], Any]:
     """Read and check the data files before the heavy imports (a NaN, a wrong shape or label answers in a second
     or two); returns the reader ``load_data`` takes, which hands it what was read here."""
+    from pipeline.data.labels import check_labeled
     from pipeline.data.readers import read_array_file
 
     done = {}
@@ -145,6 +158,9 @@ def read_files_now(config: PipelineConfig) -> Callable[[Path, Any, Any], Any]:
         path = None if source is None else source_path(source, field_name)
         if path is not None:
             done[path] = read_array_file(path, config.data.features, config.data.labels)
+            y = done[path][1]
+            if field_name == "data.source" and y is not None and not config.data.unlabeled_classes:
+                check_labeled(source, y)  # a single class: before scikit-learn and torch (a subsample has no more)
     return lambda path, features, labels: done.pop(path) if path in done else read_array_file(path, features, labels)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import InputError
+
 UNLABELED = -1  # numeric labels
 UNLABELED_NAME = ""  # text labels
 
@@ -22,6 +24,17 @@ def labeled_mask(y: np.ndarray) -> np.ndarray:
     """(n,) bool: True where the row has a label (not the ``unlabeled_marker``)."""
     y = np.asarray(y)
     return y != unlabeled_marker(y)
+
+
+def check_labeled(source: str, y: np.ndarray) -> np.ndarray:
+    """The labeled-row mask of ``source``'s labels ``y``; InputError when fewer than two classes have a labeled row."""
+    labeled = labeled_mask(y)
+    classes = np.unique(y[labeled]).tolist()
+    if len(classes) < 2:
+        what = "no row has a label" if not classes else f"only class {classes[0]!r} has labeled rows"
+        raise InputError(f"{source}: {what} (-1, NaN and empty cells mark unlabeled rows); label rows of at "
+                         "least two classes, or remove data.labels to pretrain without labels")
+    return labeled
 
 
 def unlabeled_like(y: np.ndarray, n: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.data.builtin import BUILTIN_DATASETS, BUILTIN_FEATURES, BUILTIN_LABELS, load_builtin
-from pipeline.data.labels import labeled_mask, unlabeled_like
+from pipeline.data.labels import check_labeled, labeled_mask, unlabeled_like
 from pipeline.data.loaded import LoadedData, Splits, labels_fingerprint
 from pipeline.data.paths import source_path
 from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
@@ -121,7 +121,7 @@ def load_data(data: DataConfig, seed: int = 0, read: Reader = read_array_file) -
                           names)
     unlabeled: list[np.ndarray] = []
     if y is not None:
-        labeled = _check_labeled(data, y)
+        labeled = check_labeled(data.source, y)
         if not labeled.all():
             unlabeled, (X, y) = [X[~labeled]], _take(X, y, labeled)
     if data.test_source is not None:
@@ -168,17 +168,6 @@ def _pretrain_rows(data: DataConfig, y_train: np.ndarray | None, n_train: int) -
         raise InputError(f"data.pretrain_on=unlabeled: {data.source} has no unlabeled training rows; mark some "
                          "(-1 labels, data.unlabeled_classes or data.unlabeled_source) or set pretrain_on: all")
     return rows.astype(np.int64)
-
-
-def _check_labeled(data: DataConfig, y: np.ndarray) -> np.ndarray:
-    """The labeled-row mask of the source; InputError when fewer than two classes have a labeled row."""
-    labeled = labeled_mask(y)
-    classes = np.unique(y[labeled]).tolist()
-    if len(classes) < 2:
-        what = "no row has a label" if not classes else f"only class {classes[0]!r} has labeled rows"
-        raise InputError(f"{data.source}: {what} (-1, NaN and empty cells mark unlabeled rows); label rows of at "
-                         "least two classes, or remove data.labels to pretrain without labels")
-    return labeled
 
 
 def _read_test_source(data: DataConfig, X: np.ndarray, y: Labels, seed: int, read: Reader = read_array_file

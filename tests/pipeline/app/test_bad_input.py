@@ -493,6 +493,21 @@ def test_a_damaged_encoder_folder_is_named_before_anything_heavy_is_imported(com
     assert message in done.stderr
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    (["data.source=one.npz", "data.labels=y"], "only class 3 has labeled rows"),
+    (["trainer.accelerator=cpu", "trainer.devices=4096"], "trainer.devices=4096, but this machine has"),
+], ids=["one class", "devices beyond the cores"])
+def test_a_single_class_or_too_many_devices_is_named_before_anything_heavy_is_imported(settings, message, tmp_path):
+    np.savez(tmp_path / "one.npz", X=rng_data((100, 4)), y=np.full(100, 3))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI")  # the local store in the folder: the check itself must answer
+    argv = ["run", *(arg for setting in settings for arg in ("--set", setting))]
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=set(HEAVY)), *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "2 []", done.stdout + done.stderr
+    assert message in done.stderr
+
+
 def test_tune_checks_its_data_before_anything_heavy_is_imported(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
