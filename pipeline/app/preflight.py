@@ -149,18 +149,30 @@ def check_run(config: PipelineConfig) -> LoadedData:
 
 def read_files_now(config: PipelineConfig) -> Callable[[Path, Any, Any], Any]:
     """Read and check the data files before the heavy imports (a NaN, a wrong shape or label answers in a second
-    or two); returns the reader ``load_data`` takes, which hands it what was read here."""
+    or two): data.source, data.test_source, and the data.unlabeled_source files beside a source file; returns the
+    reader ``load_data`` takes, which hands it what was read here."""
     from pipeline.data.labels import check_labeled
     from pipeline.data.readers import read_array_file
+    from pipeline.data.unlabeled import read_unlabeled
 
-    done = {}
-    for source, field_name in ((config.data.source, "data.source"), (config.data.test_source, "data.test_source")):
+    data, done = config.data, {}
+    for source, field_name in ((data.source, "data.source"), (data.test_source, "data.test_source")):
         path = None if source is None else source_path(source, field_name)
         if path is not None:
-            done[path] = read_array_file(path, config.data.features, config.data.labels)
+            done[path] = read_array_file(path, data.features, data.labels)
             y = done[path][1]
-            if field_name == "data.source" and y is not None and not config.data.unlabeled_classes:
+            if field_name == "data.source" and y is not None and not data.unlabeled_classes:
                 check_labeled(source, y)  # a single class: before scikit-learn and torch (a subsample has no more)
+
+    def read_now(section: Any, source: str, field_name: str) -> Any:
+        path = source_path(source, field_name)
+        done[path] = read_array_file(path, section.features, section.labels)
+        return done[path]
+
+    pool = unlabeled_sources(data)
+    first = source_path(data.source, "data.source")
+    if first is not None and all(source_path(source, name) is not None for name, source in pool):
+        read_unlabeled(data, read_now, done[first][2])  # their columns and widths against the source's, too
     return lambda path, features, labels: done.pop(path) if path in done else read_array_file(path, features, labels)
 
 

@@ -117,8 +117,8 @@ def load_data(data: DataConfig, seed: int = 0, read: Reader = read_array_file) -
         raise InputError(f"{data.source}: every feature is constant ({X.shape[1]} columns, one value each); "
                          "there is nothing to learn: check the file and data.features")
     y = drop_classes(data, y)
-    pool = read_unlabeled(data, lambda section, source, field_name: _read_source(section, source, field_name, seed),
-                          names)
+    pool = read_unlabeled(data, lambda section, source, field_name: _read_source(section, source, field_name, seed,
+                                                                                 read), names)
     unlabeled: list[np.ndarray] = []
     if y is not None:
         labeled = check_labeled(data.source, y)

@@ -16,7 +16,7 @@ from pipeline.data.paths import source_path, unlabeled_sources
 from pipeline.data.readers import CHUNK_ROWS, Labels
 from pipeline.data.scratch import scratch_array
 from pipeline.errors import InputError
-from sae.batches import release_pages, row_chunks
+from sae.chunks import release_pages, row_chunks  # numpy only: the preflight reads these files
 
 if TYPE_CHECKING:
     from pipeline.config import DataConfig

@@ -496,9 +496,15 @@ def test_a_damaged_encoder_folder_is_named_before_anything_heavy_is_imported(com
 @pytest.mark.parametrize(("settings", "message"), [
     (["data.source=one.npz", "data.labels=y"], "only class 3 has labeled rows"),
     (["trainer.accelerator=cpu", "trainer.devices=4096"], "trainer.devices=4096, but this machine has"),
-], ids=["one class", "devices beyond the cores"])
+    ([f"data.{k}" for k in ("source=labeled.npz", "labels=y", "unlabeled_source=nan.npy")], "NaN or infinite"),
+    ([f"data.{k}" for k in ("source=labeled.npz", "labels=y", "unlabeled_source=[narrow.npy]")],
+     "2 features but data.source='labeled.npz' has 4"),
+], ids=["one class", "devices beyond the cores", "unlabeled file with a NaN", "unlabeled file of another width"])
 def test_a_single_class_or_too_many_devices_is_named_before_anything_heavy_is_imported(settings, message, tmp_path):
     np.savez(tmp_path / "one.npz", X=rng_data((100, 4)), y=np.full(100, 3))
+    unlabeled(tmp_path, "")  # labeled.npz
+    with_nan(tmp_path)  # nan.npy: 3 features
+    save(tmp_path, "narrow.npy", rng_data((10, 2)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI")  # the local store in the folder: the check itself must answer
     argv = ["run", *(arg for setting in settings for arg in ("--set", setting))]
