@@ -17,6 +17,10 @@ from tests import ROOT
 
 
 def test_a_dead_temporary_server_interrupts_the_main_thread_with_its_reason(monkeypatch):
+    # interrupt_main does nothing while SIGINT is not Python's (an earlier test may leave SIG_DFL or a reason):
+    interrupts.uninstall()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(interrupts, "_reasons", [])
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     monkeypatch.setattr(guard, "_servers", [server])
     monkeypatch.setattr(guard, "_lost", [])
@@ -30,6 +34,7 @@ def test_a_dead_temporary_server_interrupts_the_main_thread_with_its_reason(monk
         assert interrupts.reason() == guard.server_lost()
     finally:
         interrupts.uninstall()
+        signal.signal(signal.SIGINT, previous)
         server.kill()
 
 
