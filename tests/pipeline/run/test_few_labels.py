@@ -10,6 +10,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data.budgets import draw_per_class
 from pipeline.evaluation import layer_probes
 from pipeline.run.greedy import pretrain_stack
+from tests.pipeline.run.two_test_splits import write_test_splits
 
 PER_CLASS = 6
 
@@ -35,10 +36,7 @@ def runs(tmp_path_factory):
     partial = np.full(1300, -1)
     partial[keep] = y[:1300][keep]
     np.savez(tmp_path / "train.npz", X=X[:1300], y=partial)
-    np.savez(tmp_path / "test_a.npz", X=X[1300:], y=y[1300:])
-    rng = np.random.default_rng(1)  # other rows, noisy pixels, shuffled labels: a very different test split
-    noisy = np.clip(X[1300:1650][::-1] + rng.normal(0, 4, (350, 64)), 0, 16).astype(np.float32)
-    np.savez(tmp_path / "test_b.npz", X=noisy, y=rng.permutation(y[1300:1650]))
+    write_test_splits(tmp_path, X, y)
     out = []
     real = layer_probes.fit_probe_cv
     for name in ("test_a.npz", "test_b.npz"):

@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 from pipeline.config import PipelineConfig
 from pipeline.evaluation import layer_probes
 from pipeline.run.greedy import pretrain_stack
+from tests.pipeline.run.two_test_splits import write_test_splits
 
 
 def _config(tmp_path, test_file):
@@ -27,10 +28,7 @@ def runs(tmp_path_factory):
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)
     np.savez(tmp_path / "train.npz", X=X[:1300], y=y[:1300])
-    np.savez(tmp_path / "test_a.npz", X=X[1300:], y=y[1300:])
-    rng = np.random.default_rng(1)  # other rows, noisy pixels, shuffled labels: a very different test split
-    noisy = np.clip(X[1300:1650][::-1] + rng.normal(0, 4, (350, 64)), 0, 16).astype(np.float32)
-    np.savez(tmp_path / "test_b.npz", X=noisy, y=rng.permutation(y[1300:1650]))
+    write_test_splits(tmp_path, X, y)
     out = []
     real_fit = layer_probes.fit_probe
     for name in ("test_a.npz", "test_b.npz"):
