@@ -15,7 +15,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.early_server import EarlyServer
 
 WATCHDOG = """
 import os, signal, sys, time
@@ -157,18 +160,28 @@ def temporary_server_expected() -> bool:
 _starting: list[threading.Thread] = []  # temporary server starts under way (start_temporary_server_soon)
 
 
-def start_temporary_server_soon() -> None:
-    """Start Prefect's temporary server on a thread now, and ask it once for its version: ``start`` returns once
-    it answers its health check, but its first real answer takes another ~0.3 s of set-up. The caller goes on
-    importing and preparing meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``.
-    A failed start is left to Prefect, which starts it again in the flow and reports what went wrong."""
+def start_temporary_server_soon(early: EarlyServer | None = None) -> None:
+    """Start Prefect's temporary server on a thread now, or take over ``early`` (``flows.early_server``, started
+    before Prefect was imported), and ask it once for its version: ``start`` returns once it answers its health
+    check, but its first real answer takes another ~0.3 s of set-up. The caller goes on importing and preparing
+    meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``. A failed start is left
+    to Prefect, which starts it again in the flow and reports what went wrong."""
     import httpx
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    server = SubprocessASGIServer()
+    if early is not None and not server.running:
+        early.hand_to(server)
+    elif early is not None:  # Prefect already runs one in this process
+        early.drop()
+        early = None
+    timeout = get_current_settings().server.ephemeral.startup_timeout_seconds
 
     def start() -> None:
-        server = SubprocessASGIServer()
         try:
-            server.start()
+            if early is None or not early.wait_until_healthy(server, timeout):
+                server.start()
             httpx.get(f"{server.api_url}/admin/version", timeout=30)
         except Exception:  # noqa: BLE001, S110 - Prefect's own start in the flow reports it
             pass

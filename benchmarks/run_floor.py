@@ -1,0 +1,371 @@
+"""What does a run cost when it trains almost nothing, next to the floor of any torch program?
+
+In one sitting, side by side (rounds interleave the cases, so a load on the machine hits them alike), each a
+fresh process timed from the outside:
+
+- ``python -c "import torch"``: the floor;
+- a trivial run (one 16-unit layer, one epoch, on digits; one fine-tuning epoch) with ``--fresh``: with
+  Prefect's temporary server and a local sqlite store, and against running servers (a Prefect and an MLflow
+  server started here, as ``sae-pipeline servers start`` does, on free ports);
+- the digits ``make run`` config (2 layers x 60 epochs, 50 fine-tuning epochs) on an empty cache, against the
+  sum of its layer and fine-tuning epochs (time inside Lightning's epoch loop) plus the floor;
+- the same config again, every layer cached.
+
+Targets: trivial run <= 4x the floor with running servers, <= 5x with the temporary server; the cached
+re-run <= 3x; the digits run <= 1.5x (its epochs + the floor). Then one trivial run of each kind again, broken
+down by phase, on the main thread and off it: imports by package, the Prefect server start and the wait for it,
+Prefect's flow and task glue, MLflow runs and logging, model logging and its checks, registry, plots, probes.
+Timers wrap the functions that do each part (exclusive: a part nested in another counts once, in the inner
+one; an import counts as an import wherever it happens); what no timer covers is "the rest".
+
+    .venv/bin/python benchmarks/run_floor.py [--quick] [--rounds N] [--no-phases]
+
+``--quick`` (one round, under ~3 minutes on a quiet machine) is what to run after a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIVIAL = """\
+name: trivial
+seed: 0
+data:
+  source: digits
+defaults:
+  epochs: 1
+trainer:
+  accelerator: cpu
+layers:
+  - hidden: 16
+finetune:
+  epochs: 1
+"""
+ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+       "DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false", "OMP_WAIT_POLICY": "PASSIVE",
+       "PYTHONPATH": str(ROOT)}  # as the Makefile sets them; this checkout's code
+TARGETS = {"trivial run, running servers": 4.0, "trivial run, temporary server": 5.0,
+           "digits make run, every layer cached": 3.0}
+EPOCHS_TARGET = 1.5  # digits make run <= 1.5 x (its epochs + the floor)
+EPOCH_PART = "training epochs (Lightning's epoch loop)"
+
+# (module, attribute or Class.attribute or Class.* or *, part): installed as each module is imported.
+PHASES = (
+    ("flows.cli", "_run", "CLI: config, printing"),
+    ("pipeline.app.preflight", "check_run", "preflight: data read and checks"),
+    ("prefect.server.api.server", "SubprocessASGIServer.start", "Prefect: temporary server start"),
+    ("flows.server_guard", "wait_for_temporary_server", "Prefect: wait for the temporary server"),
+    ("prefect.flows", "Flow.__call__", "Prefect: flow and task glue"),
+    ("flows.artifacts", "*", "Prefect: artifacts and flow-run tags"),
+    ("pipeline.tracking.store", "*", "MLflow: store, client"),
+    ("pipeline.tracking.runs", "MlflowTracking.*", "MLflow: runs and logging"),
+    ("pipeline.tracking.epoch_logger", "BufferedMLFlowLogger.*", "MLflow: runs and logging"),
+    ("pipeline.tracking.stale", "*", "MLflow: runs and logging"),
+    ("pipeline.tracking.describe", "*", "MLflow: runs and logging"),
+    ("pipeline.tracking.run_files", "*", "MLflow: runs and logging"),
+    ("pipeline.tracking.pyfunc", "*", "model logging"),
+    ("mlflow.models.utils", "_validate_serving_input", "model logging: serving-input check"),
+    ("mlflow.pyfunc", "_validate_prediction_input", "model logging: signature check"),
+    ("pipeline.tracking.registry", "*", "registry"),
+    ("pipeline.tracking.versions", "*", "registry"),
+    ("pipeline.tracking.plots", "*", "plots"),
+    ("pipeline.evaluation.layer_probes", "probe_accuracies", "probes"),
+    ("pipeline.evaluation.layer_probes", "_probe", "probes"),
+    ("pipeline.run.layer_store", "*", "layer cache"),
+    ("pipeline.run.greedy", "train_autoencoder", "training: Lightning set-up around the epochs"),
+    ("pytorch_lightning.loops.fit_loop", "_FitLoop.advance", EPOCH_PART),
+    ("pipeline.run.greedy", "finetune_stack", "fine-tuning: softmax, accuracies, set-up"),
+    ("pipeline.run.greedy", "encode_layer", "codes and test metrics"),
+    ("pipeline.run.greedy", "stack_encoder", "codes and test metrics"),
+)
+EPOCHS_ONLY = tuple(p for p in PHASES if p[2] == EPOCH_PART)
+
+
+# -- the child: one sae-pipeline command in this process, with timers ------------------------------------------
+
+class Timers:
+    """Exclusive wall time per (thread, part): time inside a wrapped call or import, minus what nests in it."""
+
+    def __init__(self, imports: bool) -> None:
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.local = threading.local()
+        self.imports = imports
+        self.pending: dict[str, list[tuple[str, str]]] = defaultdict(list)
+
+    def _thread(self) -> str:
+        thread = threading.current_thread()
+        return "main" if thread is threading.main_thread() else re.sub(r"[-_]?\d+(_\d+)?$", "", thread.name)
+
+    def timed(self, part: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        stack = self.local.__dict__.setdefault("stack", [])
+        stack.append(0.0)
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[(self._thread(), part)] += elapsed - stack.pop()
+            if stack:
+                stack[-1] += elapsed
+
+    def wrap(self, owner: Any, name: str, part: str) -> None:
+        real = vars(owner).get(name)
+        if real is None or isinstance(real, staticmethod | classmethod | property | type) or not callable(real):
+            return
+        timers = self
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return timers.timed(part, real, *args, **kwargs)
+
+        wrapper.__wrapped__ = real  # type: ignore[attr-defined]
+        wrapper.__name__ = getattr(real, "__name__", name)
+        setattr(owner, name, wrapper)
+
+    def install(self, phases: tuple[tuple[str, str, str], ...]) -> None:
+        """Wrap each phase's function once its module is imported (and those already imported now)."""
+        for module, attr, part in phases:
+            self.pending[module].append((attr, part))
+        import importlib._bootstrap as bootstrap
+
+        real = bootstrap._find_and_load
+
+        def find_and_load(name: str, import_: Any) -> Any:
+            top = name.partition(".")[0]
+            module = self.timed(f"import {top}", real, name, import_) if self.imports else real(name, import_)
+            if name in self.pending:
+                self._wrap_module(module, self.pending.pop(name))
+            return module
+
+        bootstrap._find_and_load = find_and_load
+        if self.imports:
+            gc.callbacks.append(self._collecting)
+        for name in [n for n in self.pending if n in sys.modules]:
+            self._wrap_module(sys.modules[name], self.pending.pop(name))
+
+    def _collecting(self, phase: str, info: dict[str, int]) -> None:
+        """Python's cyclic garbage collections, timed as a part of their own (they run inside other parts)."""
+        stack = self.local.__dict__.setdefault("stack", [])
+        if phase == "start":
+            stack.append(0.0)
+            self.local.gc_start = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - self.local.gc_start
+        self.seconds[(self._thread(), f"garbage collection, generation {info['generation']}")] += elapsed - stack.pop()
+        if stack:
+            stack[-1] += elapsed
+
+    def _wrap_module(self, module: Any, attrs: list[tuple[str, str]]) -> None:
+        for attr, part in attrs:
+            owner, _, name = attr.rpartition(".")
+            target = getattr(module, owner) if owner else module
+            names = [name] if name != "*" else [
+                n for n, v in vars(target).items() if not n.startswith("__") and callable(v)
+                and getattr(v, "__module__", None) == module.__name__ and not isinstance(v, type)]
+            for n in names:
+                self.wrap(target, n, part)
+
+
+def child(out: Path, phases: bool, command: list[str]) -> int:
+    """Run ``sae-pipeline <command>`` here, timed; write what was measured to ``out`` as JSON."""
+    start = time.perf_counter()
+    import atexit
+
+    # Registered first, so it runs last: what the interpreter does at exit (Prefect stopping its temporary
+    # server, workers flushing) is measured up to here.
+    atexit.register(lambda: out.with_suffix(".exit").write_text(str(time.perf_counter() - start)))
+    timers = Timers(imports=phases)
+    timers.install(PHASES if phases else EPOCHS_ONLY)
+    from flows.cli import main as cli_main
+
+    try:
+        code = timers.timed("CLI: config, printing", cli_main, command)
+    finally:
+        wall = time.perf_counter() - start
+        parts: dict[str, dict[str, float]] = defaultdict(dict)
+        for (thread, part), seconds in timers.seconds.items():
+            parts[thread][part] = seconds
+        out.write_text(json.dumps({"wall": wall, "parts": parts}))
+    return code
+
+
+# -- the parent: the cases, side by side ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Bench:
+    """A temporary work folder, the environment of each case, and what each timed run measured."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        (tmp / "trivial.yaml").write_text(TRIVIAL)
+        base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+        self.local = base | ENV | {"PREFECT_HOME": str(tmp / "prefect-home"),
+                                   "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+        self.servers: dict[str, str] | None = None
+        self.walls: dict[str, list[float]] = defaultdict(list)
+        self.epochs: list[float] = []
+
+    def start_servers(self) -> None:
+        sys.path.insert(0, str(ROOT))
+        from pipeline.app import servers
+
+        self.servers = servers.start(self.tmp / "servers", free_port(), free_port(), quiet=True)
+
+    def stop_servers(self) -> None:
+        if self.servers is not None:
+            from pipeline.app import servers
+
+            servers.stop(self.tmp / "servers")
+
+    def cases(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        trivial = ["run", str(self.tmp / "trivial.yaml"), "--fresh"]
+        out = {
+            "import torch (the floor)": ([sys.executable, "-c", "import torch"], self.local),
+            "trivial run, temporary server": (self._child(trivial), self.local),
+        }
+        if self.servers is not None:
+            out["trivial run, running servers"] = (self._child(trivial), {**self.local, **self.servers})
+        out["digits make run, empty cache"] = (self._child(["run", "--fresh"]), self.local)
+        out["digits make run, every layer cached"] = (self._child(["run"]), self.local)
+        return out
+
+    def _child(self, command: list[str], phases: bool = False) -> list[str]:
+        report = self.tmp / "report.json"
+        return [sys.executable, str(Path(__file__).resolve()), "--child", str(report), *(["--phases"] if phases else []), "--", *command]
+
+    def time(self, name: str, command: list[str], env: dict[str, str]) -> dict[str, Any]:
+        report = self.tmp / "report.json"
+        report.unlink(missing_ok=True)
+        report.with_suffix(".exit").unlink(missing_ok=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, check=False)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        self.walls[name].append(wall)
+        measured = json.loads(report.read_text()) if report.exists() else {}
+        measured["outside"] = wall
+        if report.with_suffix(".exit").exists():
+            measured["exit"] = float(report.with_suffix(".exit").read_text()) - measured["wall"]
+        return measured
+
+    def phases(self, name: str, env: dict[str, str]) -> dict[str, Any]:
+        command = self._child(["run", str(self.tmp / "trivial.yaml"), "--fresh"], phases=True)
+        return self.time(f"{name} (timed by phase)", command, env)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def verdict(ok: bool, ratio: float, target: float) -> str:
+    return f"met ({ratio:.2f}x <= {target}x)" if ok else f"MISSED ({ratio:.2f}x > {target}x, by {ratio - target:.2f}x)"
+
+
+def print_ratios(bench: Bench, load: tuple[float, float]) -> None:
+    floor = median(bench.walls["import torch (the floor)"])
+    print(f"\nload average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs; "
+          f"median of {len(bench.walls['import torch (the floor)'])} round(s), each case a fresh process")
+    print("| case | wall s (each) | median s | x floor | target |")
+    print("|---|---|---|---|---|")
+    for name, walls in bench.walls.items():
+        if "timed by phase" in name:
+            continue
+        ratio = median(walls) / floor
+        target = TARGETS.get(name)
+        aim = verdict(ratio <= target, ratio, target) if target else ""
+        if name == "digits make run, empty cache" and bench.epochs:
+            epochs = median(bench.epochs)
+            bound = median(walls) / (epochs + floor)
+            aim = (f"{bound:.2f}x (its epochs {epochs:.1f} s + the floor): "
+                   + verdict(bound <= EPOCHS_TARGET, bound, EPOCHS_TARGET).split(" (")[0])
+        print(f"| {name} | {', '.join(f'{w:.1f}' for w in walls)} | {median(walls):.1f} | {ratio:.2f} | {aim} |")
+
+
+def print_phases(title: str, measured: dict[str, Any]) -> None:
+    parts = measured["parts"]
+    main = dict(parts.get("main", {}))
+    wall, outside = measured["wall"], measured["outside"]
+    main["at exit (atexit: Prefect's server stop, workers' flush)"] = measured.get("exit", 0.0)
+    main["Python start-up and shutdown"] = outside - wall - measured.get("exit", 0.0)
+    main["the rest (untimed code on the main thread)"] = wall - sum(v for k, v in parts.get("main", {}).items())
+    imports = sum(v for k, v in main.items() if k.startswith("import "))
+    print(f"\n{title}: {outside:.1f} s wall; imports on the main thread {imports:.1f} s")
+    print("| main thread: part | s | share |")
+    print("|---|---|---|")
+    for part, seconds in sorted(main.items(), key=lambda kv: -kv[1]):
+        if seconds >= 0.02:
+            print(f"| {part} | {seconds:.2f} | {seconds / outside:.0%} |")
+    others = {t: p for t, p in parts.items() if t != "main" and sum(p.values()) >= 0.05}
+    if others:
+        print("\noff the main thread (overlapping the above): " + "; ".join(
+            f"{thread}: " + ", ".join(f"{part} {s:.2f}" for part, s in sorted(p.items(), key=lambda kv: -kv[1])
+                                      if s >= 0.02) for thread, p in others.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round (default: --rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default 3)")
+    parser.add_argument("--no-phases", action="store_true", help="skip the by-phase breakdown")
+    parser.add_argument("--no-servers", action="store_true", help="skip the running-servers case")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--phases", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        return child(args.child, args.phases, args.command)
+    rounds = 1 if args.quick else max(args.rounds, 0)  # 0: the breakdown alone
+    with tempfile.TemporaryDirectory(prefix="sae-run-floor-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            load_start = os.getloadavg()[0]
+            if not args.no_servers:
+                bench.start_servers()
+            cases = bench.cases()
+            # Warm-up, not counted: the Prefect home's database, the MLflow store, the file cache.
+            bench.time("warm-up", *cases["trivial run, temporary server"])
+            del bench.walls["warm-up"]
+            for _ in range(rounds):
+                for name, (command, env) in cases.items():
+                    measured = bench.time(name, command, env)
+                    if name == "digits make run, empty cache":
+                        bench.epochs.append(sum(p.get(EPOCH_PART, 0.0) for p in measured["parts"].values()))
+            breakdowns = []
+            if not args.no_phases:
+                breakdowns.append(("trivial run, temporary server", bench.phases("temporary", bench.local)))
+                if bench.servers is not None:
+                    breakdowns.append(("trivial run, running servers",
+                                       bench.phases("servers", {**bench.local, **bench.servers})))
+            if rounds:
+                print_ratios(bench, (load_start, os.getloadavg()[0]))
+            for title, measured in breakdowns:
+                print_phases(f"{title}, by phase", measured)
+        finally:
+            bench.stop_servers()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The collector skips what a run imported: full collections wait during start-up, and the exit walks nothing."""
+
+import gc
+import os
+import subprocess
+import sys
+
+from pipeline.process import heap
+from tests import ROOT
+
+EXIT_FREEZES = """
+import atexit, gc
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))  # runs after quiet_runtime's
+from pipeline.process.runtime import quiet_runtime
+quiet_runtime()
+quiet_runtime()  # a second call registers nothing twice
+import json  # something alive to freeze
+"""
+
+
+def test_start_up_defers_full_collections_and_freezes_what_exists_at_its_end():
+    before_thresholds, before_frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        with heap.start_up():
+            inside = gc.get_threshold()
+            made = [[] for _ in range(1000)]  # objects alive at the end of the block
+        assert inside[:2] == before_thresholds[:2] and inside[2] == heap.RARE_FULL_COLLECTIONS
+        assert gc.get_threshold() == before_thresholds
+        assert gc.get_freeze_count() >= before_frozen + len(made)
+    finally:
+        gc.unfreeze()
+
+
+def test_the_exit_freezes_every_object_after_the_other_exit_handlers():
+    done = subprocess.run([sys.executable, "-c", EXIT_FREEZES], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["frozen at exit: True"]
