@@ -1,4 +1,4 @@
-"""The collector skips what a run imported: full collections wait during start-up, and the exit walks nothing."""
+"""The collector skips what a run imported: nothing is collected during start-up, and the exit walks nothing."""
 
 import gc
 import os
@@ -18,16 +18,26 @@ import json  # something alive to freeze
 """
 
 
-def test_start_up_defers_full_collections_and_freezes_what_exists_at_its_end():
-    before_thresholds, before_frozen = gc.get_threshold(), gc.get_freeze_count()
+def test_start_up_collects_nothing_inside_and_freezes_what_exists_at_its_end():
+    before_frozen = gc.get_freeze_count()
     try:
         with heap.start_up():
-            inside = gc.get_threshold()
+            inside = gc.isenabled()
             made = [[] for _ in range(1000)]  # objects alive at the end of the block
-        assert inside[:2] == before_thresholds[:2] and inside[2] == heap.RARE_FULL_COLLECTIONS
-        assert gc.get_threshold() == before_thresholds
+        assert inside is False and gc.isenabled()
         assert gc.get_freeze_count() >= before_frozen + len(made)
     finally:
+        gc.unfreeze()
+
+
+def test_start_up_leaves_a_disabled_collector_disabled():
+    gc.disable()
+    try:
+        with heap.start_up():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
         gc.unfreeze()
 
 
