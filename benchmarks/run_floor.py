@@ -64,6 +64,10 @@ TARGETS = {"trivial run, running servers": 4.0, "trivial run, temporary server":
            "digits make run, every layer cached": 3.0}
 EPOCHS_TARGET = 1.5  # digits make run <= 1.5 x (its epochs + the floor)
 EPOCH_PART = "training epochs (Lightning's epoch loop)"
+FLOOR = "import torch (the floor)"
+LIBRARIES = "import torch, Lightning, Prefect, MLflow (libraries' floor)"
+SERVER = "Prefect's temporary server: start and stop (its floor)"
+SERVER_ALONE = "from prefect.server.api.server import SubprocessASGIServer as S; s = S(); s.start(); s.stop()"
 
 # (module, attribute or Class.attribute or Class.* or *, part): installed as each module is imported.
 PHASES = (
@@ -95,6 +99,7 @@ PHASES = (
     ("pipeline.run.greedy", "stack_encoder", "codes and test metrics"),
 )
 EPOCHS_ONLY = tuple(p for p in PHASES if p[2] == EPOCH_PART)
+PROJECT = {"pipeline", "flows", "sae"}
 
 
 # -- the child: one sae-pipeline command in this process, with timers ------------------------------------------
@@ -146,8 +151,7 @@ class Timers:
         real = bootstrap._find_and_load
 
         def find_and_load(name: str, import_: Any) -> Any:
-            top = name.partition(".")[0]
-            module = self.timed(f"import {top}", real, name, import_) if self.imports else real(name, import_)
+            module = self._import(real, name, import_) if self.imports else real(name, import_)
             if name in self.pending:
                 self._wrap_module(module, self.pending.pop(name))
             return module
@@ -157,6 +161,21 @@ class Timers:
             gc.callbacks.append(self._collecting)
         for name in [n for n in self.pending if n in sys.modules]:
             self._wrap_module(sys.modules[name], self.pending.pop(name))
+
+    def _import(self, real: Callable[..., Any], name: str, import_: Any) -> Any:
+        """Time an import as part of the outermost third-party import under way on this thread: what
+        ``import pytorch_lightning`` loads (torchmetrics, SciPy...) counts as Lightning's, unless already loaded."""
+        top = name.partition(".")[0]
+        if top in PROJECT:
+            return self.timed("import: sae-pipeline's own modules", real, name, import_)
+        root = self.local.__dict__.get("root")
+        if root is not None:
+            return self.timed(f"import {root}", real, name, import_)
+        self.local.root = top
+        try:
+            return self.timed(f"import {top}", real, name, import_)
+        finally:
+            self.local.root = None
 
     def _collecting(self, phase: str, info: dict[str, int]) -> None:
         """Python's cyclic garbage collections, timed as a part of their own (they run inside other parts)."""
@@ -239,8 +258,11 @@ class Bench:
 
     def cases(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         trivial = ["run", str(self.tmp / "trivial.yaml"), "--fresh"]
+        python = [sys.executable, "-c"]
         out = {
-            "import torch (the floor)": ([sys.executable, "-c", "import torch"], self.local),
+            FLOOR: ([*python, "import torch"], self.local),
+            LIBRARIES: ([*python, "import torch, pytorch_lightning, prefect, mlflow.pyfunc"], self.local),
+            SERVER: ([*python, SERVER_ALONE], self.local),
             "trivial run, temporary server": (self._child(trivial), self.local),
         }
         if self.servers is not None:
@@ -251,7 +273,8 @@ class Bench:
 
     def _child(self, command: list[str], phases: bool = False) -> list[str]:
         report = self.tmp / "report.json"
-        return [sys.executable, str(Path(__file__).resolve()), "--child", str(report), *(["--phases"] if phases else []), "--", *command]
+        return [sys.executable, str(Path(__file__).resolve()), "--child", str(report),
+                *(["--phases"] if phases else []), "--", *command]
 
     def time(self, name: str, command: list[str], env: dict[str, str]) -> dict[str, Any]:
         report = self.tmp / "report.json"
@@ -284,9 +307,9 @@ def verdict(ok: bool, ratio: float, target: float) -> str:
 
 
 def print_ratios(bench: Bench, load: tuple[float, float]) -> None:
-    floor = median(bench.walls["import torch (the floor)"])
+    floor = median(bench.walls[FLOOR])
     print(f"\nload average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs; "
-          f"median of {len(bench.walls['import torch (the floor)'])} round(s), each case a fresh process")
+          f"median of {len(bench.walls[FLOOR])} round(s), each case a fresh process")
     print("| case | wall s (each) | median s | x floor | target |")
     print("|---|---|---|---|---|")
     for name, walls in bench.walls.items():

@@ -20,14 +20,11 @@ import json  # something alive to freeze
 
 def test_start_up_collects_nothing_inside_and_freezes_what_exists_at_its_end():
     before_frozen = gc.get_freeze_count()
-    try:
-        with heap.start_up():
-            inside = gc.isenabled()
-            made = [[] for _ in range(1000)]  # objects alive at the end of the block
-        assert inside is False and gc.isenabled()
-        assert gc.get_freeze_count() >= before_frozen + len(made)
-    finally:
-        gc.unfreeze()
+    with heap.start_up():
+        inside = gc.isenabled()
+        made = [[] for _ in range(1000)]  # objects alive at the end of the block
+    assert inside is False and gc.isenabled()
+    assert gc.get_freeze_count() >= before_frozen + len(made)
 
 
 def test_start_up_leaves_a_disabled_collector_disabled():
@@ -38,7 +35,6 @@ def test_start_up_leaves_a_disabled_collector_disabled():
         assert not gc.isenabled()
     finally:
         gc.enable()
-        gc.unfreeze()
 
 
 def test_the_exit_freezes_every_object_after_the_other_exit_handlers():
