@@ -7,7 +7,7 @@ with exactly the command Prefect runs (``SubprocessASGIServer._run_uvicorn_comma
 on the other core while the run imports its code; ``hand_to`` then registers it as Prefect's own temporary
 server (``SubprocessASGIServer``: Prefect talks to it, logs its start and stops it at exit as usual) and
 ``wait_until_healthy`` does what Prefect's ``start`` does. When the run stops early (bad input) or Prefect's
-settings name a server after all, ``drop`` ends it; the watchdog (``flows.server_guard.watch``) ends it in any
+settings name a server after all, ``drop`` ends it; the watchdog (``flows.watchdog``) ends it in any
 case once the run's process is gone.
 """
 
@@ -70,7 +70,7 @@ class EarlyServer:
         self.process = self._start()
 
     def _start(self) -> subprocess.Popen:
-        from flows.server_guard import watch
+        from flows.watchdog import watch
 
         spec = importlib.util.find_spec("prefect")
         assert spec is not None and spec.origin is not None, "prefect is a dependency"
