@@ -9,16 +9,21 @@ fresh process timed from the outside:
   server started here, as ``sae-pipeline servers start`` does, on free ports);
 - the digits ``make run`` config (2 layers x 60 epochs, 50 fine-tuning epochs) on an empty cache, against the
   sum of its layer and fine-tuning epochs (time inside Lightning's epoch loop) plus the floor;
-- the same config again, every layer cached.
+- the same config again, every layer cached;
+- and beside them two floors that are the libraries' own: importing torch, Lightning, Prefect and MLflow's
+  pyfunc (what a run that trains and logs a model cannot avoid), and Prefect's temporary server started and
+  stopped on its own.
 
 Targets: trivial run <= 4x the floor with running servers, <= 5x with the temporary server; the cached
 re-run <= 3x; the digits run <= 1.5x (its epochs + the floor). Then one trivial run of each kind again, broken
 down by phase, on the main thread and off it: imports by package, the Prefect server start and the wait for it,
 Prefect's flow and task glue, MLflow runs and logging, model logging and its checks, registry, plots, probes.
 Timers wrap the functions that do each part (exclusive: a part nested in another counts once, in the inner
-one; an import counts as an import wherever it happens); what no timer covers is "the rest".
+one); an import counts under the outermost library import that pulled it in (what ``import pytorch_lightning``
+loads, torchmetrics and SciPy among it, is Lightning's), wherever it happens; Python's garbage collections
+count apart; what no timer covers is "the rest".
 
-    .venv/bin/python benchmarks/run_floor.py [--quick] [--rounds N] [--no-phases]
+    .venv/bin/python benchmarks/run_floor.py [--quick] [--rounds N] [--no-phases] [--before CHECKOUT]
 
 ``--quick`` (one round, under ~3 minutes on a quiet machine) is what to run after a change.
 """
@@ -64,6 +69,7 @@ TARGETS = {"trivial run, running servers": 4.0, "trivial run, temporary server":
            "digits make run, every layer cached": 3.0}
 EPOCHS_TARGET = 1.5  # digits make run <= 1.5 x (its epochs + the floor)
 EPOCH_PART = "training epochs (Lightning's epoch loop)"
+REST = "the rest: CLI, config, start-up steps, printing, code no timer covers"
 FLOOR = "import torch (the floor)"
 LIBRARIES = "import torch, Lightning, Prefect, MLflow (libraries' floor)"
 SERVER = "Prefect's temporary server: start and stop (its floor)"
@@ -71,7 +77,7 @@ SERVER_ALONE = "from prefect.server.api.server import SubprocessASGIServer as S;
 
 # (module, attribute or Class.attribute or Class.* or *, part): installed as each module is imported.
 PHASES = (
-    ("flows.cli", "_run", "CLI: config, printing"),
+    ("flows.cli", "_run", REST),
     ("pipeline.app.preflight", "check_run", "preflight: data read and checks"),
     ("prefect.server.api.server", "SubprocessASGIServer.start", "Prefect: temporary server start"),
     ("flows.server_guard", "wait_for_temporary_server", "Prefect: wait for the temporary server"),
@@ -112,6 +118,7 @@ class Timers:
         self.local = threading.local()
         self.imports = imports
         self.pending: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        self.missing: list[str] = []  # phases whose function this code no longer has
 
     def _thread(self) -> str:
         thread = threading.current_thread()
@@ -185,14 +192,17 @@ class Timers:
             self.local.gc_start = time.perf_counter()
             return
         elapsed = time.perf_counter() - self.local.gc_start
-        self.seconds[(self._thread(), f"garbage collection, generation {info['generation']}")] += elapsed - stack.pop()
+        self.seconds[(self._thread(), "garbage collection")] += elapsed - stack.pop()
         if stack:
             stack[-1] += elapsed
 
     def _wrap_module(self, module: Any, attrs: list[tuple[str, str]]) -> None:
         for attr, part in attrs:
             owner, _, name = attr.rpartition(".")
-            target = getattr(module, owner) if owner else module
+            target = getattr(module, owner, None) if owner else module
+            if target is None or (name != "*" and name not in vars(target)):
+                self.missing.append(f"{module.__name__}.{attr}")
+                continue
             names = [name] if name != "*" else [
                 n for n, v in vars(target).items() if not n.startswith("__") and callable(v)
                 and getattr(v, "__module__", None) == module.__name__ and not isinstance(v, type)]
@@ -213,13 +223,13 @@ def child(out: Path, phases: bool, command: list[str]) -> int:
     from flows.cli import main as cli_main
 
     try:
-        code = timers.timed("CLI: config, printing", cli_main, command)
+        code = timers.timed(REST, cli_main, command)
     finally:
         wall = time.perf_counter() - start
         parts: dict[str, dict[str, float]] = defaultdict(dict)
         for (thread, part), seconds in timers.seconds.items():
             parts[thread][part] = seconds
-        out.write_text(json.dumps({"wall": wall, "parts": parts}))
+        out.write_text(json.dumps({"wall": wall, "parts": parts, "not timed": timers.missing}))
     return code
 
 
@@ -242,7 +252,7 @@ class Bench:
                                    "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
         self.servers: dict[str, str] | None = None
         self.walls: dict[str, list[float]] = defaultdict(list)
-        self.epochs: list[float] = []
+        self.epochs: dict[str, list[float]] = defaultdict(list)  # make-run case -> its epochs' seconds
 
     def start_servers(self) -> None:
         sys.path.insert(0, str(ROOT))
@@ -256,15 +266,24 @@ class Bench:
 
             servers.stop(self.tmp / "servers")
 
-    def cases(self) -> dict[str, tuple[list[str], dict[str, str]]]:
-        trivial = ["run", str(self.tmp / "trivial.yaml"), "--fresh"]
+    def cases(self, before: Path | None = None) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """Every case by name; with ``before``, each run also with that checkout's code ("... (before)")."""
         python = [sys.executable, "-c"]
         out = {
             FLOOR: ([*python, "import torch"], self.local),
             LIBRARIES: ([*python, "import torch, pytorch_lightning, prefect, mlflow.pyfunc"], self.local),
             SERVER: ([*python, SERVER_ALONE], self.local),
-            "trivial run, temporary server": (self._child(trivial), self.local),
         }
+        for name, (command, env) in self.runs().items():
+            out[name] = (command, env)
+            if before is not None:
+                out[f"{name} (before)"] = (command, env | {"PYTHONPATH": str(before),
+                                                           "PREFECT_HOME": f"{env['PREFECT_HOME']}-before"})
+        return out
+
+    def runs(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        trivial = ["run", str(self.tmp / "trivial.yaml"), "--fresh"]
+        out = {"trivial run, temporary server": (self._child(trivial), self.local)}
         if self.servers is not None:
             out["trivial run, running servers"] = (self._child(trivial), {**self.local, **self.servers})
         out["digits make run, empty cache"] = (self._child(["run", "--fresh"]), self.local)
@@ -297,6 +316,19 @@ class Bench:
         command = self._child(["run", str(self.tmp / "trivial.yaml"), "--fresh"], phases=True)
         return self.time(f"{name} (timed by phase)", command, env)
 
+    def breakdowns(self, before: Path | None) -> list[tuple[str, dict[str, Any]]]:
+        """(title, what was measured) of a trivial run by phase, per server kind (and before)."""
+        out = []
+        kinds = [("temporary server", {})] + ([("running servers", self.servers)] if self.servers else [])
+        trees = [("", {})] + ([(" (before)", {"PYTHONPATH": str(before),
+                                              "PREFECT_HOME": f"{self.local['PREFECT_HOME']}-before"})]
+                              if before else [])
+        for kind, servers in kinds:
+            for label, code in trees:
+                env = self.local | servers | code
+                out.append((f"trivial run, {kind}{label}", self.phases(f"{kind}{label}", env)))
+        return out
+
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -316,13 +348,13 @@ def print_ratios(bench: Bench, load: tuple[float, float]) -> None:
         if "timed by phase" in name:
             continue
         ratio = median(walls) / floor
-        target = TARGETS.get(name)
+        target = TARGETS.get(name.removesuffix(" (before)"))
         aim = verdict(ratio <= target, ratio, target) if target else ""
-        if name == "digits make run, empty cache" and bench.epochs:
-            epochs = median(bench.epochs)
+        if bench.epochs.get(name):
+            epochs = median(bench.epochs[name])
             bound = median(walls) / (epochs + floor)
             aim = (f"{bound:.2f}x (its epochs {epochs:.1f} s + the floor): "
-                   + verdict(bound <= EPOCHS_TARGET, bound, EPOCHS_TARGET).split(" (")[0])
+                   + verdict(bound <= EPOCHS_TARGET, bound, EPOCHS_TARGET))
         print(f"| {name} | {', '.join(f'{w:.1f}' for w in walls)} | {median(walls):.1f} | {ratio:.2f} | {aim} |")
 
 
@@ -332,9 +364,10 @@ def print_phases(title: str, measured: dict[str, Any]) -> None:
     wall, outside = measured["wall"], measured["outside"]
     main["at exit (atexit: Prefect's server stop, workers' flush)"] = measured.get("exit", 0.0)
     main["Python start-up and shutdown"] = outside - wall - measured.get("exit", 0.0)
-    main["the rest (untimed code on the main thread)"] = wall - sum(v for k, v in parts.get("main", {}).items())
     imports = sum(v for k, v in main.items() if k.startswith("import "))
     print(f"\n{title}: {outside:.1f} s wall; imports on the main thread {imports:.1f} s")
+    if measured.get("not timed"):
+        print(f"(not timed, not found in this code: {', '.join(measured['not timed'])})")
     print("| main thread: part | s | share |")
     print("|---|---|---|")
     for part, seconds in sorted(main.items(), key=lambda kv: -kv[1]):
@@ -353,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default 3)")
     parser.add_argument("--no-phases", action="store_true", help="skip the by-phase breakdown")
     parser.add_argument("--no-servers", action="store_true", help="skip the running-servers case")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run every case with another checkout's code (e.g. the main branch), side by side")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phases", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs="*", help=argparse.SUPPRESS)
@@ -366,21 +401,18 @@ def main(argv: list[str] | None = None) -> int:
             load_start = os.getloadavg()[0]
             if not args.no_servers:
                 bench.start_servers()
-            cases = bench.cases()
-            # Warm-up, not counted: the Prefect home's database, the MLflow store, the file cache.
-            bench.time("warm-up", *cases["trivial run, temporary server"])
-            del bench.walls["warm-up"]
+            cases = bench.cases(args.before)
+            # Warm-up, not counted: the Prefect home's database, the MLflow store and servers, the file cache.
+            for name in [n for n in cases if n.startswith("trivial run")]:
+                bench.time("warm-up", *cases[name])
+            bench.walls.pop("warm-up", None)
             for _ in range(rounds):
                 for name, (command, env) in cases.items():
                     measured = bench.time(name, command, env)
-                    if name == "digits make run, empty cache":
-                        bench.epochs.append(sum(p.get(EPOCH_PART, 0.0) for p in measured["parts"].values()))
-            breakdowns = []
-            if not args.no_phases:
-                breakdowns.append(("trivial run, temporary server", bench.phases("temporary", bench.local)))
-                if bench.servers is not None:
-                    breakdowns.append(("trivial run, running servers",
-                                       bench.phases("servers", {**bench.local, **bench.servers})))
+                    if name.startswith("digits make run, empty cache"):
+                        epochs = sum(p.get(EPOCH_PART, 0.0) for p in measured["parts"].values())
+                        bench.epochs[name].append(epochs)
+            breakdowns = [] if args.no_phases else bench.breakdowns(args.before)
             if rounds:
                 print_ratios(bench, (load_start, os.getloadavg()[0]))
             for title, measured in breakdowns:
