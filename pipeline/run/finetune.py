@@ -141,7 +141,7 @@ def _run(method: Method, encoder: StackedEncoder, rows: ChoosingRows, top: Choos
     codes = np.asarray(top.train[top.labeled], np.float32)
     weight_decay = settings.weight_decay
     if method == "semi":  # scikit-learn's objective: mean cross-entropy + ||W||^2 / (2 C n)
-        from pipeline.evaluation.cross_validation import fit_probe_cv  # scikit-learn's folds: semi alone needs them
+        from pipeline.evaluation.cross_validation import fit_probe_cv  # scikit-learn folds: semi only
 
         c = fit_probe_cv(codes, y, standardise=False, seed=seed, device=device.torch).c
         weight_decay = 1.0 / (c * len(y))
