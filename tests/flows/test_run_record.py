@@ -7,6 +7,7 @@ them into the record, run ``SAE_WRITE_RUN_RECORD=1 pytest tests/flows/test_run_r
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,13 @@ def tiny(tmp: Path) -> dict:
 def _files(list_: Any, path: str | None = None) -> list[str]:
     out = []
     for info in list_(path):
-        out.extend(_files(list_, info.path) if info.is_dir else [info.path])
+        out.extend(_files(list_, info.path) if info.is_dir else [_stable(info.path)])
     return sorted(out)
+
+
+def _stable(path: str) -> str:
+    """A logged image's file name without the time and id MLflow puts in it (``images/loss+step+2+timestamp+...``)."""
+    return re.sub(r"\+timestamp\+\d+\+[0-9a-f-]+", "+timestamp+T+ID", path)
 
 
 ONLY_IN_A_CHECKOUT = {"git_commit", "mlflow.source.git.commit"}  # absent where the code is not a git checkout
