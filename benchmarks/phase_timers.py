@@ -40,7 +40,7 @@ PHASES = (
     ("pipeline.tracking.versions", "*", "registry"),
     ("pipeline.tracking.plots", "*", "plots"),
     ("pipeline.evaluation.layer_probes", "probe_accuracies", "probes"),
-    ("pipeline.evaluation.layer_probes", "_probe", "probes"),
+    ("pipeline.evaluation.layer_probes", "probe_test_accuracy", "probes"),
     ("pipeline.run.layer_store", "*", "layer cache"),
     ("pipeline.run.greedy", "train_autoencoder", "training: Lightning set-up around the epochs"),
     ("pytorch_lightning.loops.fit_loop", "_FitLoop.advance", EPOCH_PART),
