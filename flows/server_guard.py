@@ -170,6 +170,8 @@ def start_temporary_server_soon(early: EarlyServer | None = None) -> None:
         try:
             if early is None or not early.wait_until_healthy(server, timeout):
                 server.start()
+            else:  # the early server: watched by stop_run_if_server_dies like one started through _OwnSession
+                _servers.append(early.process)
             httpx.get(f"{server.api_url}/admin/version", timeout=30)
         except Exception:  # noqa: BLE001, S110 - Prefect's own start in the flow reports it
             pass
