@@ -2,45 +2,25 @@
 
 Prefect starts it as a child in our process group: Ctrl-C reaches it too (the run then hangs reporting to a
 dead server), and a SIGKILLed run leaves it listening forever. Here it gets its own session, and a small
-watchdog process ends that session as soon as the run's process is gone, however it ended.
+watchdog process (``flows.watchdog``) ends that session as soon as the run's process is gone, however it ended.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-WATCHDOG = """
-import os, signal, sys, time
-parent, server = int(sys.argv[1]), int(sys.argv[2])
+from flows.watchdog import watch
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
-    except OSError:
-        return False
-
-while alive(server):
-    if not alive(parent):
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-            try:
-                os.killpg(server, sig)
-            except ProcessLookupError:
-                break
-            end = time.monotonic() + wait
-            while time.monotonic() < end and alive(server):
-                time.sleep(0.1)
-        break
-    time.sleep(0.5)
-"""
+if TYPE_CHECKING:
+    from flows.early_server import EarlyServer
 
 
 class _OwnSession:
@@ -96,13 +76,6 @@ def server_lost() -> str | None:
     return _lost[0] if _lost else None
 
 
-def watch(parent: int, server: int) -> subprocess.Popen:
-    """Start a detached watchdog that ends ``server``'s session once ``parent`` has exited."""
-    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(parent), str(server)], start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            close_fds=True)
-
-
 def guard_temporary_server() -> None:
     """Make every temporary Prefect server this process starts watched and signal-isolated (idempotent)."""
     from prefect.server.api import server as server_module
@@ -133,17 +106,35 @@ def no_heartbeats_on_temporary_server() -> Iterator[None]:
 
     Heartbeats let a lasting server mark a run whose process died as crashed; the temporary server ends with
     this process, so nothing could ever read them. And each flow run's end waited for its heartbeat thread's
-    one-second sleep (0.6 s of a 19 s run, measured). With a Prefect server (``PREFECT_API_URL``) they stay on.
+    one-second sleep (0.6 s of a 19 s run, measured). With a Prefect server (``PREFECT_API_URL``) they stay on,
+    and the flow run's end does not wait for them.
     """
     from prefect.settings import temporary_settings
 
     if not temporary_server_expected():
-        yield
+        with _heartbeats_not_waited_for():
+            yield
         return
     # Its API calls retry TEMPORARY_SERVER_RETRIES times (2 + 4 + 8 s), not Prefect's 5 (62 s): the server is this
     # process's own, on loopback; once it is gone, each call of the crashed run's shutdown waited out all five.
     with temporary_settings(updates={"flows.heartbeat_frequency": None, "client.max_retries": TEMPORARY_SERVER_RETRIES}):
         yield
+
+
+@contextmanager
+def _heartbeats_not_waited_for() -> Iterator[None]:
+    """With a lasting server, flow runs in the block keep their heartbeats, but their end no longer joins the
+    heartbeat thread, which sleeps in one-second steps (up to 1 s a flow run); it sees the end and stops by
+    itself, as it does for Prefect's async flows (``_send_heartbeats(..., join_on_exit=False)``; private,
+    prefect is pinned)."""
+    from prefect import flow_engine
+
+    heartbeats = flow_engine._send_heartbeats
+    flow_engine._send_heartbeats = functools.partial(heartbeats, join_on_exit=False)
+    try:
+        yield
+    finally:
+        flow_engine._send_heartbeats = heartbeats
 
 
 def temporary_server_expected() -> bool:
@@ -157,18 +148,30 @@ def temporary_server_expected() -> bool:
 _starting: list[threading.Thread] = []  # temporary server starts under way (start_temporary_server_soon)
 
 
-def start_temporary_server_soon() -> None:
-    """Start Prefect's temporary server on a thread now, and ask it once for its version: ``start`` returns once
-    it answers its health check, but its first real answer takes another ~0.3 s of set-up. The caller goes on
-    importing and preparing meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``.
-    A failed start is left to Prefect, which starts it again in the flow and reports what went wrong."""
+def start_temporary_server_soon(early: EarlyServer | None = None) -> None:
+    """Start Prefect's temporary server on a thread now, or take over ``early`` (``flows.early_server``, started
+    before Prefect was imported), and ask it once for its version: ``start`` returns once it answers its health
+    check, but its first real answer takes another ~0.3 s of set-up. The caller goes on importing and preparing
+    meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``. A failed start is left
+    to Prefect, which starts it again in the flow and reports what went wrong."""
     import httpx
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    server = SubprocessASGIServer()
+    if early is not None and not server.running:
+        early.hand_to(server)
+    elif early is not None:  # Prefect already runs one in this process
+        early.drop()
+        early = None
+    timeout = get_current_settings().server.ephemeral.startup_timeout_seconds
 
     def start() -> None:
-        server = SubprocessASGIServer()
         try:
-            server.start()
+            if early is None or not early.wait_until_healthy(server, timeout):
+                server.start()
+            else:  # the early server: watched by stop_run_if_server_dies like one started through _OwnSession
+                _servers.append(early.process)
             httpx.get(f"{server.api_url}/admin/version", timeout=30)
         except Exception:  # noqa: BLE001, S110 - Prefect's own start in the flow reports it
             pass

@@ -1,4 +1,8 @@
-"""Train one layer with a pytorch_lightning Trainer: ``train_autoencoder``."""
+"""Train one layer with a pytorch_lightning Trainer: ``train_autoencoder``.
+
+Lightning (2 s to import, with the torchmetrics, SciPy and SymPy it loads) is imported by the functions that
+train, not by this module: code that only reuses trained layers never pays for it.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,21 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 
 from sae.batches import ShuffledBatches, row_chunks
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
-from sae.module import Optimizer, SAEModule
 from sae.quiet import quiet_lightning
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+
+    from sae.module import Optimizer
 
 ArrayLike = np.ndarray | torch.Tensor
 _CHUNK = 65_536
@@ -104,6 +111,10 @@ def train_autoencoder(
     check_inputs(X, config, "X")
     if validation is not None:
         check_inputs(validation, config, "validation")
+    import pytorch_lightning as pl
+
+    from sae.module import SAEModule
+
     pl.seed_everything(seed, workers=True, verbose=False)
     options = {"accelerator": "cpu", "devices": 1, **(trainer_options or {})}
     spawn = "spawn" in str(options.get("strategy", ""))
@@ -162,6 +173,8 @@ def quiet_trainer(
     **options: Any,
 ) -> pl.Trainer:
     """A Trainer that leaves nothing behind: no progress bar, summary, checkpoints or default logger."""
+    import pytorch_lightning as pl
+
     return pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,

@@ -3,50 +3,17 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import IO, TYPE_CHECKING, Any
-
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 
 from pipeline.run.hooks import PipelineHooks
 
 if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import Callback
+
     from pipeline.config import PipelineConfig
     from pipeline.data.loading import LoadedData
     from pipeline.run.finetune import FinetuneResult
     from pipeline.run.greedy import LayerResult
-
-
-class _EpochLine(Callback):
-    """One line per finished epoch. Lightning calls a callback's epoch-end hook before the module's, which is
-    where the module records the epoch: so each epoch is printed once the next starts, the last at the end."""
-
-    def __init__(self, label: str, epochs: int, stream: IO[str]) -> None:
-        self.label, self.epochs, self.stream = label, epochs, stream
-        self.started = time.perf_counter()
-        self.printed = 0  # history rows printed so far
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._print_new(pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._print_new(pl_module)
-
-    def _print_new(self, pl_module: pl.LightningModule) -> None:
-        history = getattr(pl_module, "history", [])
-        for row in history[self.printed:]:
-            self._print(row)
-        self.printed = len(history)
-
-    def _print(self, last: dict[str, float]) -> None:
-        parts = [f"{self.label} epoch {int(last['epoch']) + 1}/{self.epochs}", f"loss {last['loss']:.4f}"]
-        if "val_loss" in last:
-            parts.append(f"val {last['val_loss']:.4f}")
-        if "l0" in last:
-            parts.append(f"L0 {last['l0']:.1f}")
-        parts.append(f"{time.perf_counter() - self.started:.1f}s")
-        print("  ".join(parts), file=self.stream, flush=True)
 
 
 class ProgressPrinter(PipelineHooks):
@@ -67,7 +34,11 @@ class ProgressPrinter(PipelineHooks):
         )
 
     def layer_callbacks(self, index: int, settings: Any) -> list[Callback]:
-        return [_EpochLine(f"layer {index + 1}/{self.n_layers or '?'}", settings.epochs, self.stream)]
+        from pipeline.app.epoch_line import (
+            EpochLine,  # asked for only when a layer trains: Lightning is loaded
+        )
+
+        return [EpochLine(f"layer {index + 1}/{self.n_layers or '?'}", settings.epochs, self.stream)]
 
     def on_layer_end(self, result: LayerResult) -> None:
         how = "reused from cache" if result.reused else f"trained in {result.seconds:.1f}s"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.data.builtin import BUILTIN_DATASETS, BUILTIN_FEATURES, BUILTIN_LABELS, load_builtin
 from pipeline.data.labels import check_labeled, labeled_mask, unlabeled_like
@@ -19,6 +18,7 @@ from pipeline.data.paths import source_path
 from pipeline.data.readers import CHUNK_ROWS, Labels, read_array_file
 from pipeline.data.scaling import column_range, fit_scaling
 from pipeline.data.shapes import LARGE_FILE_BYTES
+from pipeline.data.splits import shuffle_split, stratified_split
 from pipeline.data.unlabeled import drop_classes, read_unlabeled, stack_rows
 from pipeline.errors import InputError
 from sae.chunks import row_chunks
@@ -81,10 +81,8 @@ def _split(where: str, X: np.ndarray, y: Labels, fraction: float, name: str, see
     n_keep, n_out = _split_sizes(where, X.shape[0], fraction, name)
     if isinstance(X, np.memmap):
         return slice(0, n_keep), slice(n_keep, None)
-    # Splitting the row numbers draws exactly the rows that splitting X itself would (same seed, same order).
-    keep, out = train_test_split(np.arange(X.shape[0]), test_size=n_out, random_state=seed,
-                                 stratify=_stratify(y, n_keep, n_out))
-    return keep, out
+    strata = _stratify(y, n_keep, n_out)
+    return shuffle_split(X.shape[0], n_out, seed) if strata is None else stratified_split(strata, n_out, seed)
 
 
 def _take(X: np.ndarray, y: Labels, rows: np.ndarray | slice) -> tuple[np.ndarray, Labels]:

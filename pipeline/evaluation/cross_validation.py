@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
 
 from pipeline.data.labels import class_indices, indices_of
 from pipeline.evaluation.probes import (
@@ -37,6 +36,8 @@ def cv_folds(y: np.ndarray, k: int = CV_FOLDS, seed: int = 0) -> list[tuple[np.n
     k = min(k, int(np.unique(y, return_counts=True)[1].min()))
     if k < 2:
         return []
+    from sklearn.model_selection import StratifiedKFold  # here: only runs with few labels cross-validate
+
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 

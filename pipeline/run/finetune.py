@@ -22,13 +22,12 @@ import torch
 from pipeline.data.labels import class_indices, indices_of
 from pipeline.data.loading import Splits
 from pipeline.evaluation.choosing import ChoosingRows, rows_for_choosing
-from pipeline.evaluation.cross_validation import fit_probe_cv
-from pipeline.run.end_to_end import Candidate, Device, Method, accuracy, start_model, train, vat_radius
 from sae.stack import StackedEncoder
 
 if TYPE_CHECKING:
     from pipeline.config import FinetuneConfig
     from pipeline.data.loading import LoadedData
+    from pipeline.run.end_to_end import Candidate, Device, Method
 
 EncoderKind = Literal["pretrained", "finetuned"]
 
@@ -83,6 +82,9 @@ def finetune_stack(
     uses their accelerator and precision on one device. ``logger`` gets the epochs of the last run (semi when
     two compete).
     """
+    # Here, not above: Lightning (end_to_end) loads only when fine-tuning runs, not for runs that train nothing.
+    from pipeline.run.end_to_end import Device, accuracy
+
     start = time.perf_counter()
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
     device = Device.of(dict(trainer_options or {}))
@@ -134,9 +136,13 @@ def _run(method: Method, encoder: StackedEncoder, rows: ChoosingRows, top: Choos
          settings: FinetuneConfig, *, seed: int, device: Device, logger: Any) -> Candidate:
     """One end-to-end run from its softmax on frozen codes (L2: the supervised setting, or chosen by k-fold CV
     over the labeled rows for semi), scored before and after."""
+    from pipeline.run.end_to_end import Candidate, accuracy, start_model, train, vat_radius
+
     codes = np.asarray(top.train[top.labeled], np.float32)
     weight_decay = settings.weight_decay
     if method == "semi":  # scikit-learn's objective: mean cross-entropy + ||W||^2 / (2 C n)
+        from pipeline.evaluation.cross_validation import fit_probe_cv  # scikit-learn folds: semi only
+
         c = fit_probe_cv(codes, y, standardise=False, seed=seed, device=device.torch).c
         weight_decay = 1.0 / (c * len(y))
     model = start_model(encoder, codes, y, len(classes), weight_decay=weight_decay,

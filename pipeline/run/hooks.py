@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytorch_lightning.callbacks import Callback
-
 if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import Callback
+
     from pipeline.config import PipelineConfig, ResolvedLayer
     from pipeline.data.loading import LoadedData
     from pipeline.run.finetune import FinetuneResult

@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
-from pytorch_lightning.utilities import rank_zero_only
 
+from pipeline.process.rank import process_rank
 from pipeline.run.degenerate import degenerate
 from pipeline.run.hooks import PipelineHooks
 from pipeline.run.results import TrackedRun
-from pipeline.tracking import describe, notes, registry, run_files, store, uris, versions
-from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
+from pipeline.tracking import describe, notes, registry, run_files, serving_check, store, uris, versions
 from pipeline.tracking.pyfunc import feature_names, log_encoder_model
 from pipeline.tracking.stale import close_stale_runs, process_tags
 from pipeline.tracking.store import dataset_inputs, git_commit, package_versions
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from pipeline.run.finetune import FinetuneResult
     from pipeline.run.greedy import LayerResult
     from pipeline.run.results import PretrainResult
+    from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
     from sae.stack import StackedEncoder
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class MlflowTracking(PipelineHooks):
 
     def on_run_start(self, config: PipelineConfig, data: LoadedData) -> None:
         """Open the parent run; log params, versions, the data set and the resolved config (rank 0 only)."""
-        if rank_zero_only.rank != 0:  # under ddp every rank runs the pipeline; one records it
+        if process_rank() != 0:  # under ddp every rank runs the pipeline; one records it
             return
         self.config, self.data = config, data
         self.uri = uris.resolve_tracking_uri(self.configured_uri or config.tracking_uri)
@@ -156,9 +156,10 @@ class MlflowTracking(PipelineHooks):
         infos = {"encoder": log_encoder_model(encoder, run_id=self.run_id, tracking_uri=self.uri,
                                               input_example=example, tags=tags("pretrained", encoder))}
         if finetuned is not None:
-            infos["encoder-finetuned"] = log_encoder_model(
-                finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
-                input_example=example, tags=tags("finetuned", finetuned.encoder))
+            with serving_check.skipped():  # same code, signature and example as the encoder checked just above
+                infos["encoder-finetuned"] = log_encoder_model(
+                    finetuned.encoder, run_id=self.run_id, tracking_uri=self.uri, name="encoder-finetuned",
+                    input_example=example, tags=tags("finetuned", finetuned.encoder))
         self._models = (encoder, finetuned, infos)
 
     def on_register(self, result: PretrainResult) -> None:
@@ -226,6 +227,7 @@ class MlflowTracking(PipelineHooks):
         """Open child run ``layer-<index+1>`` and hand Lightning a logger bound to it."""
         if self.run_id is None:
             return None
+        from pipeline.tracking.epoch_logger import BufferedMLFlowLogger  # Lightning: only when a layer trains
         name = f"layer-{index + 1}"
         self.lightning_logged.add(name)
         return BufferedMLFlowLogger(self._child(name, settings), self.uri)
@@ -248,6 +250,7 @@ class MlflowTracking(PipelineHooks):
         """Open child run ``finetune`` and hand Lightning a logger bound to it."""
         if self.run_id is None or self.config is None:
             return None
+        from pipeline.tracking.epoch_logger import BufferedMLFlowLogger
         self.lightning_logged.add("finetune")
         return BufferedMLFlowLogger(self._child("finetune", self.config.finetune), self.uri, describe.FINETUNE_CHARTS)
 

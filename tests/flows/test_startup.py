@@ -57,6 +57,29 @@ def test_heartbeats_are_off_for_a_temporary_server_only():
     assert get_current_settings().flows.heartbeat_frequency == frequency
 
 
+def test_with_a_lasting_server_the_flow_end_does_not_wait_for_the_heartbeat_thread(monkeypatch):
+    from prefect import flow, flow_engine
+
+    joins = []
+    real = flow_engine._send_heartbeats
+
+    def spy(engine, join_on_exit=True):
+        joins.append(join_on_exit)
+        return real(engine, join_on_exit=join_on_exit)
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", spy)
+
+    @flow
+    def quick() -> int:
+        return 1
+
+    assert get_current_settings().flows.heartbeat_frequency  # on: this suite's server is a lasting one
+    with no_heartbeats_on_temporary_server():
+        assert quick() == 1
+    assert quick() == 1
+    assert joins == [False, True] and flow_engine._send_heartbeats is spy
+
+
 @pytest.mark.parametrize("temporary", [True, False])
 def test_the_raw_probe_is_fitted_ahead_only_while_a_temporary_server_starts(tmp_path, monkeypatch, temporary):
     monkeypatch.setattr("flows.server_guard.temporary_server_expected", lambda: temporary)
