@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,14 +144,22 @@ def cli(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     return done.stdout
 
 
-def api(env: dict[str, str], path: str, body: dict | None = None) -> object:
-    """POST (or GET without body) to the Prefect REST API."""
+def api(env: dict[str, str], path: str, body: dict | None = None, tries: int = 5) -> object:
+    """POST (or GET without body) to the Prefect REST API. A 503 (the server's sqlite database busy, as while a
+    worker or a schedule writes) is retried after a second, as Prefect's own client does."""
     url = env["PREFECT_API_URL"].rstrip("/") + path
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(tries):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                         method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def wait_for_completed_run(env: dict[str, str], timeout: float, log: Path, proc: subprocess.Popen) -> dict:
