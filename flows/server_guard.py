@@ -138,41 +138,50 @@ def _heartbeats_not_waited_for() -> Iterator[None]:
 
 
 def temporary_server_expected() -> bool:
-    """True when flows here will report to a temporary Prefect server (no ``PREFECT_API_URL``): the first one
-    then waits seconds for it to start, with a core idle."""
+    """True when flows here will report to a temporary Prefect server (no ``PREFECT_API_URL``, or the one
+    ``flows.early_server`` exported): the first one then waits seconds for it to start, with a core idle."""
     from prefect.settings import get_current_settings
 
-    return not get_current_settings().api.url
+    from flows.early_server import exported_url
+
+    url = get_current_settings().api.url
+    return not url or url == exported_url()
 
 
 _starting: list[threading.Thread] = []  # temporary server starts under way (start_temporary_server_soon)
+_announce: list[EarlyServer] = []  # early servers whose start is logged once Prefect's logging is set up
 
 
 def start_temporary_server_soon(early: EarlyServer | None = None) -> None:
-    """Start Prefect's temporary server on a thread now, or take over ``early`` (``flows.early_server``, started
-    before Prefect was imported), and ask it once for its version: ``start`` returns once it answers its health
-    check, but its first real answer takes another ~0.3 s of set-up. The caller goes on importing and preparing
-    meanwhile (the server takes ~7 s here), then calls ``wait_for_temporary_server``. A failed start is left
-    to Prefect, which starts it again in the flow and reports what went wrong."""
+    """Start Prefect's temporary server on a thread now, or name ``early`` (``flows.early_server``, started
+    before Prefect was imported) as Prefect's API and wait for it there, and ask it once for its version:
+    ``start`` returns once it answers its health check, but its first real answer takes another ~0.3 s of
+    set-up. The caller goes on importing and preparing meanwhile (the server takes ~7 s here), then calls
+    ``wait_for_temporary_server``. A failed start is left to Prefect, which starts it again in the flow and
+    reports what went wrong. Called before any Prefect client exists."""
+    import atexit
+
     import httpx
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
-    server = SubprocessASGIServer()
-    if early is not None and not server.running:
-        early.hand_to(server)
-    elif early is not None:  # Prefect already runs one in this process
-        early.drop()
-        early = None
     timeout = get_current_settings().server.ephemeral.startup_timeout_seconds
+    if early is not None:
+        early.export()
+        _announce.append(early)
+        atexit.register(early.stop)  # before Prefect's own exit handlers register: they run first
+    else:
+        guard_temporary_server()
 
     def start() -> None:
         try:
-            if early is None or not early.wait_until_healthy(server, timeout):
-                server.start()
-            else:  # the early server: watched by stop_run_if_server_dies like one started through _OwnSession
-                _servers.append(early.process)
-            httpx.get(f"{server.api_url}/admin/version", timeout=30)
+            if early is not None and early.wait_until_healthy(timeout):
+                _servers.append(early.process)  # watched by stop_run_if_server_dies as one Prefect started
+                url = early.api_url
+            else:
+                if early is not None:
+                    early.unexport()
+                url = _prefect_start()
+            httpx.get(f"{url}/admin/version", timeout=30)
         except Exception:  # noqa: BLE001, S110 - Prefect's own start in the flow reports it
             pass
 
@@ -181,7 +190,21 @@ def start_temporary_server_soon(early: EarlyServer | None = None) -> None:
     thread.start()
 
 
+def _prefect_start() -> str:
+    """Prefect's own temporary server start (in its own session, watched); its API URL."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    guard_temporary_server()
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
 def wait_for_temporary_server() -> None:
     """Wait until the server ``start_temporary_server_soon`` started answers (or its start failed)."""
+    while _announce:
+        early = _announce.pop()
+        if early.exported:  # not given back to Prefect's own start, which logs its own
+            early.announce()
     while _starting:
         _starting.pop().join()

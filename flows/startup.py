@@ -7,9 +7,9 @@
 2. SIGINT and SIGTERM become an interruption the run records (``pipeline.process.interrupts``; the CLI's ``main``
    restores the handlers when the command returns).
 3. Prefect's temporary server, if one will serve the flow, gets its own session and a watchdog
-   (``server_guard``): the one started in step 0 is handed to Prefect, or Prefect starts one on a thread now.
-4. MLflow's store is created, and model logging and plotting warmed, on another thread (after step 3's import
-   of Prefect's server models, which that thread must find whole).
+   (``server_guard``): the one started in step 0 is named to Prefect as its API (``PREFECT_API_URL``, so Prefect
+   never imports its server module), or Prefect starts one on a thread now.
+4. MLflow's store is created, and model logging and plotting warmed, on another thread.
 5. While a temporary server starts, the raw-input probe (it needs the data alone) is fitted on a third thread
    (``pipeline.evaluation.layer_probes.raw_probe_ahead``); with a lasting server it would compete with the first layer's
    training instead, so the run fits it at the end as usual.
@@ -83,17 +83,12 @@ def flow_session(config: PipelineConfig, *, debug: bool = False, check: Callable
 def _start_services(config: PipelineConfig, data: LoadedData, early: EarlyServer | None, stack: ExitStack, *,
                     raw_probe: bool) -> Future[float] | None:
     """Steps 3-5: the temporary server (``early`` or Prefect's), the store thread, the raw probe (returned)."""
-    from flows.server_guard import (
-        guard_temporary_server,
-        start_temporary_server_soon,
-        temporary_server_expected,
-    )
+    from flows.server_guard import start_temporary_server_soon, temporary_server_expected
     from pipeline.app.preflight import prepare_tracking_soon
     from pipeline.evaluation.layer_probes import raw_probe_ahead
 
     temporary = temporary_server_expected()
     if temporary:
-        guard_temporary_server()
         start_temporary_server_soon(early)
     elif early is not None:  # Prefect's settings name a server after all
         early.drop()

@@ -25,6 +25,23 @@ print(server.process.wait(timeout=30))
 """
 
 
+FALLBACK = """
+import json, os, signal, sys
+from flows import early_server, server_guard
+server = early_server.spawn()
+os.killpg(server.process.pid, signal.SIGKILL)  # it never answers
+server_guard.start_temporary_server_soon(server)
+exported = dict(url=os.environ.get("PREFECT_API_URL"), expected=server_guard.temporary_server_expected())
+server_guard.wait_for_temporary_server()
+from prefect.client.orchestration import get_client
+from prefect.settings import get_current_settings
+with get_client(sync_client=True) as client:  # Prefect's own temporary server, started again
+    answered = client.api_healthcheck() is None
+print(json.dumps({"exported": exported, "after": os.environ.get("PREFECT_API_URL"), "answered": answered,
+                  "url": get_current_settings().api.url, "modules": "prefect.server.api.server" in sys.modules}))
+"""
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI"))}
     return env | {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1",
@@ -97,3 +114,13 @@ def test_bad_data_found_after_the_early_start_exits_2_and_leaves_no_server(tmp_p
     while _servers_using(tmp_path / "prefect") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _servers_using(tmp_path / "prefect") == []
+
+
+def test_an_early_server_that_never_answers_gives_the_start_back_to_prefect(tmp_path):
+    done = subprocess.run([sys.executable, "-c", FALLBACK], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["exported"]["url"].startswith("http://127.0.0.1:") and seen["exported"]["expected"] is True
+    assert seen["after"] is None and seen["url"] is None  # the variable and Prefect's settings both given back
+    assert seen["answered"] and seen["modules"]  # Prefect started its own, and it answers

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -96,11 +97,20 @@ def test_run_on_a_fresh_machine_starts_one_temporary_server_ahead_and_finishes(t
     config.pop("search")
     config["defaults"] = {"epochs": 2}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no server: `make run` on a fresh clone
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}  # a fresh clone
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT), DO_NOT_TRACK="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "run.yaml"), "--json"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "run", str(tmp_path / "run.yaml"),
+                           "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["model_version"] == "1"
-    assert done.stderr.count("Stopping temporary server") == 1  # one server, started ahead, served the flow
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model_version"] == "1"
+    log = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert sum("Starting temporary server" in line for line in log) == 1  # one server, started ahead,
+    assert sum("Stopping temporary server" in line for line in log) == 1  # served the flow and ended with it
+    assert "prefect.server.api.server" not in imported  # named as the API: Prefect's server module never loaded
+    assert not any(" | View at " in line for line in log)  # no page on a server that ends with the run
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:  # the flow run, kept for `prefect server start`
+        [(name, state)] = db.execute("select name, state_type from flow_run").fetchall()
+    assert name.startswith("startup-") and state == "COMPLETED"
