@@ -94,9 +94,10 @@ def files_gone(client: MlflowClient, version: ModelVersion) -> str | None:
             source = client.get_logged_model(source.removeprefix("models:/").split("/")[0]).artifact_location
         except MlflowException:
             return f"logged model {source} is gone"
-    if source.startswith("file:"):
+    scheme = urlparse(source).scheme
+    if scheme == "file":
         path = Path(unquote(urlparse(source).path))
-    elif source and "://" not in source and not source.startswith(("runs:/", "models:/")):
+    elif source and len(scheme) <= 1:  # a bare path (or a Windows drive); mlflow-artifacts:/, s3://... are servers'
         path = Path(source)
     else:
         return None

@@ -278,3 +278,14 @@ def test_a_rerun_after_mlruns_was_deleted_registers_a_version_whose_files_exist(
     client = MlflowClient(uri)
     assert str(client.get_model_version_by_alias("rerun-encoder", "champion").version) == "2"
     assert versions.files_gone(client, client.get_model_version("rerun-encoder", "2")) is None
+
+
+@pytest.mark.parametrize("source", ["mlflow-artifacts:/1/models/m-0d4b/artifacts", "s3://bucket/1/m/artifacts",
+                                    "runs:/0d4b/encoder", "dbfs:/databricks/mlflow/1/m"])
+def test_files_on_a_server_are_never_taken_for_a_missing_local_folder(source):
+    class Version:  # only its source is read for these
+        pass
+
+    version = Version()
+    version.source = source
+    assert versions.files_gone(None, version) is None
