@@ -194,6 +194,11 @@ def _add_flow_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``sae-pipeline`` console script."""
     quiet_runtime()  # before any command imports torch
+    from flows.warm import delegate
+
+    warm = delegate(sys.argv[1:] if argv is None else argv)  # the warm runner of `servers start`, if it takes it
+    if warm is not None:
+        return warm
     code = pipeline_main(argv, extend=_add_flow_commands)
     from flows.server_guard import server_lost
 

@@ -1,9 +1,10 @@
 """A local Prefect server and MLflow server in the background (``make servers``), their data under one directory.
 
 ``start`` launches ``prefect server start`` and ``mlflow server`` bound to 127.0.0.1, each in its own process
-group, writes ``<name>.pid`` and ``<name>.log`` into the directory, waits for their health endpoints and
-prints the URLs and the environment variables that point the CLI at them. ``stop`` ends exactly the process
-groups recorded in those pid files (after checking the pid still runs that server).
+group, and the warm runner (``flows.warm``: the flow's code imported once, a forked copy per command, on a
+socket in the directory), writes ``<name>.pid`` and ``<name>.log`` into the directory, waits for their health
+endpoints and prints the URLs and the environment variables that point the CLI at them. ``stop`` ends exactly
+the process groups recorded in those pid files (after checking the pid still runs that server).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from pipeline.errors import InputError
 
 HOST = "127.0.0.1"
+NAMES = ("prefect", "mlflow", "runner")
+RUNNER_MODULE = "flows.warm_runner"  # started as a command (``python -m``): pipeline/ imports nothing from flows/
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 
@@ -50,6 +53,10 @@ def port_free(host: str, port: int) -> bool:
 
 
 def _healthy(url: str) -> bool:
+    if url.startswith("unix:"):  # the runner: its socket accepts
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            return sock.connect_ex(url.removeprefix("unix:")) == 0
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -74,7 +81,7 @@ def _specs(directory: Path, host: str, prefect_port: int, mlflow_port: int) -> d
                                                                                                   dict[str, str]]]:
     """name -> (server, command, extra environment)."""
     prefect_url, mlflow_url = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
-    store = directory / "mlflow"
+    store, runner = directory / "mlflow", directory / "runner.sock"
     return {
         "prefect": (
             Server("prefect", prefect_url, f"{prefect_url}/api/health", {"PREFECT_API_URL": f"{prefect_url}/api"}),
@@ -89,6 +96,11 @@ def _specs(directory: Path, host: str, prefect_port: int, mlflow_port: int) -> d
              "--artifacts-destination", str((store / "artifacts").resolve()), "--serve-artifacts",
              "--host", host, "--port", str(mlflow_port), "--workers", "1"],
             {"MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"},
+        ),
+        "runner": (
+            Server("runner", f"unix:{runner}", f"unix:{runner}", {"SAE_RUNNER": str(runner)}),
+            [sys.executable, "-m", RUNNER_MODULE, str(runner)],
+            {"PREFECT_API_URL": f"{prefect_url}/api", "MLFLOW_TRACKING_URI": mlflow_url},
         ),
     }
 
@@ -110,8 +122,8 @@ def start(
     for name, (server, command, extra_env) in specs.items():
         if _running(directory, name):
             continue
-        port = int(server.url.rsplit(":", 1)[1])
-        if not port_free(host, port):
+        port = int(server.url.rsplit(":", 1)[1]) if server.url.startswith("http") else None
+        if port is not None and not port_free(host, port):
             stop(directory, only=started)
             raise InputError(f"{name} server: port {port} on {host} is already in use; stop what uses it or "
                              f"choose another port (sae-pipeline servers start uses {name}_port={port})")
@@ -162,7 +174,7 @@ def stop(directory: str | Path = ".servers", *, only: list[str] | None = None) -
     """Stop the servers recorded in ``directory`` (their process groups); return the names stopped."""
     directory = Path(directory).resolve()
     stopped = []
-    for name in only if only is not None else ("prefect", "mlflow"):
+    for name in only if only is not None else NAMES:
         record = _record(directory, name)
         if record is None:
             continue
@@ -199,7 +211,7 @@ def status(directory: str | Path = ".servers") -> dict[str, str]:
     """Print and return each server's state: ``up <url>``, ``starting``, or ``stopped``."""
     directory = Path(directory).resolve()
     out = {}
-    for name in ("prefect", "mlflow"):
+    for name in NAMES:
         record = _record(directory, name)
         if record is None or not _alive(int(record["pid"]), name):
             out[name] = "stopped"
