@@ -5,18 +5,23 @@ fresh process timed from the outside:
 
 - ``python -c "import torch"``: the floor;
 - a trivial run (one 16-unit layer, one epoch, on digits; one fine-tuning epoch) with ``--fresh``: with
-  Prefect's temporary server and a local sqlite store, and against running servers (a Prefect and an MLflow
-  server started here, as ``sae-pipeline servers start`` does, on free ports);
+  Prefect's temporary server and a local sqlite store, and against running servers (started here by
+  ``sae-pipeline servers start``'s own code, on free ports): handed to its warm runner (``flows.warm``: the
+  code imported once, a forked copy per command) as a user who exported its variables gets, and in its own
+  process (``SAE_RUNNER`` unset);
 - the digits ``make run`` config (2 layers x 60 epochs, 50 fine-tuning epochs) on an empty cache, against the
-  sum of its layer and fine-tuning epochs (time inside Lightning's epoch loop) plus the floor;
-- the same config again, every layer cached (fine-tuning is not cached: its epochs are printed beside it);
+  sum of its layer and fine-tuning epochs (time inside Lightning's epoch loop) plus the floor, with the
+  temporary server and handed to the warm runner (its epochs: those the same run measured in its own process);
+- the same config again, every layer cached (fine-tuning is not cached: its epochs are printed beside it), with
+  the temporary server and handed to the warm runner of the running servers;
 - and beside them two floors that are the libraries' own: importing torch, Lightning, Prefect and MLflow's
   pyfunc (what a run that trains and logs a model cannot avoid), and Prefect's temporary server started and
   stopped on its own.
 
 Targets: trivial run <= 4x the floor with running servers, <= 5x with the temporary server; the cached
-re-run <= 3x; the digits run <= 1.5x (its epochs + the floor). Then one trivial run of each kind again, broken
-down by phase, on the main thread and off it: imports by package, the Prefect server start and the wait for it,
+re-run <= 3x; the digits run <= 1.5x (its epochs + the floor). Then one trivial run of each kind again (each in
+its own process: what the warm runner's copy skips is the imports), broken down by phase, on the main thread
+and off it: imports by package, the Prefect server start and the wait for it,
 Prefect's flow and task glue, MLflow runs and logging, model logging and its checks, registry, plots, probes.
 Timers wrap the functions that do each part (exclusive: a part nested in another counts once, in the inner
 one); an import counts under the outermost library import that pulled it in (what ``import pytorch_lightning``
@@ -63,8 +68,10 @@ finetune:
 ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
        "DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false", "OMP_WAIT_POLICY": "PASSIVE",
        "PYTHONPATH": str(ROOT)}  # as the Makefile sets them; this checkout's code
-TARGETS = {"trivial run, running servers": 4.0, "trivial run, temporary server": 5.0,
-           "digits make run, every layer cached": 3.0}
+WARM = "running servers, warm runner"
+OWN = "running servers, own process"
+TARGETS = {f"trivial run, {WARM}": 4.0, f"trivial run, {OWN}": 4.0, "trivial run, temporary server": 5.0,
+           "digits make run, every layer cached": 3.0, f"digits make run, every layer cached, {WARM}": 3.0}
 EPOCHS_TARGET = 1.5  # digits make run <= 1.5 x (its epochs + the floor)
 FLOOR = "import torch (the floor)"
 LIBRARIES = "import torch, Lightning, Prefect, MLflow (libraries' floor)"
@@ -95,6 +102,7 @@ class Bench:
 
     def start_servers(self) -> None:
         sys.path.insert(0, str(ROOT))
+        os.environ["PYTHONPATH"] = str(ROOT)  # the warm runner it starts runs this checkout's code
         from pipeline.app import servers
 
         self.servers = servers.start(self.tmp / "servers", free_port(), free_port(), quiet=True)
@@ -115,7 +123,7 @@ class Bench:
         }
         for name, (command, env) in self.runs().items():
             out[name] = (command, env)
-            if before is not None:
+            if before is not None and not name.endswith(OWN):  # before, the running servers had no runner
                 out[f"{name} (before)"] = (command, env | {"PYTHONPATH": str(before),
                                                            "PREFECT_HOME": f"{env['PREFECT_HOME']}-before"})
         return out
@@ -124,10 +132,19 @@ class Bench:
         trivial = ["run", str(self.tmp / "trivial.yaml"), "--fresh"]
         out = {"trivial run, temporary server": (self._child(trivial), self.local)}
         if self.servers is not None:
-            out["trivial run, running servers"] = (self._child(trivial), {**self.local, **self.servers})
+            out[f"trivial run, {WARM}"] = (self._child(trivial), {**self.local, **self.servers})
+            out[f"trivial run, {OWN}"] = (self._child(trivial), self.own_process())
         out["digits make run, empty cache"] = (self._child(["run", "--fresh"]), self.local)
         out["digits make run, every layer cached"] = (self._child(["run"]), self.local)
+        if self.servers is not None:
+            warm = {**self.local, **self.servers}
+            out[f"digits make run, empty cache, {WARM}"] = (self._child(["run", "--fresh"]), warm)
+            out[f"digits make run, every layer cached, {WARM}"] = (self._child(["run"]), warm)
         return out
+
+    def own_process(self) -> dict[str, str]:
+        """The running servers' environment without the warm runner: the command runs in its own process."""
+        return {k: v for k, v in {**self.local, **(self.servers or {})}.items() if k != "SAE_RUNNER"}
 
     def _child(self, command: list[str], phases: bool = False) -> list[str]:
         report = self.tmp / "report.json"
@@ -158,7 +175,7 @@ class Bench:
     def breakdowns(self, before: Path | None) -> list[tuple[str, dict[str, Any]]]:
         """(title, what was measured) of a trivial run by phase, per server kind (and before)."""
         out = []
-        kinds = [("temporary server", {})] + ([("running servers", self.servers)] if self.servers else [])
+        kinds = [("temporary server", {})] + ([(OWN, self.own_process())] if self.servers else [])
         trees = [("", {})] + ([(" (before)", {"PYTHONPATH": str(before),
                                               "PREFECT_HOME": f"{self.local['PREFECT_HOME']}-before"})]
                               if before else [])
@@ -189,7 +206,8 @@ def print_ratios(bench: Bench, load: tuple[float, float]) -> None:
         ratio = median(walls) / floor
         target = TARGETS.get(name.removesuffix(" (before)"))
         aim = verdict(ratio <= target, ratio, target) if target else ""
-        epochs = median(bench.epochs.get(name, []))
+        # a command handed to the warm runner ran its epochs in the copy: those of the same run in its process
+        epochs = median(bench.epochs.get(name) or bench.epochs.get(name.replace(f", {WARM}", ""), []))
         if target and epochs == epochs:  # the cached run still fine-tunes: say what its epochs take
             aim += f"; its fine-tuning epochs {epochs:.1f} s, the rest {(median(walls) - epochs) / floor:.2f}x"
         elif epochs == epochs:
@@ -251,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (command, env) in cases.items():
                     measured = bench.time(name, command, env)
                     if name.startswith("digits make run"):
-                        epochs = sum(p.get(EPOCH_PART, 0.0) for p in measured["parts"].values())
-                        bench.epochs[name].append(epochs)
+                        epochs = sum(p.get(EPOCH_PART, 0.0) for p in measured.get("parts", {}).values())
+                        if epochs > 0:  # not seen in a command handed to the warm runner
+                            bench.epochs[name].append(epochs)
             breakdowns = [] if args.no_phases else bench.breakdowns(args.before)
             if rounds:
                 print_ratios(bench, (load_start, os.getloadavg()[0]))
