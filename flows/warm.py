@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.app.servers import unix_address
+
 ENV_VAR = "SAE_RUNNER"
 COMMANDS = frozenset({"run", "tune", "curve"})
 CONNECT_S = 2.0  # a runner that does not answer its socket this fast is left alone
@@ -48,7 +50,7 @@ def delegate(argv: Sequence[str]) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_S)
-        sock.connect(path)
+        sock.connect(unix_address(path))
         request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "executable": sys.executable,
                    "code": code_home(), "path": sys.path}
         socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], list(STREAMS))

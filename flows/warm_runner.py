@@ -21,6 +21,7 @@ from typing import Any
 
 from flows import warm
 from flows.warm import CONNECT_S, STREAMS
+from pipeline.app.servers import unix_address
 
 # Variables read when the interpreter starts or the libraries load (the runner's were read): these must match.
 # (PYTHONPATH need not: the copy takes the caller's sys.path; MLflow and Prefect read theirs per call.)
@@ -82,12 +83,15 @@ def serve(path: str) -> None:
     from flows.tune import tune_flow  # noqa: F401
 
     started = fingerprint()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    abstract = path.startswith("@")  # no file: only the caller's uid check guards it
+    if not abstract:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind(unix_address(path))
     listener.listen(16)
-    os.chmod(path, 0o600)  # the user's own commands only (and _accept checks the caller's uid)
+    if not abstract:
+        os.chmod(path, 0o600)  # the user's own commands only (and _accept checks the caller's uid)
     children: dict[int, socket.socket] = {}
     hung_up: set[int] = set()
     restart = False

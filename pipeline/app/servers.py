@@ -9,6 +9,7 @@ the process groups recorded in those pid files (after checking the pid still run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ NAMES = ("prefect", "mlflow", "runner")
 RUNNER_MODULE = "flows.warm_runner"  # started as a command (``python -m``): pipeline/ imports nothing from flows/
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+SOCKET_PATH_MAX = 100  # a socket path's room is 108 bytes; longer ones get an abstract name
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,25 @@ def port_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+def unix_address(name: str) -> str:
+    """A socket name as ``bind``/``connect`` take it: ``@name`` is Linux's abstract namespace (no file)."""
+    return "\0" + name[1:] if name.startswith("@") else name
+
+
+def runner_socket(directory: Path) -> str:
+    """The warm runner's socket: ``<directory>/runner.sock``, or an abstract name derived from the directory
+    where that path is too long for a socket (108 bytes)."""
+    path = str(directory / "runner.sock")
+    if len(path.encode()) < SOCKET_PATH_MAX:
+        return path
+    return f"@sae-runner-{hashlib.sha256(str(directory).encode()).hexdigest()[:24]}"
+
+
 def _healthy(url: str) -> bool:
     if url.startswith("unix:"):  # the runner: its socket accepts
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(2)
-            return sock.connect_ex(url.removeprefix("unix:")) == 0
+            return sock.connect_ex(unix_address(url.removeprefix("unix:"))) == 0
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -81,7 +97,7 @@ def _specs(directory: Path, host: str, prefect_port: int, mlflow_port: int) -> d
                                                                                                   dict[str, str]]]:
     """name -> (server, command, extra environment)."""
     prefect_url, mlflow_url = f"http://{host}:{prefect_port}", f"http://{host}:{mlflow_port}"
-    store, runner = directory / "mlflow", directory / "runner.sock"
+    store, runner = directory / "mlflow", runner_socket(directory)
     return {
         "prefect": (
             Server("prefect", prefect_url, f"{prefect_url}/api/health", {"PREFECT_API_URL": f"{prefect_url}/api"}),
@@ -98,8 +114,8 @@ def _specs(directory: Path, host: str, prefect_port: int, mlflow_port: int) -> d
             {"MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1"},
         ),
         "runner": (
-            Server("runner", f"unix:{runner}", f"unix:{runner}", {"SAE_RUNNER": str(runner)}),
-            [sys.executable, "-m", RUNNER_MODULE, str(runner)],
+            Server("runner", f"unix:{runner}", f"unix:{runner}", {"SAE_RUNNER": runner}),
+            [sys.executable, "-m", RUNNER_MODULE, runner],
             {"PREFECT_API_URL": f"{prefect_url}/api", "MLFLOW_TRACKING_URI": mlflow_url},
         ),
     }

@@ -47,7 +47,8 @@ def test_a_scheduled_run_completes_tracks_and_registers(tmp_path):
         assert finished and versions
         assert {v.run_id for v in versions} & {r.info.run_id for r in finished}
 
-    # Everything started here is stopped: both servers and the serve process (with its flow-run children).
-    assert len(pids) == 2 and all(gone(pid) for pid in pids)
+    # Everything started here is stopped: both servers, the warm runner and the serve process (with its flow-run
+    # children).
+    assert len(pids) == 3 and all(gone(pid) for pid in pids)
     assert not list((tmp_path / "servers").glob("*.pid"))
     assert serve.poll() is not None and gone(serve.pid)

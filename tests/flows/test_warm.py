@@ -17,6 +17,7 @@ def runner_env(monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setattr(warm_runner, "GPU_DEVICES", ())
+    monkeypatch.setattr(warm_runner.threading, "active_count", lambda: 1)  # the runner forks single-threaded
 
 
 def _request(**changes):
@@ -49,6 +50,11 @@ def test_a_command_like_the_runners_own_is_taken(runner_env):
 ])
 def test_a_command_the_copy_would_run_differently_is_refused_saying_why(runner_env, changes, words):
     assert words in warm_runner.refusal(_request(**changes), warm_runner.fingerprint())
+
+
+def test_a_runner_with_threads_refuses_to_fork(runner_env, monkeypatch):
+    monkeypatch.setattr(warm_runner.threading, "active_count", lambda: 2)
+    assert "threads" in warm_runner.refusal(_request(), warm_runner.fingerprint())
 
 
 def test_changed_code_is_refused_and_named_as_the_reason_to_restart(runner_env):
