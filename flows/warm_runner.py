@@ -21,6 +21,7 @@ from typing import Any
 
 from flows import warm
 from flows.warm import CONNECT_S, STREAMS
+from flows.warm_imports import SWITCH, Warming, report_file, write_new
 from pipeline.app.servers import unix_address
 
 # Variables read when the interpreter starts or the libraries load (the runner's were read): these must match.
@@ -30,6 +31,7 @@ LOAD_TIME = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "NUMEXPR_", "CUDA_", 
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/kfd")  # a forked copy cannot use CUDA/ROCm set up before the fork
 REQUEST_MAX = 4 << 20
 _start_env: dict[str, str] = {}  # the runner's environment before it imported anything (main)
+_reports: dict[int, str] = {}  # copy pid -> the file it writes its new modules to (flows.warm_imports)
 
 
 def fingerprint() -> tuple[int, int, int]:
@@ -94,21 +96,26 @@ def serve(path: str) -> None:
         os.chmod(path, 0o600)  # the user's own commands only (and _accept checks the caller's uid)
     children: dict[int, socket.socket] = {}
     hung_up: set[int] = set()
+    warming = Warming()
     restart = False
     _log(f"ready on {path} (pid {os.getpid()})")
     while not (restart and not children):
         watched = [conn for pid, conn in children.items() if pid not in hung_up]
-        ready, _, _ = select.select([listener, *watched], [], [], 0.2)
+        ready, _, _ = select.select([listener, *watched], [], [], 0 if warming.pending else 0.2)
         for pid, conn in list(children.items()):
             if conn in ready and not conn.recv(1, socket.MSG_PEEK):  # the caller went away: end its copy
                 hung_up.add(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-        _reap(children)
+        _reap(children, warming)
         hung_up &= set(children)
         if listener in ready and not restart:
             conn, _ = listener.accept()
             restart = _accept(conn, listener, children, started)
+        elif warming.pending and (why := warming.step()) is not None:
+            _log(f"{why}: it starts again and learns no imports from its copies ({SWITCH}=0)")
+            os.environ[SWITCH] = "0"
+            restart = True
     listener.close()
     os.execv(sys.executable, [sys.executable, "-m", "flows.warm_runner", path])
 
@@ -118,14 +125,15 @@ def _log(text: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} warm runner: {text}", flush=True)
 
 
-def _reap(children: dict[int, socket.socket]) -> None:
+def _reap(children: dict[int, socket.socket], warming: Warming) -> None:
     while children:
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             return
+        learned = warming.learn(_reports.pop(pid, ""))
         conn = children.pop(pid, None)
         code = os.waitstatus_to_exitcode(status)
-        _log(f"copy {pid} ended: exit status {code}")
+        _log(f"copy {pid} ended: exit status {code}; it imported {learned} modules the runner had not")
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"status": code}).encode() + b"\n")
@@ -152,9 +160,11 @@ def _accept(conn: socket.socket, listener: socket.socket, children: dict[int, so
             return why.startswith("the code changed")
         sys.stdout.flush()  # nothing of the runner's log may reach the caller's streams
         sys.stderr.flush()
+        report = report_file()
         pid = os.fork()
         if pid == 0:
-            _child(request, fds, [listener, *children.values()], conn)
+            _child(request, fds, [listener, *children.values()], conn, report)
+        _reports[pid] = report
         _log(f"copy {pid} runs: sae-pipeline {' '.join(request['argv'])} (in {request['cwd']})")
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         conn.settimeout(None)
@@ -183,10 +193,12 @@ def _parent_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _child(request: dict[str, Any], fds: list[int], others: list[socket.socket], conn: socket.socket) -> None:
+def _child(request: dict[str, Any], fds: list[int], others: list[socket.socket], conn: socket.socket,
+           report: str) -> None:
     """In the fork: become the caller's own process (streams, directory, environment, signals) and run its
-    command; never returns."""
+    command, then write the modules it imported to ``report``; never returns."""
     code = 1
+    known = set(sys.modules)
     warm._copy.append(True)
     try:
         for sock in [*others, conn]:
@@ -217,6 +229,7 @@ def _child(request: dict[str, Any], fds: list[int], others: list[socket.socket],
         import atexit
 
         atexit._run_exitfuncs()  # Prefect's last logs and events, as at a process's exit
+        write_new(report, known)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()

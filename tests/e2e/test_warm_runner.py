@@ -55,7 +55,14 @@ def test_a_run_is_handed_to_the_warm_runner_and_records_as_its_own(servers, tmp_
     assert "note:" not in err and "layer 2/2 epoch 2/2" in err  # progress reached the caller's stderr
     log = _log(directory)
     assert log.count(f"runs: sae-pipeline run {tmp_path / 'warm.yaml'} --json (in {tmp_path})") == 1  # no chain
-    assert "exit status 0" in log
+    assert "exit status 0;" in log
+    # What the copy imported on first use, the runner imports meanwhile: a second run finds nearly all of it
+    _wait_for(lambda: "imported" in _log(directory))
+    second = _run(tmp_path, env, str(tmp_path / "warm.yaml"), "--json", "--fresh")
+    assert second.wait(timeout=300) == 0
+    learned = [int(line.split("it imported ")[1].split()[0]) for line in _log(directory).splitlines()
+               if "it imported " in line]
+    assert learned[0] > 300 and learned[1] < learned[0] / 10, learned
     again = _run(tmp_path, env, "--set", "data.source=nothing.csv", str(tmp_path / "warm.yaml"))
     _, err = again.communicate(timeout=120)
     assert again.returncode == 2 and err.strip().splitlines()[-1].startswith("error: ")  # bad input: as before
@@ -78,7 +85,7 @@ def test_ctrl_c_reaches_the_copy_and_a_killed_caller_ends_it(servers, tmp_path):
         assert caller.returncode == expected
         _wait_for(lambda copy=copies[-1]: f"copy {copy} ended" in _log(directory))
     ended = [line for line in _log(directory).splitlines() if " ended: " in line][-2:]
-    assert ended[0].endswith("exit status 130") and ended[1].endswith("exit status 143")  # SIGTERM when the caller died
+    assert "exit status 130;" in ended[0] and "exit status 143;" in ended[1]  # SIGTERM when the caller died
 
 
 def test_changed_code_runs_in_the_callers_process_and_the_runner_starts_again_on_it(servers, tmp_path):
