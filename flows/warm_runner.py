@@ -6,6 +6,7 @@ run ``flows.cli.main``. The caller's side, and why, is ``flows.warm``."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -84,6 +85,7 @@ def serve(path: str) -> None:
     from flows.pretrain import pretrain_flow  # noqa: F401
     from flows.tune import tune_flow  # noqa: F401
 
+    _freeze()
     started = fingerprint()
     abstract = path.startswith("@")  # no file: only the caller's uid check guards it
     if not abstract:
@@ -116,8 +118,19 @@ def serve(path: str) -> None:
             _log(f"{why}: it starts again and learns no imports from its copies ({SWITCH}=0)")
             os.environ[SWITCH] = "0"
             restart = True
+        elif warming.learned_since_freeze and not warming.pending:
+            _freeze()
+            warming.learned_since_freeze = False
     listener.close()
     os.execv(sys.executable, [sys.executable, "-m", "flows.warm_runner", path])
+
+
+def _freeze() -> None:
+    """Move everything the runner holds out of the garbage collector's reach: a copy's collections then walk only
+    what its command made (as ``pipeline.process.heap.start_up`` does for a run's own process), and its pages
+    stay shared with the runner's."""
+    gc.collect()
+    gc.freeze()
 
 
 def _log(text: str) -> None:
@@ -198,7 +211,7 @@ def _child(request: dict[str, Any], fds: list[int], others: list[socket.socket],
     """In the fork: become the caller's own process (streams, directory, environment, signals) and run its
     command, then write the modules it imported to ``report``; never returns."""
     code = 1
-    known = set(sys.modules)
+    known, roots = set(sys.modules), [root for root in sys.path if root not in ("", os.getcwd())]
     warm._copy.append(True)
     try:
         for sock in [*others, conn]:
@@ -229,7 +242,7 @@ def _child(request: dict[str, Any], fds: list[int], others: list[socket.socket],
         import atexit
 
         atexit._run_exitfuncs()  # Prefect's last logs and events, as at a process's exit
-        write_new(report, known)
+        write_new(report, known, roots)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
