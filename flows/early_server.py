@@ -32,7 +32,7 @@ SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREF
 PORT_IN_USE = 3  # uvicorn's exit status when the port was taken between choosing and binding it
 POLL_S = 0.05
 STOP_WAIT_S = 5  # as Prefect's stop: SIGTERM, then SIGKILL after this long
-_exported: list[str] = []  # the API URL ``export`` named, while it is named
+_exported: list[EarlyServer] = []  # the server ``export`` named, while it is named
 
 
 def server_configured(environ: dict[str, str] | None = None, cwd: Path | None = None) -> bool:
@@ -88,12 +88,12 @@ class EarlyServer:
         return process
 
     @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    @property
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.address}/api"
 
     def export(self) -> None:
         """Name this server as Prefect's API (``PREFECT_API_URL``; ``PREFECT_UI_URL`` empty: a temporary server
@@ -101,7 +101,7 @@ class EarlyServer:
         exists."""
         self.exported = ["PREFECT_API_URL"] + [name for name in ("PREFECT_UI_URL",) if name not in os.environ]
         os.environ.update({"PREFECT_API_URL": self.api_url} | dict.fromkeys(self.exported[1:], ""))
-        _exported[:] = [self.api_url]
+        _exported[:] = [self]
         _refresh_prefect_settings()
 
     def announce(self) -> None:
@@ -143,8 +143,8 @@ class EarlyServer:
                 if self.process.poll() == PORT_IN_USE:
                     self.port = _free_port()
                     self.process = self._start()
-                    if _exported:
-                        os.environ["PREFECT_API_URL"] = _exported[0] = self.api_url
+                    if self.exported:
+                        os.environ["PREFECT_API_URL"] = self.api_url
                         _refresh_prefect_settings()
                 elif self.process.poll() is not None:
                     break
@@ -163,7 +163,7 @@ class EarlyServer:
 
 def exported_url() -> str | None:
     """The API URL ``EarlyServer.export`` named (a temporary server), else None."""
-    return _exported[0] if _exported else None
+    return _exported[0].api_url if _exported else None
 
 
 def _refresh_prefect_settings() -> None:
