@@ -54,7 +54,7 @@ def delegate(argv: Sequence[str]) -> int | None:
         request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "executable": sys.executable,
                    "code": code_home(), "path": sys.path}
         socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], list(STREAMS))
-        reply = _read_line(sock)
+        reply = read_line(sock)
     except OSError as error:
         sock.close()
         _note(f"the warm runner at {path} did not answer ({error.strerror or error}); running in this process")
@@ -76,7 +76,7 @@ def _follow(sock: socket.socket, pid: int) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         sock.settimeout(None)
-        reply = _read_line(sock)
+        reply = read_line(sock)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -88,11 +88,12 @@ def _follow(sock: socket.socket, pid: int) -> int:
     return status if status >= 0 else EXIT_SIGNAL_BASE - status
 
 
-def _read_line(sock: socket.socket) -> dict[str, Any] | None:
-    data = b""
+def read_line(sock: socket.socket, data: bytes = b"", limit: int | None = None) -> dict[str, Any] | None:
+    """One JSON line from ``sock`` (``data``: what was already received); None if it closed first or the line
+    passed ``limit`` bytes."""
     while not data.endswith(b"\n"):
         chunk = sock.recv(65536)
-        if not chunk:
+        if not chunk or (limit is not None and len(data) + len(chunk) > limit):
             return None
         data += chunk
     return json.loads(data)

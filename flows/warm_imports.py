@@ -58,7 +58,6 @@ class Warming:
         self.on = os.environ.get(SWITCH, "1") != "0"
         self.pending: deque[tuple[str, str | None]] = deque()  # (module, its file in the copy)
         self.failed: set[str] = set()
-        self.learned_since_freeze = False  # modules imported since the runner last froze its heap
         self.handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
     def learn(self, path: str) -> int:
@@ -90,7 +89,6 @@ class Warming:
                     self.failed.add(name)
                     continue
                 importlib.import_module(name)
-                self.learned_since_freeze = True
             except BaseException:  # noqa: BLE001 - an import that fails here is simply not warmed
                 self.failed.add(name)
             for sig, handler in self.handlers.items():

@@ -6,7 +6,6 @@ run ``flows.cli.main``. The caller's side, and why, is ``flows.warm``."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import select
@@ -24,6 +23,7 @@ from flows import warm
 from flows.warm import CONNECT_S, STREAMS
 from flows.warm_imports import SWITCH, Warming, report_file, write_new
 from pipeline.app.servers import unix_address
+from pipeline.process import heap
 
 # Variables read when the interpreter starts or the libraries load (the runner's were read): these must match.
 # (PYTHONPATH need not: the copy takes the caller's sys.path; MLflow and Prefect read theirs per call.)
@@ -68,24 +68,20 @@ def refusal(request: dict[str, Any], started: tuple[int, int, int]) -> str | Non
     return None
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+def _receive(conn: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """The caller's request (None if it sent none) and the stream descriptors that came with it."""
     data, fds, _, _ = socket.recv_fds(conn, REQUEST_MAX, len(STREAMS))
-    while data and not data.endswith(b"\n") and len(data) < REQUEST_MAX:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return json.loads(data), list(fds)
+    return (warm.read_line(conn, data, REQUEST_MAX) if data else None), list(fds)
 
 
 def serve(path: str) -> None:
     """Import the flow's code, listen on the socket ``path`` and fork a copy per accepted command."""
-    from flows.cli import main as cli_main  # noqa: F401 - what every command imports, loaded once here
-    from flows.curve import curve_flow  # noqa: F401
-    from flows.pretrain import pretrain_flow  # noqa: F401
-    from flows.tune import tune_flow  # noqa: F401
+    with heap.start_up():  # no collections while importing; then frozen: a copy's collections skip it all
+        from flows.cli import main as cli_main  # noqa: F401 - what every command imports, loaded once here
+        from flows.curve import curve_flow  # noqa: F401
+        from flows.pretrain import pretrain_flow  # noqa: F401
+        from flows.tune import tune_flow  # noqa: F401
 
-    _freeze()
     started = fingerprint()
     abstract = path.startswith("@")  # no file: only the caller's uid check guards it
     if not abstract:
@@ -114,23 +110,15 @@ def serve(path: str) -> None:
         if listener in ready and not restart:
             conn, _ = listener.accept()
             restart = _accept(conn, listener, children, started)
-        elif warming.pending and (why := warming.step()) is not None:
-            _log(f"{why}: it starts again and learns no imports from its copies ({SWITCH}=0)")
-            os.environ[SWITCH] = "0"
-            restart = True
-        elif warming.learned_since_freeze and not warming.pending:
-            _freeze()
-            warming.learned_since_freeze = False
+        elif warming.pending:
+            with heap.start_up():  # what it imports is frozen too, as the imports above
+                why = warming.step()
+            if why is not None:
+                _log(f"{why}: it starts again and learns no imports from its copies ({SWITCH}=0)")
+                os.environ[SWITCH] = "0"
+                restart = True
     listener.close()
     os.execv(sys.executable, [sys.executable, "-m", "flows.warm_runner", path])
-
-
-def _freeze() -> None:
-    """Move everything the runner holds out of the garbage collector's reach: a copy's collections then walk only
-    what its command made (as ``pipeline.process.heap.start_up`` does for a run's own process), and its pages
-    stay shared with the runner's."""
-    gc.collect()
-    gc.freeze()
 
 
 def _log(text: str) -> None:
@@ -160,6 +148,9 @@ def _accept(conn: socket.socket, listener: socket.socket, children: dict[int, so
     try:
         conn.settimeout(CONNECT_S)
         request, fds = _receive(conn)
+        if request is None:  # a health check (`servers status`), or a caller that went away
+            conn.close()
+            return False
         why = refusal(request, started) if len(fds) == len(STREAMS) else "the standard streams did not arrive"
         caller_pid, caller_uid = _caller(conn)
         if caller_uid not in (None, os.getuid()):
