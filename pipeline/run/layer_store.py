@@ -10,12 +10,8 @@ an entry without it, or whose files do not match it, is not used (``check_entry`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.config import ResolvedLayer
 from pipeline.data.codes import MEMMAP_BYTES
 from pipeline.data.loading import LoadedData, Splits
-from pipeline.process.pids import pid_alive
+from pipeline.run import entries
 from pipeline.run.results import LayerResult
 from sae import SAEConfig, SparseAutoencoder
 
@@ -38,9 +34,6 @@ CACHE_VERSION = 4
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.json"
 CODE_FILES = tuple(f"{split}_codes.npy" for split in Splits._fields)
 FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, *CODE_FILES)
-CHECKSUMS_FILE = "checksums.json"  # written last: its presence and contents vouch for the files above
-PARTIAL = ".partial-"  # <key>.partial-<host>-<pid>: a layer being trained
-REPLACED = ".replaced-"  # <key>.replaced-<host>-<pid>: an entry being swapped out for a fresh one
 RHO_HAT = "rho_hat"  # extra tensor in model.safetensors, not part of the state dict
 
 
@@ -83,44 +76,7 @@ def is_complete(directory: Path) -> bool:
 
 def check_entry(directory: Path) -> str | None:
     """None for a sound entry, else what is wrong with it (missing, incomplete, truncated or altered file)."""
-    if not directory.is_dir():
-        return "no such entry"
-    try:
-        recorded = json.loads((directory / CHECKSUMS_FILE).read_text())["files"]
-    except FileNotFoundError:
-        return f"{CHECKSUMS_FILE} missing (the entry was never finished)"
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{CHECKSUMS_FILE} unreadable ({type(error).__name__})"
-    for name in FILES:
-        path, expected = directory / name, recorded.get(name) if isinstance(recorded, dict) else None
-        if not isinstance(expected, dict) or not path.is_file():
-            return f"{name} missing"
-        if path.stat().st_size != expected.get("bytes"):
-            return f"{name} has {path.stat().st_size} bytes, {expected.get('bytes')} recorded (truncated or replaced)"
-        if file_sha256(path) != expected.get("sha256"):
-            return f"{name} does not match its recorded sha256 (altered)"
-    return None
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checksums(directory: Path) -> None:
-    """Record sha256 and size of every file of the entry, atomically (temporary file, then rename)."""
-    files = {name: {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
-             for name in FILES}
-    tmp = directory / f".{CHECKSUMS_FILE}.tmp"
-    with tmp.open("w") as f:
-        json.dump({"version": CACHE_VERSION, "files": files}, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / CHECKSUMS_FILE)
+    return entries.check_entry(directory, FILES)
 
 
 def train_into(
@@ -133,56 +89,16 @@ def train_into(
     replace: bool = False,
 ) -> Path:
     """Write the layer ``train(codes_dir)`` trains (``greedy.layer_trainer``) to ``directory`` atomically: it
-    trains into a partial sibling, which is renamed into place.
+    trains into a partial sibling, which is renamed into place (``pipeline.run.entries``).
 
     An existing sound entry (a concurrent run stored the same key first) is kept unless ``replace``; an
     unsound one is always replaced.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(directory)
-    partial = sibling(directory, PARTIAL)
-    shutil.rmtree(partial, ignore_errors=True)  # a dead run that had our pid
-    partial.mkdir()
-    try:
-        result = train(partial)
-        save_layer(partial, result, key=key, parent_key=parent_key, seed=seed)
-        write_checksums(partial)
-        _install(partial, directory, replace)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    def fill(partial: Path) -> None:
+        save_layer(partial, train(partial), key=key, parent_key=parent_key, seed=seed)
+
+    entries.write_entry(directory, fill, FILES, version=CACHE_VERSION, replace=replace)
     return directory
-
-
-def sibling(directory: Path, kind: str, host: str | None = None, pid: int | None = None) -> Path:
-    """``<key><kind><host>-<pid>`` beside the entry (``PARTIAL`` or ``REPLACED``); this process by default."""
-    return directory.with_name(f"{directory.name}{kind}{host or socket.gethostname()}-{pid or os.getpid()}")
-
-
-def _install(partial: Path, directory: Path, replace: bool) -> None:
-    """Rename ``partial`` to ``directory``, moving an existing entry aside first when it must go."""
-    if directory.exists() and (replace or not is_complete(directory)):
-        old = sibling(directory, REPLACED)
-        shutil.rmtree(old, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):  # a concurrent run moved it first
-            directory.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        partial.rename(directory)
-    except OSError:
-        if not is_complete(directory):
-            raise
-        shutil.rmtree(partial)  # a concurrent run stored the same key first; same key, same weights
-
-
-def _remove_stale_partials(directory: Path) -> None:
-    """Delete partial directories of ``directory`` left by killed runs on this host (not live ones)."""
-    for kind in (PARTIAL, REPLACED):
-        prefix = f"{directory.name}{kind}{socket.gethostname()}-"
-        for stale in directory.parent.glob(f"{prefix}*"):
-            pid = stale.name.removeprefix(prefix)
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
 
 
 def save_layer(directory: Path, result: LayerResult, *, key: str = "", parent_key: str | None = None,

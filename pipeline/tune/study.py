@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from pipeline.config import PipelineConfig
 from pipeline.config.search import Range
 from pipeline.process.pids import pid_alive
-from pipeline.run import layer_store
+from pipeline.run import entries, layer_store
 from pipeline.tune.objective import direction
 from pipeline.tune.space import config_point
 
@@ -41,7 +41,7 @@ def fail_dead_trials(study: optuna.Study, cache_dir: Path) -> int:
         pid, host, key = (trial.user_attrs.get(k) for k in ("pid", "host", "key"))
         if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
             if key:
-                partial = layer_store.sibling(layer_store.layer_dir(cache_dir, key), layer_store.PARTIAL, host, pid)
+                partial = entries.sibling(layer_store.layer_dir(cache_dir, key), entries.PARTIAL, host, pid)
                 shutil.rmtree(partial, ignore_errors=True)
             dead.append(trial.number)
     if dead:  # listed before the state changes: a kill in between leaves them RUNNING, found again next time

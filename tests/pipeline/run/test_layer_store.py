@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.config import PipelineConfig
 from pipeline.data.loading import load_data
-from pipeline.run import layer_store
+from pipeline.run import entries, layer_store
 from pipeline.run.greedy import layer_trainer
 from pipeline.run.hooks import PipelineHooks
 
@@ -76,7 +76,7 @@ def test_input_fingerprint_covers_the_scaling(setup):
 
 def test_a_stored_layer_loads_back_bit_for_bit_without_pickle(stored):
     directory, settings, data, key = stored
-    assert sorted(p.name for p in directory.iterdir()) == sorted([*layer_store.FILES, layer_store.CHECKSUMS_FILE])
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*layer_store.FILES, entries.CHECKSUMS_FILE])
     assert layer_store.is_complete(directory)
     layer = layer_store.load_layer(directory, settings, reused=True)
     assert layer.reused and layer.index == 0 and layer.model.config.d_hidden == 12
@@ -168,7 +168,7 @@ def test_checksums_are_written_last_and_cover_every_file(stored):
     assert set(recorded) == set(layer_store.FILES)
     latest = max((directory / name).stat().st_mtime_ns for name in layer_store.FILES)
     assert (directory / "checksums.json").stat().st_mtime_ns >= latest
-    assert recorded["model.safetensors"]["sha256"] == layer_store.file_sha256(directory / "model.safetensors")
+    assert recorded["model.safetensors"]["sha256"] == entries.file_sha256(directory / "model.safetensors")
 
 
 def test_replace_swaps_a_damaged_entry_for_the_fresh_one(stored, setup, tmp_path):
