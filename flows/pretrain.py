@@ -6,7 +6,8 @@ settings, its seed, the key below). The flow decides reuse from that store alone
 a missing or damaged one is retrained together with every layer above it. Prefect persists no task result
 and keeps no cache record (its result records name their own serializer, pickle included, so a planted one
 would run code). So a re-run reuses every unchanged layer, a changed layer retrains it and everything above,
-and a killed run resumes at the layer it was killed in. Tasks run in the flow's process, one after another
+and a killed run resumes at the layer it was killed in. Fine-tuning is cached the same way under
+``<cache_dir>/finetune/<key>`` (``pipeline.run.finetune_store``: the stack, the labels, its settings). Tasks run in the flow's process, one after another
 (no process pool: torch workers cost more to spawn than these layers take to train). Each task names the
 one it waits on (``wait_for``), so the Prefect UI draws the chain: layer k after layer k-1, each layer's
 record after its training.
@@ -30,7 +31,7 @@ from flows.session import FlowSession, current_session
 from pipeline.app.progress import ProgressPrinter
 from pipeline.config import PipelineConfig, ResolvedLayer
 from pipeline.data.loading import LoadedData, Splits, load_data
-from pipeline.run import greedy, layer_store
+from pipeline.run import finetune_store, greedy, layer_store
 from pipeline.run.finetune import FinetuneResult
 from pipeline.run.greedy import Steps, pretrain_stack
 from pipeline.run.hooks import CompositeHooks, PipelineHooks
@@ -111,9 +112,11 @@ def stack_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResul
 
 @task(name="finetune", task_run_name="finetune", **ONCE)
 def finetune_task(config: PipelineConfig, data: LoadedData, layers: list[LayerResult], encoder: StackedEncoder,
-                  hooks: PipelineHooks) -> FinetuneResult | None:
-    """Fine-tune the stack with a softmax head (None when the data has no labels or finetune.epochs is 0)."""
-    return greedy.finetune_if_labelled(config, data, encoder, hooks, layers[-1].codes)
+                  hooks: PipelineHooks, top_key: str, refresh_cache: bool) -> FinetuneResult | None:
+    """Fine-tune the stack with a softmax head (None when the data has no labels or finetune.epochs is 0),
+    reusing the fine-tuning cache's entry for this stack, data and settings (``pipeline.run.finetune_store``)."""
+    return finetune_store.finetune_cached(config, data, encoder, hooks, layers[-1].codes, top_key=top_key,
+                                          refresh=refresh_cache, logger=get_run_logger())
 
 
 @task(name="evaluate", task_run_name="evaluate", **ONCE)
@@ -240,7 +243,8 @@ def flow_steps(config: PipelineConfig, tracking: MlflowTracking, hooks: Pipeline
         stack=lambda config, data, done: chain.run(stack_task, "stack", config, data, done,
                                                    after=(last, f"record-layer-{len(config.layers)}")),
         finetune=lambda config, data, done, encoder: chain.run(finetune_task, "finetune", config, data, done,
-                                                               encoder, hooks, after=("stack",)),
+                                                               encoder, hooks, layers.parent_key, refresh_cache,
+                                                               after=("stack",)),
         evaluate=lambda config, data, done, encoder, finetuned, started: chain.run(
             evaluate_task, "evaluate", config, data, done, encoder, finetuned, hooks, started,
             session.raw_probe_of(config), after=("finetune",)),

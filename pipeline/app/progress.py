@@ -50,5 +50,6 @@ class ProgressPrinter(PipelineHooks):
                   if result.validated else f"{result.n_labeled} labeled rows, no validation split chose")
         self._say(
             f"fine-tuning: {chosen} ({result.kept} kept), "
-            f"test {result.test_accuracy_before:.4f} -> {result.test_accuracy_after:.4f} ({result.seconds:.1f}s)"
+            f"test {result.test_accuracy_before:.4f} -> {result.test_accuracy_after:.4f} "
+            + ("(reused from cache)" if result.reused else f"({result.seconds:.1f}s)")
         )

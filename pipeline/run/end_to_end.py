@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from pipeline.run.device import Device
 from sae.batches import DrawnBatches, ShuffledBatches, row_chunks
 from sae.classifier import ClassifierModule, StackClassifier, fit_softmax
 from sae.quiet import quiet_lightning
@@ -29,24 +30,6 @@ if TYPE_CHECKING:
 Method = Literal["supervised", "semi"]
 RADIUS_QUERIES = 1000  # rows whose nearest-neighbour distance sets the VAT step (seeded sample)
 RADIUS_POOL = 50_000  # neighbours are looked for among at most this many training rows (seeded sample)
-
-
-@dataclass
-class Device:
-    """Where fine-tuning runs, and the Lightning settings that put it there."""
-
-    torch: torch.device
-    precision: str = "32-true"
-
-    @classmethod
-    def of(cls, trainer_options: dict[str, Any]) -> Device:
-        """A GPU when the trainer's accelerator asks for one and there is one; the trainer's precision."""
-        wants_gpu = str(trainer_options.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
-        where = torch.device("cuda") if wants_gpu and torch.cuda.is_available() else torch.device("cpu")
-        return cls(where, str(trainer_options.get("precision", "32-true")))
-
-    def tensor(self, X: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.torch)
 
 
 @dataclass

@@ -22,12 +22,13 @@ import torch
 from pipeline.data.labels import class_indices, indices_of
 from pipeline.data.loading import Splits
 from pipeline.evaluation.choosing import ChoosingRows, rows_for_choosing
+from pipeline.run.device import Device
 from sae.stack import StackedEncoder
 
 if TYPE_CHECKING:
     from pipeline.config import FinetuneConfig
     from pipeline.data.loading import LoadedData
-    from pipeline.run.end_to_end import Candidate, Device, Method
+    from pipeline.run.end_to_end import Candidate, Method
 
 EncoderKind = Literal["pretrained", "finetuned"]
 
@@ -55,6 +56,8 @@ class FinetuneResult:
     candidates: dict[str, float] = field(default_factory=dict)  # validation accuracy of each run that competed
     n_labeled: int = 0  # labeled rows it learned from
     n_unlabeled: int = 0  # unlabeled rows the semi-supervised terms also drew from
+    logged_history: list[dict[str, float]] = field(default_factory=list)  # the epochs the logger got (the last run)
+    reused: bool = False  # loaded from the fine-tuning cache (pipeline.run.finetune_store) rather than trained
 
     @property
     def kept(self) -> str:
@@ -83,7 +86,7 @@ def finetune_stack(
     two compete).
     """
     # Here, not above: Lightning (end_to_end) loads only when fine-tuning runs, not for runs that train nothing.
-    from pipeline.run.end_to_end import Device, accuracy
+    from pipeline.run.end_to_end import accuracy
 
     start = time.perf_counter()
     assert data.y_train is not None and data.y_val is not None and data.y_test is not None
@@ -108,7 +111,7 @@ def finetune_stack(
         best_epoch=kept.best_epoch, history=kept.history, seconds=time.perf_counter() - start,
         device=device.torch.type, method=kept.method, validated=rows.validated,
         candidates={r.method: r.val_after for r in runs} if rows.validated else {},
-        n_labeled=len(rows.y), n_unlabeled=rows.n_unlabeled,
+        n_labeled=len(rows.y), n_unlabeled=rows.n_unlabeled, logged_history=runs[-1].history,
     )
 
 

@@ -159,10 +159,11 @@ def settings_text(settings: object) -> str:
 
 def finetune_note(result: FinetuneResult, epochs: int) -> str:
     """The fine-tuning run: accuracies before and after and what was kept (epochs counted from 1)."""
+    how = " Reused from the fine-tuning cache (same stack, labels and settings)." if result.reused else ""
     if not result.validated:
         return (f"**fine-tuning ({result.method}): too few labels for a validation split to choose; the last step "
                 f"kept.**\n\nTest accuracy {num(result.test_accuracy_before)} → {num(result.test_accuracy_after)}; "
-                f"a softmax head over {len(result.classes)} classes on the top codes, trained with the stack.\n")
+                f"a softmax head over {len(result.classes)} classes on the top codes, trained with the stack.{how}\n")
     kept = "no epoch beat the start: the start kept" if result.best_epoch is None else \
         f"epoch {result.best_epoch + 1} kept"
     competed = "".join(f"; {method} {num(value)}" for method, value in result.candidates.items()
@@ -171,7 +172,7 @@ def finetune_note(result: FinetuneResult, epochs: int) -> str:
             f"{num(result.val_accuracy_after)}**, {kept} (of {epochs}){competed}.\n\n"
             f"Test accuracy {num(result.test_accuracy_before)} → {num(result.test_accuracy_after)}; a softmax head "
             f"over {len(result.classes)} classes on the top codes, trained with the stack. `val_accuracy` at step 0 "
-            "is the frozen-codes softmax before fine-tuning.\n")
+            f"is the frozen-codes softmax before fine-tuning.{how}\n")
 
 
 def trial_note(index: int, outcome: TrialOutcome, objective: str) -> str:

@@ -260,9 +260,10 @@ class MlflowTracking(PipelineHooks):
             return
         run_id = self._child("finetune", self.config.finetune)
         series = [] if "finetune" in self.lightning_logged else \
-            describe.epoch_points(result.history, charts=describe.FINETUNE_CHARTS)
+            describe.epoch_points(result.logged_history or result.history, charts=describe.FINETUNE_CHARTS)  # cached
         note = notes.finetune_note(result, self.config.finetune.epochs)
-        self._log_batch(run_id, series + describe.finetune_points(result), tags=[RunTag(MLFLOW_RUN_NOTE, note)])
+        self._log_batch(run_id, series + describe.finetune_points(result), tags=[
+            RunTag("sae.reused", str(result.reused).lower()), RunTag(MLFLOW_RUN_NOTE, note)])
         self._end("finetune", FINISHED)
 
     # -- helpers ----------------------------------------------------------------------------------------

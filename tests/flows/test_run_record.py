@@ -1,5 +1,6 @@
 """Everything a run records stays recorded: the MLflow runs, logged models and registry, and the flow run's
-Prefect artifacts of a tiny run (fresh, then with every layer cached) hold every item of run_record.json.
+Prefect artifacts of a tiny run (fresh, then with every layer and the fine-tuning cached) hold every item of
+run_record.json, and the cached fine-tuning's MLflow run holds the same epochs and numbers as the one it reuses.
 
 Speed-ups must not drop a logged item: this fails, naming it, when one disappears. Items may be added; to take
 them into the record, run ``SAE_WRITE_RUN_RECORD=1 pytest tests/flows/test_run_record.py``.
@@ -111,13 +112,43 @@ def missing(expected: Any, actual: Any, where: str = "") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory) -> dict[str, Any]:
+def runs(tmp_path_factory) -> dict[str, Any]:
+    """The fresh run, then the same config again: it reuses both layers and the fine-tuning, and registers no
+    new version."""
     tmp = tmp_path_factory.mktemp("record")
-    out = {}
-    for name in ("fresh", "cached"):  # the second run reuses both layers and registers no new version
-        state = pretrain_flow(tiny(tmp), return_state=True)
-        out[name] = record(state.result(), state.state_details.flow_run_id)
-    return out
+    states = {name: pretrain_flow(tiny(tmp), return_state=True) for name in ("fresh", "cached")}
+    return {name: (state.result(), state.state_details.flow_run_id) for name, state in states.items()}
+
+
+@pytest.fixture(scope="module")
+def records(runs) -> dict[str, Any]:
+    return {name: record(result, flow_run_id) for name, (result, flow_run_id) in runs.items()}
+
+
+def _finetune_run(result: Any) -> tuple[MlflowClient, Any]:
+    tracked = result.tracked
+    client = MlflowClient(tracked.tracking_uri)
+    (run,) = client.search_runs([tracked.experiment_id], f"tags.mlflow.parentRunId = '{tracked.run_id}' and "
+                                                         "attributes.run_name = 'finetune'")
+    return client, run
+
+
+def _timeless(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+
+
+def test_a_cached_fine_tuning_records_the_same_epochs_and_accuracies_as_the_one_it_reuses(runs):
+    (fresh, _), (cached, _) = runs["fresh"], runs["cached"]
+    assert (fresh.finetuned.reused, cached.finetuned.reused) == (False, True)
+    (client, trained), (_, reused) = _finetune_run(fresh), _finetune_run(cached)
+    assert (trained.data.tags["sae.reused"], reused.data.tags["sae.reused"]) == ("false", "true")
+    assert "Reused from the fine-tuning cache" in reused.data.tags["mlflow.note.content"]
+    assert reused.data.metrics == trained.data.metrics and reused.data.params == trained.data.params
+    for key in trained.data.metrics:  # every epoch's point, not only the last (in step order: the times differ)
+        assert sorted((m.step, m.value) for m in client.get_metric_history(reused.info.run_id, key)) == \
+            sorted((m.step, m.value) for m in client.get_metric_history(trained.info.run_id, key)), key
+    assert _timeless(cached.metrics()) == _timeless(fresh.metrics())
+    assert cached.tracked.registration.new_version is False  # the same fine-tuned weights: no second version
 
 
 def test_a_run_records_everything_it_recorded_before(records):
