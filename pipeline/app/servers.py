@@ -129,11 +129,15 @@ def start(
     host: str = HOST,
     timeout: float = START_TIMEOUT_S,
     quiet: bool = False,
+    runner: bool = True,
 ) -> dict[str, str]:
-    """Start both servers (unless already running from ``directory``); return the env vars that use them."""
+    """Start the servers (unless already running from ``directory``): Prefect, MLflow and, unless not
+    ``runner``, the warm runner; return the env vars that use them."""
     directory = Path(directory).resolve()
     (directory / "mlflow").mkdir(parents=True, exist_ok=True)
     specs = _specs(directory, host, prefect_port, mlflow_port)
+    if not runner:
+        del specs["runner"]
     started: list[str] = []
     for name, (server, command, extra_env) in specs.items():
         if _running(directory, name):

@@ -74,9 +74,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_servers(directory: Path):
-    """Prefect and MLflow servers on free loopback ports; yields the env that points clients at them."""
-    env = servers.start(directory, free_port(), free_port(), timeout=120, quiet=True)
+def running_servers(directory: Path, runner: bool = True):
+    """Prefect and MLflow servers on free loopback ports (and the warm runner, unless not ``runner``: runs that
+    a Prefect worker or ``serve`` starts do not go through it); yields the env that points clients at them."""
+    env = servers.start(directory, free_port(), free_port(), timeout=120, quiet=True, runner=runner)
     try:
         yield env
     finally:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests import ROOT
-from tests.e2e._support import client_env, running_servers, tiny_config
+from tests.e2e._support import client_env, gone, running_servers, server_pids, tiny_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def servers(tmp_path_factory):
     directory = tmp_path_factory.mktemp("warm") / "servers"
     with running_servers(directory) as env:
+        pids = server_pids(directory)
         yield directory, env
+    assert len(pids) == 3 and all(gone(pid) for pid in pids)  # stopping the servers stops the runner too
 
 
 def _log(directory: Path) -> str:

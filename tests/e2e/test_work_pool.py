@@ -23,7 +23,7 @@ POOL = "e2e-pool"
 
 def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_server(tmp_path):
     servers_dir = tmp_path / "servers"
-    with running_servers(servers_dir) as server_env:
+    with running_servers(servers_dir, runner=False) as server_env:
         pids = server_pids(servers_dir)
         env = client_env(tmp_path, server_env)
         config = tiny_config(tmp_path, "e2e-pool")
@@ -61,4 +61,4 @@ def test_a_worker_runs_the_deployed_flow_and_mlflow_stores_artifacts_on_the_serv
         assert version.run_id == parent.info.run_id
     stored = {p.name for p in (servers_dir / "mlflow" / "artifacts").rglob("*") if p.is_file()}
     assert {"config.yaml", "results.md", "MLmodel"} <= stored  # the server's own artifact root holds them
-    assert len(pids) == 3 and all(gone(pid) for pid in pids) and gone(worker.pid)  # servers and warm runner
+    assert len(pids) == 2 and all(gone(pid) for pid in pids) and gone(worker.pid)  # both servers and the worker
