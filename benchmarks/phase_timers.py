@@ -42,6 +42,7 @@ PHASES = (
     ("pipeline.evaluation.layer_probes", "probe_accuracies", "probes"),
     ("pipeline.evaluation.layer_probes", "probe_test_accuracy", "probes"),
     ("pipeline.run.layer_store", "*", "layer cache"),
+    ("pipeline.run.finetune_store", "*", "fine-tuning cache"),
     ("pipeline.run.greedy", "train_autoencoder", "training: Lightning set-up around the epochs"),
     ("pytorch_lightning.loops.fit_loop", "_FitLoop.advance", EPOCH_PART),
     ("pipeline.run.greedy", "finetune_stack", "fine-tuning: softmax, accuracies, set-up"),
