@@ -27,12 +27,17 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures stay shared): the serial suite kept one
+# of two cores idle while tests waited on servers and subprocesses. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+TEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) $(PYTEST_ARGS)
 
 # Everything but the slow and the real-server tests: the loop to run while editing (CI runs `make test`).
 test-quick: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=5 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=5 $(TEST_PARALLEL) $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	$(BIN)/sae-pipeline ui
