@@ -2,12 +2,24 @@
 
 Lightning turns a KeyboardInterrupt inside ``fit`` into ``SystemExit(1)``; ``received()`` still tells which
 signal started it, so the run is closed KILLED (SIGINT) or FAILED (SIGTERM) and the CLI exits 130 or 143.
+``deferred`` holds them back while a write to the tracking store runs: a KeyboardInterrupt inside one of
+SQLAlchemy's sqlite transactions left the database locked for the rest of the process, so the run could not
+even be marked FAILED (each later write waited 20 s, then failed).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+HELD = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []
 _previous: dict[int, object] = {}
@@ -76,3 +88,53 @@ def signal_of(error: BaseException | None) -> int | None:
 def exit_status(signum: int) -> int:
     """The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + int(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """On the main thread, a SIGINT or SIGTERM (or ``interrupt``, which arrives as SIGINT) that comes while the
+    block runs is handed to its handler when the block ends, so the block is never torn; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, FrameType | None]] = []
+    previous = {signum: signal.getsignal(signum) for signum in HELD}
+    for signum in HELD:
+        signal.signal(signum, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        if caught:
+            _deliver(*caught[0], previous[caught[0][0]])
+
+
+def _deliver(signum: int, frame: FrameType | None, handler: Any) -> None:
+    """What ``handler`` (as ``signal.getsignal`` gave it) does with the held signal."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    # SIG_IGN, or None (a handler not set from Python): nothing to do
+
+
+def shielded(function: F) -> F:
+    """``function`` run under ``deferred``."""
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with deferred():
+            return function(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+def shield_methods(*names: str) -> Callable[[type], type]:
+    """Class decorator: the named methods run under ``deferred``."""
+    def decorate(cls: type) -> type:
+        for name in names:
+            setattr(cls, name, shielded(getattr(cls, name)))
+        return cls
+
+    return decorate

@@ -9,11 +9,13 @@ from mlflow.entities import Metric
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from pipeline.process import interrupts
 from pipeline.tracking import describe
 
 FLUSH_SECONDS = 2.0  # how stale the live epoch metrics in the MLflow UI may get
 
 
+@interrupts.shield_methods("flush", "finalize", "log_hyperparams")  # a signal waits for the store's writes
 class BufferedMLFlowLogger(MLFlowLogger):
     """Lightning's MLflow logger bound to a run, writing its epoch metrics at most every FLUSH_SECONDS."""
 

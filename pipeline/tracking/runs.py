@@ -4,12 +4,11 @@ Only explicit run ids and an ``MlflowClient`` bound to the resolved tracking URI
 from any thread. Lightning logs epoch metrics into each child run through ``MLFlowLogger(run_id=...)``.
 The parent is named ``<config name>-<time>`` (or the ``run_name`` given, e.g. the Prefect flow run's) and
 described in markdown (``mlflow.note.content``): headline, registry outcome, ``--set`` overrides, results.
-Each layer's child run gets its settings, charted epoch series, a description with its test numbers,
-weights, history, plots and a loss image chart when the layer is recorded. What is logged under which key is ``pipeline.tracking.describe``. On success the
-pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned stack as
-``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is registered with the
-reason (see ``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing.
-"""
+Each layer's child run gets its settings, charted epoch series, a description with its test numbers, weights,
+history, plots and a loss image chart when the layer is recorded (keys: ``pipeline.tracking.describe``). On
+success the pretrained stack is logged as pyfunc model ``encoder`` and, when fine-tuning ran, the fine-tuned
+one as ``encoder-finetuned``; the one ``register.encoder`` picks (by validation accuracy) is registered with the
+reason (``pipeline.tracking.registry``). A failure marks the open runs FAILED and registers nothing."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
+from pipeline.process import interrupts
 from pipeline.process.rank import process_rank
 from pipeline.run.degenerate import degenerate
 from pipeline.run.hooks import PipelineHooks
@@ -49,10 +49,11 @@ EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens "custom_model_developm
 MODEL_TRAINING = "custom_model_development"
 
 
+@interrupts.shield_methods("on_run_start", "layer_logger", "on_layer_end", "finetune_logger", "on_finetune_end",
+                           "on_encoders", "on_run_end", "on_register")  # a signal waits for the store's writes
 class MlflowTracking(PipelineHooks):
-    """Records a pipeline run in MLflow (on rank 0) and registers its encoder; ``register=False`` only logs."""
-
-    # Every hook is a no-op while no parent run is open: before on_run_start, and on ranks other than 0.
+    """Records a pipeline run in MLflow (on rank 0) and registers its encoder; ``register=False`` only logs.
+    Every hook is a no-op while no parent run is open: before on_run_start, and on ranks other than 0."""
 
     def __init__(
         self,
@@ -65,9 +66,7 @@ class MlflowTracking(PipelineHooks):
         overrides: Sequence[str] = (),
         origin: notes.Origin | None = None,
     ) -> None:
-        self.configured_uri = tracking_uri
-        self.register = register
-        self.experiment = experiment
+        self.configured_uri, self.register, self.experiment = tracking_uri, register, experiment
         self.requested_name = run_name  # None: "<config name>-<time>"
         self.run_name: str | None = None  # the parent run's name, once it is open
         self.run_tags = dict(run_tags or {})  # extra parent tags (e.g. the Prefect flow run id and URL)

@@ -77,7 +77,7 @@ def test_killing_the_temporary_server_mid_run_fails_the_run_in_one_line_and_regi
     store = sqlite3.connect(tmp_path / "mlflow.db")
     assert store.execute("select count(*) from model_versions").fetchone() == (0,)
     assert store.execute("select count(*) from registered_model_aliases").fetchone() == (0,)
-    assert {status for (status,) in store.execute("select status from runs")} == {"FAILED"}
+    assert {status for (status,) in store.execute("select status from runs")} == {"FAILED"}, "".join(lines[-30:])
 
 
 def _cmdline(process: psutil.Process) -> list[str]:
