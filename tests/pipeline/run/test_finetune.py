@@ -7,30 +7,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pipeline.config import FinetuneConfig
 from pipeline.data.budgets import draw_per_class
-from pipeline.data.loading import load_data
 from pipeline.run import end_to_end
 from pipeline.run.end_to_end import Candidate, Device, accuracy
 from pipeline.run.finetune import choose_encoder, finetune_stack, pick
 from sae.classifier import StackClassifier
-from sae.config import SAEConfig
 from sae.stack import StackedEncoder
 
 
 @pytest.fixture(scope="module")
-def data():
-    from pipeline.config import DataConfig
-
-    return load_data(DataConfig(source="digits"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def encoder(data):
-    torch.manual_seed(0)
-    return StackedEncoder(data.scaling, [(SAEConfig(d_in=64, d_hidden=24), nn.Linear(64, 24))])
+def encoder(one_layer_stack):
+    return one_layer_stack(24)
 
 
 SEMI = {"steps": 60, "eval_every": 20, "batch_labeled": 32, "batch_unlabeled": 64}

@@ -11,14 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pipeline.config import PipelineConfig
-from pipeline.data.loading import load_data
 from pipeline.run import finetune_store
 from pipeline.run.hooks import PipelineHooks
-from sae.config import SAEConfig
-from sae.stack import StackedEncoder
 
 TOP = "top-layer-key"
 
@@ -43,16 +39,8 @@ def config_of(tmp_path, **finetune) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def data():
-    from pipeline.config import DataConfig
-
-    return load_data(DataConfig(source="digits"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def encoder(data):
-    torch.manual_seed(0)
-    return StackedEncoder(data.scaling, [(SAEConfig(d_in=64, d_hidden=16), nn.Linear(64, 16))])
+def encoder(one_layer_stack):
+    return one_layer_stack(16)
 
 
 def entries_in(tmp_path):
