@@ -120,8 +120,10 @@ def tiny_config(tmp: Path, name: str) -> Path:
 
 
 @contextmanager
-def background(command: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
-    """Run ``command`` in its own process group; kill the whole group on exit."""
+def background(command: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT, grace: float = 60):
+    """Run ``command`` in its own process group; on exit SIGTERM the whole group, SIGKILL it after ``grace``
+    seconds (a stopping ``serve`` lets a flow run it already started finish first: 10 s was too short on a
+    busy machine, and the SIGKILL then skipped what it does after Prefect stops)."""
     with log.open("w") as out:
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -131,7 +133,7 @@ def background(command: list[str], env: dict[str, str], log: Path, cwd: Path = R
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:
                     os.killpg(proc.pid, sig)
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=grace)
                     break
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     continue
