@@ -29,6 +29,9 @@ from typing import Any
 
 PORTS = range(8000, 9000)  # Prefect's choice for its temporary server
 SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# Unless set: a server that lives for one run sends no usage telemetry (offline, its failure was an ERROR line
+# in the run's output; `make` and `servers start` turn it off too).
+SERVER_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 PORT_IN_USE = 3  # uvicorn's exit status when the port was taken between choosing and binding it
 POLL_S = 0.05
 STOP_WAIT_S = 5  # as Prefect's stop: SIGTERM, then SIGKILL after this long
@@ -83,7 +86,7 @@ class EarlyServer:
                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                    "--log-level", "error", "--lifespan", "on"]
         environ = {name: value for name, value in os.environ.items() if name not in self.exported}
-        process = subprocess.Popen(command, env={**environ, **SERVER_ENV}, start_new_session=True)
+        process = subprocess.Popen(command, env={**SERVER_DEFAULTS, **environ, **SERVER_ENV}, start_new_session=True)
         watch(os.getpid(), process.pid)
         return process
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -67,6 +68,19 @@ def test_a_server_counts_as_configured_from_the_environment_or_any_settings_file
     (tmp_path / "cwd").mkdir(exist_ok=True)
     environ = {"PREFECT_HOME": str(tmp_path / "home"), **environ}
     assert early_server.server_configured(environ, tmp_path / "cwd") is configured
+
+
+@pytest.mark.parametrize(("environ", "sent"), [({}, "false"), ({"PREFECT_SERVER_ANALYTICS_ENABLED": "true"}, "true")])
+def test_the_temporary_server_sends_no_telemetry_unless_asked_to(monkeypatch, environ, sent):
+    started = {}
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(early_server.subprocess, "Popen",
+                        lambda command, env, **_: started.update(env) or SimpleNamespace(pid=0))
+    monkeypatch.setattr("flows.watchdog.watch", lambda *pids: None)
+    early_server.EarlyServer()
+    assert started["PREFECT_SERVER_ANALYTICS_ENABLED"] == sent and started["PREFECT_UI_ENABLED"] == "0"
 
 
 def test_nothing_starts_early_once_prefect_is_imported():
