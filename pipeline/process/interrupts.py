@@ -9,16 +9,14 @@ even be marked FAILED (each later write waited 20 s, then failed).
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
-F = TypeVar("F", bound=Callable[..., Any])
 HELD = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []
@@ -120,21 +118,12 @@ def _deliver(signum: int, frame: FrameType | None, handler: Any) -> None:
     # SIG_IGN, or None (a handler not set from Python): nothing to do
 
 
-def shielded(function: F) -> F:
-    """``function`` run under ``deferred``."""
-    @functools.wraps(function)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with deferred():
-            return function(*args, **kwargs)
-
-    return run  # type: ignore[return-value]
-
-
 def shield_methods(*names: str) -> Callable[[type], type]:
-    """Class decorator: the named methods run under ``deferred``."""
+    """Class decorator: the named methods run under ``deferred`` (a fresh one per call: ``deferred()`` is a
+    ``contextlib`` decorator too)."""
     def decorate(cls: type) -> type:
         for name in names:
-            setattr(cls, name, shielded(getattr(cls, name)))
+            setattr(cls, name, deferred()(getattr(cls, name)))
         return cls
 
     return decorate

@@ -48,7 +48,7 @@ def test_our_handler_records_the_held_signal_and_nested_blocks_deliver_once_at_t
 
 def test_a_block_without_a_signal_changes_nothing_and_other_threads_run_it_as_is():
     handler = signal.getsignal(signal.SIGINT)
-    assert interrupts.shielded(lambda x: x + 1)(1) == 2 and signal.getsignal(signal.SIGINT) is handler
+    assert interrupts.deferred()(lambda x: x + 1)(1) == 2 and signal.getsignal(signal.SIGINT) is handler
     errors = []
 
     def elsewhere():
