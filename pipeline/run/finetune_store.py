@@ -51,20 +51,21 @@ def finetune_dir(cache_dir: str | Path, key: str) -> Path:
 
 def finetune_key(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, top_key: str) -> str:
     """sha256 of what fine-tuning ``encoder`` on ``data`` under ``config`` depends on: the stack (``top_key``,
-    the top layer's cache key, and the encoder's tensors and layer configs), the data's fingerprints and its
-    labels, the fine-tuning settings, the seed, and the device and precision it runs at."""
+    the top layer's cache key, and the encoder's tensors and layer configs), the data's features (their
+    fingerprint) and labels (the arrays: a view that swaps labels keeps the data's fingerprint), the
+    fine-tuning settings, the seed, and the device and precision it runs at."""
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    for labels in (data.y_train, data.y_val, data.y_test):  # labels read here, whatever the fingerprint says
+    for labels in (data.y_train, data.y_val, data.y_test):
         array = np.ascontiguousarray(np.asarray(labels if labels is not None else []))
         assert array.dtype != object, "labels are ints or strings (pipeline.data.labels)"
         digest.update(f"labels|{array.dtype.str}|{array.shape}".encode() + array.tobytes())
     device = Device.of(config.trainer.model_dump())
     payload = {"version": VERSION, "stack": top_key, "encoder": digest.hexdigest(),
-               "configs": [c.to_dict() for c in encoder.configs], "data": [data.fingerprint, data.features_fingerprint],
+               "configs": [c.to_dict() for c in encoder.configs], "features": data.features_fingerprint,
                "settings": config.finetune.model_dump(mode="json"), "seed": int(config.seed),
                "device": device.torch.type, "precision": device.precision}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -94,6 +95,22 @@ def load(directory: Path, pretrained: StackedEncoder) -> FinetuneResult:
     return FinetuneResult(encoder=encoder.eval(), head=head, classes=classes, reused=True, **values)
 
 
+def _reuse(directory: Path, encoder: StackedEncoder, logger: logging.Logger | logging.LoggerAdapter[Any]
+           ) -> FinetuneResult | None:
+    """The sound entry in ``directory``, loaded; None (saying why, when there is an entry) if there is none."""
+    problem = entries.check_entry(directory, FILES)
+    if problem is not None:
+        if directory.exists():
+            logger.warning("fine-tuning cache entry %s is damaged (%s): fine-tuning again", directory, problem)
+        return None
+    try:
+        return load(directory, encoder)
+    except Exception as error:  # noqa: BLE001 - checksums passed, yet the files do not load: fine-tune again
+        logger.warning("fine-tuning cache entry %s does not load (%s: %s): fine-tuning again", directory,
+                       type(error).__name__, error)
+        return None
+
+
 def finetune_cached(config: PipelineConfig, data: LoadedData, encoder: StackedEncoder, hooks: PipelineHooks,
                     top_codes: Splits | None, *, top_key: str, refresh: bool = False,
                     logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> FinetuneResult | None:
@@ -103,19 +120,11 @@ def finetune_cached(config: PipelineConfig, data: LoadedData, encoder: StackedEn
         return None
     key = finetune_key(config, data, encoder, top_key)
     directory = finetune_dir(Path(config.cache_dir).expanduser().resolve(), key)
-    problem = "refreshing" if refresh else entries.check_entry(directory, FILES)
-    if problem is None:
-        try:
-            result = load(directory, encoder)
-        except Exception as error:  # noqa: BLE001 - checksums passed, yet the files do not load: fine-tune again
-            logger.warning("fine-tuning cache entry %s does not load (%s: %s): fine-tuning again", directory,
-                           type(error).__name__, error)
-        else:
-            logger.info("fine-tuning reused from cache %s (%s)", key, directory)
-            hooks.on_finetune_end(result)
-            return result
-    elif directory.exists() and not refresh:
-        logger.warning("fine-tuning cache entry %s is damaged (%s): fine-tuning again", directory, problem)
+    reused = None if refresh else _reuse(directory, encoder, logger)
+    if reused is not None:
+        logger.info("fine-tuning reused from cache %s (%s)", key, directory)
+        hooks.on_finetune_end(reused)
+        return reused
     result = finetune_if_labelled(config, data, encoder, hooks, top_codes)
     assert result is not None
     try:
