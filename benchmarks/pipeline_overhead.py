@@ -356,7 +356,8 @@ def digits_case(overrides: list[str]) -> None:
     for name, result, seconds, cpu_s, verdict in (
         ("flow, empty cache", first, first_s, first_cpu, f"{first_s / plain:.2f}x plain; budget {PLAIN_FACTOR}x + "
          f"{FIXED_SECONDS:.0f}s = {budget:.1f}s: {'PASS' if first_s <= budget else 'FAIL'}"),
-        ("flow, layers and fine-tuning cached", cached, cached_s, cached_cpu, f"{cached_s / first_s:.0%} of the first run; "
+        ("flow, layers and fine-tuning cached", cached, cached_s, cached_cpu,
+         f"{cached_s / first_s:.0%} of the first run; "
          f"target < {CACHED_FRACTION:.0%}: {'PASS' if cached_s < CACHED_FRACTION * first_s else 'FAIL'}"),
     ):
         layers = sum(layer.seconds for layer in result.layers)

@@ -7,8 +7,9 @@ a missing or damaged one is retrained together with every layer above it. Prefec
 and keeps no cache record (its result records name their own serializer, pickle included, so a planted one
 would run code). So a re-run reuses every unchanged layer, a changed layer retrains it and everything above,
 and a killed run resumes at the layer it was killed in. Fine-tuning is cached the same way under
-``<cache_dir>/finetune/<key>`` (``pipeline.run.finetune_store``: the stack, the labels, its settings). Tasks run in the flow's process, one after another
-(no process pool: torch workers cost more to spawn than these layers take to train). Each task names the
+``<cache_dir>/finetune/<key>`` (``pipeline.run.finetune_store``: the stack, the labels, its settings). Tasks
+run in the flow's process, one after another (no process pool: torch workers cost more to spawn than these
+layers take to train). Each task names the
 one it waits on (``wait_for``), so the Prefect UI draws the chain: layer k after layer k-1, each layer's
 record after its training.
 """

@@ -4,8 +4,9 @@ Importing the flow's code is not all a run imports: MLflow's model logging, Pref
 matplotlib's backend, git for MLflow's tags and more are imported on first use (~1,100 modules, ~2-3 s here).
 Each copy writes, as it ends, the modules (and their files) it imported beyond the runner's, from the runner's
 own import path (``write_new``); the runner imports them itself between commands, a few at a time
-(``Warming``), when they resolve to the same files there, so the next copies find them loaded. An import that starts a thread would make forking unsafe: warming then stops and the runner starts
-again without it (``SAE_RUNNER_LEARN=0``); signal handlers an import sets are put back.
+(``Warming``), when they resolve to the same files there, so the next copies find them loaded. An import that
+starts a thread would make forking unsafe: warming then stops and the runner starts again without it
+(``SAE_RUNNER_LEARN=0``); signal handlers an import sets are put back.
 """
 
 from __future__ import annotations

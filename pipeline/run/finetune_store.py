@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from pipeline.run.hooks import PipelineHooks
 
 VERSION = 1  # bump when the layout or the fine-tuning code changes what a key means
-RESULT_FILE, ENCODER_FILE, HEAD_FILE, CLASSES_FILE = "result.json", "encoder.safetensors", "head.safetensors", \
-    "classes.npy"
+RESULT_FILE, ENCODER_FILE, HEAD_FILE = "result.json", "encoder.safetensors", "head.safetensors"
+CLASSES_FILE = "classes.npy"
 FILES = (RESULT_FILE, ENCODER_FILE, HEAD_FILE, CLASSES_FILE)
 NOT_IN_JSON = {"encoder", "head", "classes", "reused"}  # stored as tensors or arrays, or not stored
 
@@ -73,9 +73,8 @@ def finetune_key(config: PipelineConfig, data: LoadedData, encoder: StackedEncod
 
 def save(directory: Path, result: FinetuneResult) -> None:
     """Write ``result`` into ``directory`` (the files of ``FILES``)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in result.encoder.state_dict().items()},
-              str(directory / ENCODER_FILE))
-    save_file({k: v.detach().cpu().contiguous() for k, v in result.head.state_dict().items()}, str(directory / HEAD_FILE))
+    for module, name in ((result.encoder, ENCODER_FILE), (result.head, HEAD_FILE)):
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(directory / name))
     np.save(directory / CLASSES_FILE, np.asarray(result.classes), allow_pickle=False)
     values = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in NOT_IN_JSON}
     (directory / RESULT_FILE).write_text(json.dumps(values, indent=1))

@@ -152,7 +152,8 @@ class PretrainResult:
             rows.append(["inputs", f"{self.encoder.d_in}", "", "", "", "", "", "", "", _num(self.probes["raw"], ".4f"), ""])
         if self.finetuned is not None:
             f = self.finetuned
-            rows.append(["fine-tuned" + (" (cached)" if f.reused else ""), f"softmax {len(f.classes)}", f.kept, "", "", "", "", "", "",
+            rows.append(["fine-tuned" + (" (cached)" if f.reused else ""), f"softmax {len(f.classes)}", f.kept,
+                         "", "", "", "", "", "",
                          f"{f.test_accuracy_before:.4f} -> {f.test_accuracy_after:.4f}", f"{f.seconds:.1f}s"])
         return rows
 
